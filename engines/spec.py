@@ -1,0 +1,68 @@
+"""Typed description of a managed vLLM engine and its command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EngineSpec(BaseModel):
+    """Everything needed to start one vLLM OpenAI server process.
+
+    ``python`` is the interpreter of the engine's own virtualenv: the gateway never
+    imports vllm, it starts ``python -m vllm.entrypoints.openai.api_server``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Path
+    served_name: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=1, le=65535)
+    python: Path = Path(sys.executable)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = Field(default=2048, ge=16)
+    kv_cache_gib: float = Field(default=2.0, gt=0)
+    max_num_seqs: int = Field(default=64, ge=1)
+    enable_lora: bool = True
+    max_loras: int = Field(default=2, ge=1)
+    max_lora_rank: int = Field(default=8, ge=1)
+    quantization: str | None = None
+    prefix_caching: bool = True
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        """The argv that starts this engine."""
+        argv = [
+            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", self.dtype,
+            "--max-model-len", str(self.max_model_len),
+            "--max-num-seqs", str(self.max_num_seqs),
+        ]
+        argv.append("--enable-prefix-caching" if self.prefix_caching
+                    else "--no-enable-prefix-caching")
+        if self.enable_lora:
+            argv += ["--enable-lora", "--max-loras", str(self.max_loras),
+                     "--max-lora-rank", str(self.max_lora_rank)]
+        if self.quantization:
+            argv += ["--quantization", self.quantization]
+        argv += list(self.extra_args)
+        return argv
+
+    def environment(self) -> dict[str, str]:
+        """Variables the engine needs on top of the inherited environment."""
+        env = {"VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_gib:g}"}
+        if self.enable_lora:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        return env

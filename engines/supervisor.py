@@ -1,0 +1,110 @@
+"""Runs managed engine processes: start, restart after a crash with backoff, clean stop.
+
+Each engine runs in its own process group so that stopping it also stops the
+processes vLLM spawns (its engine core). On Linux the engine also gets SIGTERM if the
+gateway dies without stopping it, so no engine outlives its gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engines.spec import EngineSpec
+
+log = logging.getLogger("sluice.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EngineProcess:
+    """One managed engine process, kept running until :meth:`stop`."""
+
+    def __init__(self, name: str, spec: EngineSpec, log_path: Path, *,
+                 backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0,
+                 stop_timeout_s: float = 20.0) -> None:
+        self.name = name
+        self.spec = spec
+        self.log_path = log_path
+        self.restarts = 0
+        self._backoff_initial = backoff_initial_s
+        self._backoff_max = backoff_max_s
+        self._stop_timeout = stop_timeout_s
+        self._process: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        """Start the process and a watcher that restarts it if it exits."""
+        await self._spawn()
+        self._watcher = asyncio.create_task(self._watch(), name=f"engine-{self.name}")
+
+    async def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.spec.command()
+        log.info("starting engine %s: %s (log: %s)", self.name, " ".join(argv), self.log_path)
+        with self.log_path.open("ab") as out:
+            self._process = await asyncio.create_subprocess_exec(
+                *argv, env={**os.environ, **self.spec.environment()},
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+
+    async def _watch(self) -> None:
+        backoff = self._backoff_initial
+        while not self._stopping:
+            assert self._process is not None
+            began = time.monotonic()
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - began > 60:
+                backoff = self._backoff_initial
+            log.error("engine %s exited with %s; restarting in %.0f s (log: %s)",
+                      self.name, code, backoff, self.log_path)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+            if not self._stopping:
+                self.restarts += 1
+                await self._spawn()
+
+    async def stop(self) -> None:
+        """SIGTERM the engine's process group; SIGKILL it if it has not exited in time."""
+        self._stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self._signal(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self._stop_timeout)
+        except TimeoutError:
+            log.warning("engine %s did not stop in %.0f s; killing it", self.name,
+                        self._stop_timeout)
+            self._signal(process.pid, signal.SIGKILL)
+            await process.wait()
+        log.info("engine %s stopped", self.name)
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)

@@ -1,0 +1,107 @@
+"""The ``sluice`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiohttp
+import typer
+import uvicorn
+import uvloop
+from rich.console import Console
+from rich.panel import Panel
+
+from engines.default_model import prepare_default_model
+from gateway.app import create_app
+from gateway.logs import configure_logging
+from gateway.settings import Settings, load_settings
+
+app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", "-c", envvar="SLUICE_CONFIG", help="YAML settings file.")]
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Run the gateway (and the engines it manages) until Ctrl-C or SIGTERM."""
+    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v}
+    settings = load_settings(config, **overrides)
+    configure_logging(settings.log_level)
+    if not settings.engines and settings.default_engine:
+        console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
+        prepare_default_model(settings.engine_python, settings.default_model_dir)
+    uvloop.run(_serve(settings))
+
+
+@app.command("prepare-model")
+def prepare_model(
+    config: ConfigOption = None,
+    lora: Annotated[Path | None, typer.Option(help="Also make a test LoRA adapter here.")] = None,
+) -> None:
+    """Convert the packaged default model into an HF directory for vLLM."""
+    settings = load_settings(config)
+    prepare_default_model(settings.engine_python, settings.default_model_dir, lora)
+    console.print(f"model ready: {settings.default_model_dir}")
+
+
+async def _serve(settings: Settings) -> None:
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, http="httptools",
+        lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=30,
+    ))
+    announcer = asyncio.create_task(_announce(settings))
+    try:
+        await server.serve()
+    finally:
+        announcer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announcer
+
+
+async def _announce(settings: Settings) -> None:
+    """Say how engine start-up goes, then print ready-to-paste examples once ready."""
+    base = f"http://{settings.host}:{settings.port}"
+    began = time.monotonic()
+    next_note = 0.0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            await asyncio.sleep(1)
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(base + "/ready") as response:
+                    status = await response.json()
+                if response.status == 200:
+                    break
+                waited = time.monotonic() - began
+                if waited >= next_note:
+                    names = ", ".join(e["name"] for e in status["engines"] if not e["healthy"])
+                    console.print(f"waiting for engine(s) {names} to load the model "
+                                  f"({waited:.0f} s; logs in {settings.log_dir})")
+                    next_note = waited + 10
+    model = next(e["models"][0] for e in status["engines"] if e["healthy"] and e["models"])
+    console.print(Panel.fit(_examples(base, model), title=f"Sluice is ready on {base}"))
+
+
+def _examples(base: str, model: str) -> str:
+    return f"""[bold]curl[/]
+curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' \\
+  -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hi!"}}]}}'
+
+[bold]openai[/] (python)
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key="unused")
+reply = client.chat.completions.create(model="{model}", temperature=0,
+    messages=[{{"role": "user", "content": "What is the capital of France?"}}])
+print(reply.choices[0].message.content)
+
+Ctrl-C stops the gateway and its engines."""

@@ -1,0 +1,155 @@
+"""Sluice's one exception tree, and its translation to OpenAI error JSON.
+
+Every error a client can see is a :class:`SluiceError`. Lower libraries' errors
+(aiohttp, pydantic, orjson) are translated into this tree once, at the boundary
+where they occur, with ``raise ... from exc``; a single handler turns the tree
+into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
+
+    SluiceError                      (500 internal_error)
+    ├── InvalidRequest               (400 invalid_request_error)
+    │   └── ContextLengthExceeded    (400, code context_length_exceeded)
+    ├── InvalidField                 (422 invalid_request_error)
+    ├── AuthenticationFailed         (401 authentication_error)
+    ├── PermissionDenied             (403 permission_error)
+    ├── ModelNotFound                (404, code model_not_found)
+    ├── RequestTooLarge              (413)
+    ├── Overloaded                   (429, Retry-After)
+    ├── UpstreamRejected             (the engine's own 4xx, passed on)
+    └── EngineError                  (502 upstream_error)
+        ├── EngineUnavailable        (503: connect failed, or no engine up)
+        │   └── NoHealthyEngine      (503, code no_healthy_engine)
+        └── EngineTimeout            (504 timeout)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class SluiceError(Exception):
+    """Base of every client-visible error."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI error object."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def sse_event(self) -> bytes:
+        """The error as one SSE event, for streams that already started."""
+        return b"data: " + self.to_json() + b"\n\n"
+
+
+class InvalidRequest(SluiceError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    default_code = "context_length_exceeded"
+
+
+class InvalidField(SluiceError):
+    status = 422
+    type = "invalid_request_error"
+    default_code = "invalid_value"
+
+
+class AuthenticationFailed(SluiceError):
+    status = 401
+    type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(SluiceError):
+    status = 403
+    type = "permission_error"
+
+
+class ModelNotFound(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class RequestTooLarge(SluiceError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class Overloaded(SluiceError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class UpstreamRejected(SluiceError):
+    """The engine refused the request with a 4xx; its status and message pass on."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int, param: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self._status = status
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+
+class EngineError(SluiceError):
+    status = 502
+    type = "upstream_error"
+    default_code = "engine_error"
+
+
+class EngineUnavailable(EngineError):
+    status = 503
+    default_code = "engine_unavailable"
+
+
+class NoHealthyEngine(EngineUnavailable):
+    default_code = "no_healthy_engine"
+
+
+class EngineTimeout(EngineError):
+    status = 504
+    type = "timeout_error"
+    default_code = "engine_timeout"

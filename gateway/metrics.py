@@ -1,0 +1,56 @@
+"""Every Prometheus metric the gateway exports, on a registry owned by one app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+_E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
+
+
+class GatewayMetrics:
+    """The gateway's metrics. One instance per app; tests build as many as they like."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "sluice_requests", "Finished generation requests.",
+            ["model", "engine", "endpoint", "status"], registry=r)
+        self.in_flight = Gauge(
+            "sluice_requests_in_flight", "Generation requests being served.",
+            ["model"], registry=r)
+        self.ttft = Histogram(
+            "sluice_time_to_first_token_seconds",
+            "Request arrival to the first streamed bytes of output.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram(
+            "sluice_inter_token_latency_seconds",
+            "Gap between consecutive upstream reads carrying output.",
+            ["model"], buckets=_ITL_BUCKETS, registry=r)
+        self.e2e = Histogram(
+            "sluice_request_duration_seconds", "Request arrival to its last byte.",
+            ["model", "endpoint"], buckets=_E2E_BUCKETS, registry=r)
+        self.tokens = Counter(
+            "sluice_tokens", "Tokens reported in usage by the engines.",
+            ["model", "kind"], registry=r)
+        self.upstream_errors = Counter(
+            "sluice_upstream_errors", "Engine failures seen by the gateway.",
+            ["engine", "kind"], registry=r)
+        self.retries = Counter(
+            "sluice_retries", "Requests re-sent to another engine before the first byte.",
+            ["model"], registry=r)
+        self.client_disconnects = Counter(
+            "sluice_client_disconnects", "Streams the client closed before the end.",
+            ["model"], registry=r)
+        self.engine_up = Gauge(
+            "sluice_engine_up", "1 when the engine answered its last health check.",
+            ["engine"], registry=r)
+        self.engine_in_flight = Gauge(
+            "sluice_engine_in_flight", "Requests the gateway has open on the engine.",
+            ["engine"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,119 @@
+"""Pure-ASGI middleware: request id and access log, API-key auth, body size limit.
+
+Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through with one
+cheap function call per message and no extra tasks or buffering.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import AuthenticationFailed, RequestTooLarge, SluiceError
+from gateway.handlers import error_response
+
+access_log = logging.getLogger("sluice.access")
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (``x-request-id``, kept if the client sent one) and
+    writes one access-log line when the response ends."""
+
+    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
+        self.app = app
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = Headers(scope=scope).get("x-request-id") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()),
+                                      (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.log_requests:
+                access_log.info(
+                    "request", extra={
+                        "request_id": request_id, "method": scope["method"],
+                        "path": scope["path"], "status": status or 500,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    })
+
+
+class AuthMiddleware:
+    """Requires ``Authorization: Bearer <key>`` on API paths when keys are configured."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or not self.keys \
+                or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and any(
+                hmac.compare_digest(token.strip().encode(), key) for key in self.keys):
+            await self.app(scope, receive, send)
+            return
+        error = AuthenticationFailed(
+            "missing API key" if not header else "invalid API key")
+        await _reject(error, scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413, whether or not they declare
+    a Content-Length."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _reject(self._too_large(), scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"request body is larger than {self.max_bytes} bytes")
+
+
+async def _reject(error: SluiceError, scope: Scope, receive: Receive, send: Send) -> None:
+    await error_response(error)(scope, receive, send)

@@ -1,0 +1,1 @@
+"""The gateway's services: the logic behind the thin routes."""

@@ -1,0 +1,136 @@
+"""Typed settings: defaults, then a YAML file, then ``SLUICE_*`` environment variables.
+
+Nested fields use ``__`` in the environment: ``SLUICE_TIMEOUTS__FIRST_TOKEN_S=30``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from engines.spec import EngineSpec
+
+
+class TimeoutSettings(BaseModel):
+    """Upstream timeouts, in seconds. None of them may be unbounded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connect_s: float = Field(default=5.0, gt=0)
+    first_token_s: float = Field(default=120.0, gt=0)
+    between_tokens_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=900.0, gt=0)
+    control_s: float = Field(default=5.0, gt=0, description="health, models, metrics")
+
+
+class PoolSettings(BaseModel):
+    """Upstream connection pool bounds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_connections: int = Field(default=4096, ge=1)
+    max_connections_per_engine: int = Field(default=2048, ge=1)
+
+
+class EngineConfig(BaseModel):
+    """One engine: either a remote URL or a managed vLLM process."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    url: str | None = None
+    managed: EngineSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EngineConfig:
+        if (self.url is None) == (self.managed is None):
+            raise ValueError(f"engine {self.name!r}: set exactly one of 'url' or 'managed'")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.managed is not None:
+            return self.managed.url
+        assert self.url is not None
+        return self.url.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """The gateway's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    engines: list[EngineConfig] = Field(default_factory=list)
+    default_engine: bool = Field(
+        default=True,
+        description="with no engines configured, manage one CPU engine on the default model",
+    )
+    cache_dir: Path = Path.home() / ".cache" / "sluice"
+    engine_python: Path = Path(".venv-engine/bin/python")
+    engine_port: int = Field(default=8100, ge=1, le=65535)
+    health_interval_s: float = Field(default=1.0, gt=0)
+    retries: int = Field(default=1, ge=0, le=5)
+    timeouts: TimeoutSettings = TimeoutSettings()
+    pool: PoolSettings = PoolSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def default_model_dir(self) -> Path:
+        return self.cache_dir / "models" / "SmolLM2-135M-Instruct"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.cache_dir / "logs"
+
+    def resolved_engines(self) -> list[EngineConfig]:
+        """The configured engines, or the embedded default managed engine."""
+        if self.engines or not self.default_engine:
+            return list(self.engines)
+        spec = EngineSpec(
+            model=self.default_model_dir,
+            served_name="smollm2",
+            python=self.engine_python,
+            port=self.engine_port,
+        )
+        return [EngineConfig(name="cpu-0", managed=spec)]
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from an optional YAML file, the environment and explicit overrides."""
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    file_cls = type(
+        "FileSettings",
+        (Settings,),
+        {"model_config": SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})},
+    )
+    settings: Settings = file_cls(**overrides)
+    return settings

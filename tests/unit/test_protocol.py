@@ -1,0 +1,68 @@
+import pytest
+
+from gateway.errors import InvalidField, InvalidRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_body, validate
+
+
+def test_parse_body_accepts_a_json_object() -> None:
+    assert parse_body(b'{"model": "m"}') == {"model": "m"}
+
+
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b'"text"'])
+def test_parse_body_rejects_anything_else_with_400(raw: bytes) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_body(raw)
+    assert info.value.status_code == 400
+
+
+def test_chat_request_keeps_unknown_fields_for_the_engine() -> None:
+    request = validate(ChatCompletionRequest, {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "top_k": 5, "logprobs": True})
+    assert request.model_extra == {"top_k": 5, "logprobs": True}
+    assert not request.stream
+    assert not request.wants_usage
+
+
+def test_output_budget_prefers_max_completion_tokens() -> None:
+    request = validate(ChatCompletionRequest, {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 10, "max_completion_tokens": 20})
+    assert request.output_budget == 20
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m"}, "messages"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"model": "m", "messages": "hello"}, "messages"),
+    ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+     "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+     "temperature"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+     "stream"),
+])
+def test_invalid_chat_fields_are_422_naming_the_field(body: dict[str, object],
+                                                      param: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        validate(ChatCompletionRequest, body)
+    assert info.value.status_code == 422
+    assert info.value.param == param
+    assert param in info.value.message
+
+
+def test_completion_request_needs_a_prompt() -> None:
+    with pytest.raises(InvalidField) as info:
+        validate(CompletionRequest, {"model": "m"})
+    assert info.value.param == "prompt"
+    assert validate(CompletionRequest, {"model": "m", "prompt": [1, 2, 3]}).prompt == [1, 2, 3]
+
+
+def test_integer_temperature_and_stream_options_are_accepted() -> None:
+    request = validate(ChatCompletionRequest, {
+        "model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True}})
+    assert request.temperature == 0.0
+    assert request.wants_usage

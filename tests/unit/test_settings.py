@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import EngineConfig, Settings, load_settings
+
+
+def test_defaults_manage_one_cpu_engine() -> None:
+    settings = Settings()
+    engines = settings.resolved_engines()
+    assert len(engines) == 1
+    assert engines[0].managed is not None
+    assert engines[0].managed.served_name == "smollm2"
+    assert engines[0].base_url == "http://127.0.0.1:8100"
+
+
+def test_yaml_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "sluice.yaml"
+    config.write_text(
+        "port: 9000\n"
+        "timeouts: {first_token_s: 7}\n"
+        "engines:\n"
+        "  - {name: a, url: 'http://10.0.0.1:8000/'}\n"
+        "  - name: b\n"
+        "    managed: {model: /models/x, served_name: x, port: 8200}\n")
+    monkeypatch.setenv("SLUICE_PORT", "9100")
+    settings = load_settings(config)
+    assert settings.port == 9100
+    assert settings.timeouts.first_token_s == 7
+    assert [e.base_url for e in settings.resolved_engines()] == [
+        "http://10.0.0.1:8000", "http://127.0.0.1:8200"]
+
+
+def test_nested_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_TIMEOUTS__CONNECT_S", "0.5")
+    assert Settings().timeouts.connect_s == 0.5
+
+
+def test_engine_needs_exactly_one_source() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        EngineConfig(name="x")
+    with pytest.raises(ValidationError, match="exactly one"):
+        EngineConfig.model_validate({"name": "x", "url": "http://a",
+                                     "managed": {"model": "/m", "served_name": "m"}})
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_no_default_engine_when_disabled() -> None:
+    assert Settings(default_engine=False).resolved_engines() == []
