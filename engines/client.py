@@ -137,7 +137,7 @@ class EngineClient:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise EngineTimeout(f"engine {self.name} did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            raise EngineUnavailable(f"engine {self.name} unreachable: {exc!r}") from exc
+            raise EngineUnavailable(f"engine {self.name} unreachable: {exc}") from exc
         stream = EngineStream(response, self._timeouts)
         try:
             if response.status != 200:
@@ -158,7 +158,7 @@ class EngineClient:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise EngineTimeout(f"engine {self.name}: GET {path} timed out") from exc
         except aiohttp.ClientError as exc:
-            raise EngineUnavailable(f"engine {self.name} unreachable: {exc!r}") from exc
+            raise EngineUnavailable(f"engine {self.name} unreachable: {exc}") from exc
 
     async def health(self) -> bool:
         """True when ``/health`` answers 200."""

@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 from engines.spec import EngineSpec
@@ -9,7 +10,7 @@ def test_command_line_carries_every_setting() -> None:
                       quantization="compressed-tensors", extra_args=("--seed", "1"))
     argv = spec.command()
     assert argv[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
-    pairs = dict(zip(argv[3::1], argv[4::1], strict=False))
+    pairs = dict(itertools.pairwise(argv))
     assert pairs["--model"] == "/m"
     assert pairs["--served-model-name"] == "smollm2"
     assert pairs["--port"] == "8123"

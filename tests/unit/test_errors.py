@@ -33,5 +33,6 @@ def test_overloaded_carries_retry_after() -> None:
 
 def test_sse_event_is_one_data_line() -> None:
     event = EngineTimeout("stalled").sse_event()
-    assert event.startswith(b"data: {") and event.endswith(b"}\n\n")
+    assert event.startswith(b"data: {")
+    assert event.endswith(b"}\n\n")
     assert orjson.loads(event[6:])["error"]["type"] == "timeout_error"

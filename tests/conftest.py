@@ -1,0 +1,97 @@
+"""Fixtures shared by every test layer: a real gateway on an ephemeral port."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.settings import EngineConfig, Settings
+
+StartGateway = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[StartGateway]:
+    """Start gateways in this event loop: ``await start_gateway(engines=[url, ...], **settings)``
+    returns the base URL. Each runs a real uvicorn server on a free port; all are shut
+    down (lifespan included) at teardown."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(engines: list[str] | None = None, **overrides: Any) -> str:
+        configs = [EngineConfig(name=f"e{i}", url=url) for i, url in enumerate(engines or [])]
+        fields: dict[str, Any] = {"port": 0, "default_engine": False, "access_log": False,
+                                  "health_interval_s": 0.2, "engines": configs}
+        settings = Settings(**{**fields, **overrides})
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_config=None,
+            http="httptools", access_log=False))
+        task = asyncio.create_task(server.serve())
+        running.append((server, task))
+        async with asyncio.timeout(15):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, _ in running:
+        server.should_exit = True
+    await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SimProcess:
+    """A simulator engine in its own process, so a test can kill it like a crash."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+async def spawn_sim() -> AsyncIterator[Callable[..., Awaitable[SimProcess]]]:
+    """``await spawn_sim(*cli_args)``: a simulator process on a free port, ready to serve."""
+    started: list[SimProcess] = []
+
+    async def spawn(*args: str) -> SimProcess:
+        port = free_port()
+        process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
+            [sys.executable, "-m", "engines.simulator", "--port", str(port), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sim = SimProcess(process, f"http://127.0.0.1:{port}")
+        started.append(sim)
+        async with httpx.AsyncClient() as http, asyncio.timeout(20):
+            while True:
+                try:
+                    if (await http.get(sim.url + "/health")).status_code == 200:
+                        return sim
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None:
+                    raise RuntimeError(f"simulator exited with {process.returncode}")
+                await asyncio.sleep(0.1)
+
+    yield spawn
+    for sim in started:
+        if sim.process.poll() is None:
+            sim.kill()
