@@ -103,9 +103,10 @@ def test_runtime_lora_adapter_is_served_through_the_gateway(real_stack: RealStac
     while "test-lora" not in [m.id for m in client(real_stack).models.list().data]:
         assert time.monotonic() < deadline, "gateway did not learn about the adapter"
         time.sleep(0.2)
+    haiku = [{"role": "user", "content": "Write a haiku about the sea."}]
     answers = {
         model: client(real_stack).chat.completions.create(
-            model=model, messages=FRANCE, temperature=0, max_tokens=16
+            model=model, messages=haiku, temperature=0, max_tokens=16
         ).choices[0].message.content
         for model in (real_stack.model, "test-lora")
     }
