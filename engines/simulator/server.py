@@ -1,0 +1,300 @@
+"""The simulator's aiohttp app: vLLM's OpenAI-compatible routes over one `SimEngine`.
+
+Run it with `handler_cancellation=True` on the runner (as `SimServer` and the CLI do) so a
+client that disconnects while its request waits or hangs is aborted at once; a disconnect
+during a write is caught either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from engines.simulator.config import FaultSettings, SimConfig
+from engines.simulator.engine import RequestState, SimEngine, SimRequest
+from engines.simulator.metrics import SimMetrics
+from engines.simulator.protocol import (
+    ChunkEncoder,
+    GenerationRequest,
+    SimError,
+    parse_chat,
+    parse_completion,
+    response_body,
+)
+from engines.simulator.streaming import SseStream
+
+logger = logging.getLogger("engines.simulator")
+
+Parser = Callable[[object, SimConfig, dict[str, str]], GenerationRequest]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def exit_process() -> None:
+    """The default crash: die like a killed engine, without cleanup."""
+    sys.stderr.flush()
+    os._exit(1)
+
+
+@dataclass(eq=False)
+class SimState:
+    """Everything one simulator app owns; stored in the app under `SIM_STATE`."""
+
+    config: SimConfig
+    engine: SimEngine
+    on_crash: Callable[[], None]
+    loras: dict[str, str] = field(default_factory=dict)
+    created: int = field(default_factory=lambda: int(time.time()))
+    crashed: bool = False
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.config.seed)
+
+    def crash(self) -> None:
+        """Simulate the engine process dying (`crash_after_tokens`)."""
+        if self.crashed:
+            return
+        self.crashed = True
+        logger.warning("simulated crash after %d tokens", self.engine.tokens_delivered)
+        self.engine.abort_all()
+        self.on_crash()
+
+
+SIM_STATE = web.AppKey("sim_state", SimState)
+
+
+def create_sim_app(
+    config: SimConfig, *, on_crash: Callable[[], None] | None = None
+) -> web.Application:
+    """Build a simulator app; its engine loop runs between app startup and cleanup.
+
+    `on_crash` is what `crash_after_tokens` does once reached: by default the process
+    exits with status 1 (`os._exit`); in-process servers pass a hook that drops the
+    listener and every connection instead (see `SimServer`).
+    """
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_errors])
+    engine = SimEngine(config, SimMetrics(config.model, config.max_loras))
+    app[SIM_STATE] = SimState(config, engine, on_crash or exit_process)
+    app.cleanup_ctx.append(_engine_task)
+    app.on_shutdown.append(_abort_all)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
+    app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
+    app.router.add_get("/sim/faults", get_faults)
+    app.router.add_post("/sim/faults", set_faults)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SimError as exc:
+        return web.Response(body=exc.body(), status=exc.status, content_type="application/json")
+
+
+async def _engine_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[SIM_STATE].engine.run(), name="sim-engine")
+    task.add_done_callback(_engine_stopped)
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+def _engine_stopped(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("simulator engine loop died", exc_info=task.exception())
+
+
+async def _abort_all(app: web.Application) -> None:
+    app[SIM_STATE].engine.abort_all()
+
+
+async def health(request: web.Request) -> web.Response:
+    """`GET /health`: 200, empty body."""
+    return web.Response()
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """`GET /v1/models`: the base model and every loaded LoRA adapter."""
+    state = request.app[SIM_STATE]
+    config = state.config
+    cards = [_card(state, config.model, config.model, None, config.max_model_len)]
+    cards += [_card(state, name, path, config.model, None) for name, path in state.loras.items()]
+    return _json({"object": "list", "data": cards})
+
+
+def _card(
+    state: SimState, name: str, root: str, parent: str | None, max_model_len: int | None
+) -> dict[str, object]:
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
+        "created": state.created, "allow_create_engine": False, "allow_sampling": True,
+        "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
+        "allow_fine_tuning": False, "organization": "*", "group": None, "is_blocking": False,
+    }  # fmt: skip
+    return {
+        "id": name, "object": "model", "created": state.created, "owned_by": "vllm",
+        "root": root, "parent": parent, "max_model_len": max_model_len,
+        "permission": [permission],
+    }  # fmt: skip
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """`GET /metrics`: Prometheus text with vLLM's metric names."""
+    state = request.app[SIM_STATE]
+    body = state.engine.metrics.render(state.engine.scheduler)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def load_lora_adapter(request: web.Request) -> web.Response:
+    """`POST /v1/load_lora_adapter` {"lora_name", "lora_path"[, "load_inplace"]}.
+
+    As vLLM: 400 when a name or path is missing or the name is taken (unless
+    `load_inplace`). Unlike vLLM, which accepts any number and swaps them through a CPU
+    cache, the simulator holds at most `max_loras` adapters and answers 400 past that.
+    """
+    state = request.app[SIM_STATE]
+    body = await _read_json(request)
+    name, path = body.get("lora_name"), body.get("lora_path")
+    if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+        raise _invalid("Both 'lora_name' and 'lora_path' must be provided.")
+    if name in state.loras and not body.get("load_inplace"):
+        raise _invalid(
+            f"The lora adapter '{name}' has already been loaded. If you want to load the "
+            "adapter in place, set 'load_inplace' to True."
+        )
+    if name not in state.loras and len(state.loras) >= state.config.max_loras:
+        raise _invalid(
+            f"Cannot load LoRA adapter '{name}': max_loras={state.config.max_loras} adapters "
+            "are loaded; unload one first."
+        )
+    state.loras[name] = path
+    logger.info("loaded LoRA adapter %r from %r", name, path)
+    return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+
+async def unload_lora_adapter(request: web.Request) -> web.Response:
+    """`POST /v1/unload_lora_adapter` {"lora_name"}: 404 if it is not loaded."""
+    state = request.app[SIM_STATE]
+    name = (await _read_json(request)).get("lora_name")
+    if not isinstance(name, str) or not name:
+        raise _invalid("'lora_name' needs to be provided to unload a LoRA adapter.")
+    if state.loras.pop(name, None) is None:
+        raise SimError(404, "NotFoundError", f"The lora adapter '{name}' cannot be found.")
+    logger.info("unloaded LoRA adapter %r", name)
+    return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    """`GET /sim/faults`: the current fault settings, plus `tokens_delivered` so far."""
+    return _faults(request.app[SIM_STATE].engine)
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    """`POST /sim/faults`: change any subset of the fault settings at runtime."""
+    engine = request.app[SIM_STATE].engine
+    update = await _read_json(request)
+    try:
+        faults = FaultSettings.model_validate(engine.faults.model_dump() | update)
+    except ValidationError as exc:
+        raise SimError(400, "BadRequestError", str(exc)) from exc
+    engine.set_faults(faults)
+    logger.info("faults set to %s", faults.model_dump())
+    return _faults(engine)
+
+
+def _faults(engine: SimEngine) -> web.Response:
+    return _json(engine.faults.model_dump() | {"tokens_delivered": engine.tokens_delivered})
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/chat/completions`, streamed or not."""
+    return await _generate(request, parse_chat)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/completions`, streamed or not."""
+    return await _generate(request, parse_completion)
+
+
+async def _generate(request: web.Request, parse: Parser) -> web.StreamResponse:
+    state = request.app[SIM_STATE]
+    generation = parse(await _read_json(request), state.config, state.loras)
+    error_rate = state.engine.faults.error_rate
+    if error_rate and state.rng.random() < error_rate:
+        raise SimError(500, "InternalServerError", "Simulated engine failure (error_rate).")
+    sim_request = state.engine.submit(
+        generation.prompt_tokens,
+        generation.max_tokens,
+        generation.block_hashes,
+        generation.lora,
+        generation.finish_reason,
+        stream=generation.stream,
+    )
+    request_id = ("chatcmpl-" if generation.chat else "cmpl-") + uuid.uuid4().hex
+    try:
+        if generation.stream:
+            encoder = ChunkEncoder(generation, request_id, int(time.time()))
+            stream = SseStream(state.engine, generation, sim_request, encoder)
+            return await stream.serve(request, state.crash)
+        return await _respond(state, generation, sim_request, request_id)
+    finally:
+        state.engine.release(sim_request)
+
+
+async def _respond(
+    state: SimState, generation: GenerationRequest, sim_request: SimRequest, request_id: str
+) -> web.Response:
+    event = sim_request.event
+    while not sim_request.done:
+        await event.wait()
+        event.clear()
+    if sim_request.state is RequestState.ABORTED:
+        raise SimError(503, "ServiceUnavailableError", "The engine is shutting down.")
+    engine = state.engine
+    crash_at = engine.faults.crash_after_tokens
+    if crash_at is not None and engine.tokens_delivered + sim_request.produced >= crash_at:
+        state.crash()
+        return web.Response(status=500)  # never sent: the connection is gone
+    engine.tokens_delivered += sim_request.produced
+    return web.Response(
+        body=response_body(generation, request_id, int(time.time())),
+        content_type="application/json",
+    )
+
+
+async def _read_json(request: web.Request) -> dict[str, object]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise SimError(400, "BadRequestError", f"Invalid JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise SimError(400, "BadRequestError", "request body must be a JSON object")
+    return body
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+def _invalid(message: str) -> SimError:
+    return SimError(400, "InvalidUserInput", message)
