@@ -1,10 +1,12 @@
-"""A pure-ASGI streaming response for relayed Server-Sent Events.
+"""Client-disconnect handling and the pure-ASGI response for relayed Server-Sent Events.
 
-The body iterator yields bytes that are already SSE-framed (relayed from the engine
-or produced by the gateway), so nothing is re-encoded per event. The response races
-the body against the client's ``http.disconnect``: when the client leaves, the task
-streaming the body is cancelled, which closes the upstream stream (and makes vLLM
-abort the request) through the body generator's ``finally``.
+A :class:`ClientWatch` is started as soon as the request body has been read and lives
+until the response ends: when the client disconnects (while the request waits for its
+first token, or mid-stream), the task serving the request is cancelled. That closes the
+upstream stream through the body generator's ``finally``, and vLLM aborts the request.
+
+The stream's body iterator yields bytes that are already SSE-framed, so nothing is
+re-encoded per event.
 """
 
 from __future__ import annotations
@@ -23,30 +25,49 @@ SSE_HEADERS = [
 ]
 
 
-class SSEStreamResponse(Response):
-    """Streams ``body``; stops it (and closes it) as soon as the client disconnects."""
+class ClientWatch:
+    """Cancels the current task when the client sends ``http.disconnect``."""
 
-    def __init__(self, body: AsyncGenerator[bytes, None], *, head: bytes = b"",
-                 status_code: int = 200) -> None:
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.client_left = False
+        self._watcher = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_left = True
+                self._task.cancel()
+                return
+
+    def absorb_cancel(self) -> bool:
+        """In an ``except CancelledError``: True (and the cancel undone) if it was ours."""
+        if not self.client_left:
+            return False
+        self._task.uncancel()
+        return True
+
+    async def close(self) -> None:
+        self._watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watcher
+
+
+class SSEStreamResponse(Response):
+    """Sends ``head`` then ``body``; stops and closes the body when the client leaves."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], watch: ClientWatch, *,
+                 head: bytes = b"", status_code: int = 200) -> None:
         self.background = None
         self.body_iterator = body
+        self.watch = watch
         self.head = head
         self.status_code = status_code
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streamer = asyncio.current_task()
-        assert streamer is not None
-        client_left = asyncio.Event()
-
-        async def watch_disconnect() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    client_left.set()
-                    streamer.cancel()
-                    return
-
-        watcher = asyncio.create_task(watch_disconnect())
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": SSE_HEADERS})
@@ -56,11 +77,8 @@ class SSEStreamResponse(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not client_left.is_set():
+            if not self.watch.absorb_cancel():
                 raise
-            streamer.uncancel()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await self.watch.close()
             await self.body_iterator.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -11,15 +12,28 @@ from starlette.routing import Route
 
 from gateway.protocol import parse_body
 from gateway.services.completions import CHAT, COMPLETIONS, Endpoint, StartedStream
-from gateway.streaming import SSEStreamResponse
+from gateway.streaming import ClientWatch, SSEStreamResponse
+
+CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
 
 async def _generate(request: Request, endpoint: Endpoint) -> Response:
     started = time.perf_counter()
     body = parse_body(await request.body())
-    result = await request.state.completions.generate(endpoint, body, started)
+    watch = ClientWatch(request.receive)
+    try:
+        result = await request.state.completions.generate(endpoint, body, started)
+    except asyncio.CancelledError:
+        await watch.close()
+        if watch.absorb_cancel():
+            return Response(status_code=CLIENT_CLOSED)
+        raise
+    except BaseException:
+        await watch.close()
+        raise
     if isinstance(result, StartedStream):
-        return SSEStreamResponse(result.body, head=result.head)
+        return SSEStreamResponse(result.body, watch, head=result.head)
+    await watch.close()
     return Response(result, media_type="application/json")
 
 

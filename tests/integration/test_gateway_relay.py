@@ -150,3 +150,33 @@ async def test_many_concurrent_streams_all_complete(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway, limits=limits, timeout=30) as http:
         counts = await asyncio.gather(*(one(http) for _ in range(50)))
     assert counts == [22] * 50  # role chunk + 20 tokens + [DONE]
+
+
+async def test_client_leaving_before_the_first_token_aborts_too(start_sim,
+                                                                start_gateway) -> None:
+    sim = await start_sim(SimConfig(hang=True))
+    gateway = await start_gateway([sim])
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        request = asyncio.create_task(
+            http.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+        await asyncio.sleep(0.3)
+        assert await running_requests(sim) + await waiting_requests(sim) == 1
+        request.cancel()  # the client gives up while the engine has not answered
+        for _ in range(40):
+            metrics = (await http.get("/metrics")).text
+            if await running_requests(sim) + await waiting_requests(sim) == 0 \
+                    and 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics:
+                break
+            await asyncio.sleep(0.05)
+    assert await running_requests(sim) + await waiting_requests(sim) == 0
+    assert 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics
+    assert 'sluice_client_disconnects_total{model="sim-model"} 1.0' in metrics
+
+
+async def waiting_requests(sim: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(sim + "/metrics")).text
+    for line in text.splitlines():
+        if line.startswith("vllm:num_requests_waiting{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("vllm:num_requests_waiting missing from the engine's /metrics")
