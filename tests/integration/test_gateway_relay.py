@@ -131,13 +131,22 @@ async def test_client_disconnect_aborts_the_engine_request(start_sim, start_gate
     assert 'status="499"' in metrics
 
 
-async def running_requests(sim: str) -> float:
+async def engine_gauge(sim: str, name: str) -> float:
+    """A gauge from the engine's own /metrics (vLLM's names)."""
     async with httpx.AsyncClient() as http:
         text = (await http.get(sim + "/metrics")).text
     for line in text.splitlines():
-        if line.startswith("vllm:num_requests_running"):
+        if line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("vllm:num_requests_running missing from the engine's /metrics")
+    raise AssertionError(f"{name} missing from the engine's /metrics")
+
+
+async def running_requests(sim: str) -> float:
+    return await engine_gauge(sim, "vllm:num_requests_running")
+
+
+async def waiting_requests(sim: str) -> float:
+    return await engine_gauge(sim, "vllm:num_requests_waiting")
 
 
 async def test_many_concurrent_streams_all_complete(gateway: str) -> None:
@@ -172,11 +181,3 @@ async def test_client_leaving_before_the_first_token_aborts_too(start_sim,
     assert 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics
     assert 'sluice_client_disconnects_total{model="sim-model"} 1.0' in metrics
 
-
-async def waiting_requests(sim: str) -> float:
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(sim + "/metrics")).text
-    for line in text.splitlines():
-        if line.startswith("vllm:num_requests_waiting{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("vllm:num_requests_waiting missing from the engine's /metrics")
