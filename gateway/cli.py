@@ -13,16 +13,15 @@ import typer
 import uvicorn
 import uvloop
 from rich.console import Console
-from rich.panel import Panel
 
-from engines.default_model import prepare_default_model
+from engines.default_model import is_prepared, prepare_default_model
 from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
 
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="SLUICE_CONFIG", help="YAML settings file.")]
@@ -39,7 +38,8 @@ def serve(
     settings = load_settings(config, **overrides)
     configure_logging(settings.log_level)
     if not settings.engines and settings.default_engine:
-        console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
+        if not is_prepared(settings.default_model_dir):
+            console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
         prepare_default_model(settings.engine_python, settings.default_model_dir)
     uvloop.run(_serve(settings))
 
@@ -89,15 +89,17 @@ async def _announce(settings: Settings) -> None:
                                   f"({waited:.0f} s; logs in {settings.log_dir})")
                     next_note = waited + 10
     model = next(e["models"][0] for e in status["engines"] if e["healthy"] and e["models"])
-    console.print(Panel.fit(_examples(base, model), title=f"Sluice is ready on {base}"))
+    console.rule(f"[bold green]Sluice is ready on {base}")
+    console.print(_examples(base, model), markup=False, highlight=False)
+    console.rule()
 
 
 def _examples(base: str, model: str) -> str:
-    return f"""[bold]curl[/]
+    return f"""# curl
 curl -N {base}/v1/chat/completions -H 'Content-Type: application/json' \\
   -d '{{"model": "{model}", "stream": true, "messages": [{{"role": "user", "content": "Hi!"}}]}}'
 
-[bold]openai[/] (python)
+# openai (python)
 from openai import OpenAI
 client = OpenAI(base_url="{base}/v1", api_key="unused")
 reply = client.chat.completions.create(model="{model}", temperature=0,
