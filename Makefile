@@ -31,7 +31,7 @@ e2e: gateway engine model
 	$(VENV)/bin/pytest tests/e2e -ra
 
 bench: gateway  ## the relay benchmark reported in the README
-	$(VENV)/bin/python -m loadtests.relay_bench --out results/relay_bench.json
+	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
 
 gateway: $(VENV)/.installed
 engine: $(ENGINE_VENV)/.installed
