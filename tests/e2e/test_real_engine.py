@@ -8,7 +8,8 @@ import httpx
 import orjson
 from openai import OpenAI
 
-from tests.e2e.conftest import RealStack
+from loadtests.stack import RealStack
+from tests.e2e.conftest import TEST_LORA
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -21,17 +22,17 @@ def sse_events(text: str) -> list[str]:
     return [block[6:] for block in text.split("\n\n") if block.startswith("data: ")]
 
 
-def test_non_streamed_chat_answers_paris(real_stack: RealStack) -> None:
-    reply = client(real_stack).chat.completions.create(
-        model=real_stack.model, messages=FRANCE, temperature=0, max_tokens=32)
+def test_non_streamed_chat_answers_paris(stack: RealStack) -> None:
+    reply = client(stack).chat.completions.create(
+        model=stack.model, messages=FRANCE, temperature=0, max_tokens=32)
     assert "Paris" in (reply.choices[0].message.content or "")
     assert reply.usage is not None
     assert reply.usage.completion_tokens > 0
 
 
-def test_streamed_chat_content_then_usage_then_done(real_stack: RealStack) -> None:
-    stream = client(real_stack).chat.completions.create(
-        model=real_stack.model, messages=FRANCE, temperature=0, max_tokens=32, stream=True,
+def test_streamed_chat_content_then_usage_then_done(stack: RealStack) -> None:
+    stream = client(stack).chat.completions.create(
+        model=stack.model, messages=FRANCE, temperature=0, max_tokens=32, stream=True,
         stream_options={"include_usage": True})
     kinds: list[str] = []
     text = ""
@@ -46,21 +47,21 @@ def test_streamed_chat_content_then_usage_then_done(real_stack: RealStack) -> No
     assert kinds.count("usage") == 1
     assert "Paris" in text
     # The raw stream ends with [DONE] right after the usage chunk.
-    raw = httpx.post(real_stack.gateway + "/v1/chat/completions", timeout=120, json={
-        "model": real_stack.model, "messages": FRANCE, "max_tokens": 8, "stream": True,
+    raw = httpx.post(stack.gateway + "/v1/chat/completions", timeout=120, json={
+        "model": stack.model, "messages": FRANCE, "max_tokens": 8, "stream": True,
         "stream_options": {"include_usage": True}}).text
     events = sse_events(raw)
     assert events[-1] == "[DONE]"
     assert orjson.loads(events[-2])["choices"] == []
 
 
-def test_completions_streamed_and_not(real_stack: RealStack) -> None:
-    openai = client(real_stack)
-    whole = openai.completions.create(model=real_stack.model, prompt="The capital of France is",
+def test_completions_streamed_and_not(stack: RealStack) -> None:
+    openai = client(stack)
+    whole = openai.completions.create(model=stack.model, prompt="The capital of France is",
                                       max_tokens=8, temperature=0)
     assert whole.choices[0].text
     pieces = [c.choices[0].text for c in openai.completions.create(
-        model=real_stack.model, prompt="The capital of France is", max_tokens=8,
+        model=stack.model, prompt="The capital of France is", max_tokens=8,
         temperature=0, stream=True) if c.choices]
     assert len([p for p in pieces if p]) >= 2
     assert "".join(pieces) == whole.choices[0].text
@@ -73,41 +74,45 @@ def running_requests(engine: str) -> float:
     raise AssertionError("vllm:num_requests_running missing from the engine's /metrics")
 
 
-def test_dropped_stream_is_aborted_on_the_engine_within_2s(real_stack: RealStack) -> None:
-    body = {"model": real_stack.model, "max_tokens": 1000, "stream": True,
+def test_dropped_stream_is_aborted_on_the_engine_within_2s(stack: RealStack) -> None:
+    body = {"model": stack.model, "max_tokens": 1000, "stream": True, "ignore_eos": True,
             "messages": [{"role": "user", "content": "Tell a long story."}]}
     with httpx.Client(timeout=60) as http, \
-            http.stream("POST", real_stack.gateway + "/v1/chat/completions", json=body) as resp:
-        for seen, _ in enumerate(resp.iter_bytes(), start=1):
-            if seen == 5:
-                break
-        assert running_requests(real_stack.engine) == 1
+            http.stream("POST", stack.gateway + "/v1/chat/completions", json=body) as resp:
+        chunks = resp.iter_bytes()  # not a for-loop: leaving one early closes the stream
+        for _ in range(5):
+            next(chunks)
+        # The engine publishes its gauges with its step outputs: give it a moment.
+        seen_running = time.monotonic()
+        while running_requests(stack.engine) != 1:
+            assert time.monotonic() - seen_running < 10, "engine never showed the request"
+            time.sleep(0.1)
     dropped = time.monotonic()
-    while running_requests(real_stack.engine) != 0:
+    while running_requests(stack.engine) != 0:
         assert time.monotonic() - dropped < 2.0, "engine still runs the dropped request"
         time.sleep(0.05)
 
 
-def test_too_many_tokens_is_400(real_stack: RealStack) -> None:
-    response = httpx.post(real_stack.gateway + "/v1/chat/completions", timeout=30, json={
-        "model": real_stack.model, "messages": FRANCE, "max_tokens": 5000})
+def test_too_many_tokens_is_400(stack: RealStack) -> None:
+    response = httpx.post(stack.gateway + "/v1/chat/completions", timeout=30, json={
+        "model": stack.model, "messages": FRANCE, "max_tokens": 5000})
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_runtime_lora_adapter_is_served_through_the_gateway(real_stack: RealStack) -> None:
-    loaded = httpx.post(real_stack.engine + "/v1/load_lora_adapter", timeout=60, json={
-        "lora_name": "test-lora", "lora_path": str(real_stack.lora_dir)})
+def test_runtime_lora_adapter_is_served_through_the_gateway(stack: RealStack) -> None:
+    loaded = httpx.post(stack.engine + "/v1/load_lora_adapter", timeout=60, json={
+        "lora_name": "test-lora", "lora_path": str(TEST_LORA)})
     assert loaded.status_code == 200, loaded.text
     deadline = time.monotonic() + 5
-    while "test-lora" not in [m.id for m in client(real_stack).models.list().data]:
+    while "test-lora" not in [m.id for m in client(stack).models.list().data]:
         assert time.monotonic() < deadline, "gateway did not learn about the adapter"
         time.sleep(0.2)
     haiku = [{"role": "user", "content": "Write a haiku about the sea."}]
     answers = {
-        model: client(real_stack).chat.completions.create(
+        model: client(stack).chat.completions.create(
             model=model, messages=haiku, temperature=0, max_tokens=16
         ).choices[0].message.content
-        for model in (real_stack.model, "test-lora")
+        for model in (stack.model, "test-lora")
     }
-    assert answers[real_stack.model] != answers["test-lora"]
+    assert answers[stack.model] != answers["test-lora"]
