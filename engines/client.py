@@ -87,8 +87,9 @@ class EngineStream:
         protocol = self._response.connection.protocol if self._response.connection else None
         try:
             data = await content.readany()
-            if protocol is not None:
+            if protocol is not None:  # from now on a stall is measured between tokens
                 protocol.read_timeout = self._timeouts.between_tokens_s
+                protocol.start_timeout()
             while data:
                 yield data
                 data = await content.readany()

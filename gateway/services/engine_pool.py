@@ -136,7 +136,8 @@ class EnginePool:
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)
 
     async def run_health_checks(self) -> None:
-        """Refresh forever at the configured interval (cancel to stop)."""
+        """Refresh forever at the configured interval, starting one interval from now
+        (the lifespan has just refreshed); cancel to stop."""
         while True:
-            await self.refresh()
             await asyncio.sleep(self._interval)
+            await self.refresh()
