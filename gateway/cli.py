@@ -18,9 +18,11 @@ from engines.default_model import is_prepared, prepare_default_model
 from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
+from loadtests.cli import app as bench_app
 
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path | None, typer.Option(

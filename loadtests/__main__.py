@@ -1,0 +1,5 @@
+"""``python -m loadtests`` is ``sluice bench``."""
+
+from loadtests.cli import app
+
+app()
