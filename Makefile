@@ -9,7 +9,8 @@ TEST_LORA := $(CACHE)/adapters/sluice-test-lora
 extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['project']['optional-dependencies']['$(1)']))")
 nodeps = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
 
-.PHONY: run test lint unit integration e2e bench gateway engine model redis clean
+.PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
+	gateway engine model redis clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
@@ -30,8 +31,17 @@ integration: gateway redis
 e2e: gateway engine model
 	$(VENV)/bin/pytest tests/e2e -ra
 
-bench: gateway  ## the relay benchmark reported in the README
+bench: bench-relay bench-vllm bench-sweep  ## every benchmark the README reports
+
+bench-relay: gateway  ## gateway vs direct on one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
+
+bench-vllm: gateway engine model  ## the harness against `vllm bench serve` on a real engine
+	$(VENV)/bin/python -m loadtests.vllm_compare --rounds 2 --out results/vllm_compare
+
+bench-sweep: gateway engine model  ## concurrency sweep through the gateway, real engine
+	$(VENV)/bin/sluice bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
+	  --out results/real_sweep
 
 gateway: $(VENV)/.installed
 engine: $(ENGINE_VENV)/.installed

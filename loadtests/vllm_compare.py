@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,13 @@ def vllm_bench(engine: str, scenario: Scenario, out_dir: Path, name: str) -> dic
             "--ignore-eos", "--seed", str(scenario.seed), "--disable-tqdm",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
             "--save-result", "--result-dir", str(out_dir), "--result-filename", name]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    timeout=1800)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result: dict[str, Any] = json.loads((out_dir / name).read_text())
+    # The client shares the CPU with a CPU engine: what it burns, the engine lacks.
+    result["client_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result
 
 
@@ -82,10 +88,12 @@ def histogram_agreement(before: dict[float, float], after: dict[float, float],
 
 
 async def harness_round(engine: str, scenario: Scenario) -> tuple[dict[str, Any], list[float]]:
+    cpu = time.process_time()
     result = await run("engine", engine, scenario, progress=False)
-    summary = summarize(result)
+    summary = summarize(result).model_dump(mode="json")
+    summary["client_cpu_s"] = time.process_time() - cpu
     ttfts = [r.ttft for r in result.records if r.ok and r.ttft is not None]
-    return summary.model_dump(mode="json"), ttfts
+    return summary, ttfts
 
 
 def main() -> None:
@@ -134,6 +142,8 @@ def build_report(vllm_runs: list[dict[str, Any]], ours: list[dict[str, Any]],
                                       med([s["output_throughput"] for s in ours])),
         "completed requests": (med([r["completed"] for r in vllm_runs]),
                                med([s["completed"] for s in ours])),
+        "client CPU time (s)": (med([r["client_cpu_s"] for r in vllm_runs]),
+                                med([s["client_cpu_s"] for s in ours])),
     }
     lines = ["| metric | vllm bench serve | sluice bench | difference |", "|---|---|---|---|"]
     for name, (theirs, mine) in rows.items():
