@@ -3,7 +3,8 @@
 Every target is measured alternately in one run (so both see the same machine state),
 for several rounds; medians are reported. The engine is the simulator with a fixed
 pace (first token after ``prefill_ms``, then one token every ``step_ms`` for every
-running stream), so any difference between the targets is the gateway's cost.
+running stream), so any difference between the targets is the gateway's cost. The loads
+are the scenarios ``loadtests/scenarios/relay_*.yaml``, run with the harness.
 
     python -m loadtests.relay_bench --out results/relay_bench.json
 
@@ -16,80 +17,23 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import yaml
 
-LOADS = ((50, 128), (200, 256))
+from loadtests.metrics import summarize
+from loadtests.runner import Scenario, run
+from loadtests.stack import free_port
 
-
-@dataclass
-class RoundResult:
-    target: str
-    streams: int
-    tokens: int
-    tok_per_s: float
-    ttft_p50_ms: float
-    ttft_p99_ms: float
-    errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def one_stream(http: aiohttp.ClientSession, url: str, tokens: int,
-                     ttfts: list[float]) -> int:
-    body = {"model": "sim-model", "messages": [{"role": "user", "content": "benchmark"}],
-            "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}}
-    started = time.perf_counter()
-    first = None
-    pending = b""
-    completion = 0
-    async with http.post(url + "/v1/chat/completions", json=body) as response:
-        if response.status != 200:
-            return -1
-        async for data in response.content.iter_any():
-            if first is None and b'"content":"' in data:
-                first = time.perf_counter()
-            pending += data
-        for event in pending.split(b"\n\n"):
-            if b'"usage":{' in event:
-                completion = json.loads(event[6:])["usage"]["completion_tokens"]
-    if first is not None:
-        ttfts.append(first - started)
-    return completion
-
-
-async def run_round(target: str, url: str, streams: int, tokens: int,
-                    timeout_s: float) -> RoundResult:
-    ttfts: list[float] = []
-    connector = aiohttp.TCPConnector(limit=streams)
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
-        began = time.perf_counter()
-        results = await asyncio.gather(
-            *(one_stream(http, url, tokens, ttfts) for _ in range(streams)),
-            return_exceptions=True)
-        wall = time.perf_counter() - began
-    counts = [r for r in results if isinstance(r, int) and r >= 0]
-    total = sum(counts)
-    ttfts.sort()
-    return RoundResult(
-        target=target, streams=streams, tokens=tokens, tok_per_s=total / wall,
-        ttft_p50_ms=1000 * statistics.median(ttfts) if ttfts else float("nan"),
-        ttft_p99_ms=1000 * ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
-        if ttfts else float("nan"),
-        errors=len(results) - len(counts) + sum(1 for c in counts if c != tokens))
+SCENARIOS = [Path(__file__).parent / "scenarios" / f"relay_{name}.yaml"
+             for name in ("50x128", "200x256")]
 
 
 async def wait_http(url: str, path: str, timeout_s: float = 30) -> None:
@@ -108,6 +52,7 @@ async def wait_http(url: str, path: str, timeout_s: float = 30) -> None:
 
 def start_processes(prefill_ms: float, step_ms: float,
                     workdir: Path) -> tuple[list[subprocess.Popen[bytes]], str, str]:
+    """A simulator engine and a gateway in front of it, each in its own process."""
     sim_port, gw_port = free_port(), free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "engines.simulator", "--port", str(sim_port),
@@ -124,28 +69,35 @@ def start_processes(prefill_ms: float, step_ms: float,
     return [sim, gateway], f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{gw_port}"
 
 
-async def bench(args: argparse.Namespace) -> dict[str, object]:
+async def one_round(target: str, url: str, scenario: Scenario) -> dict[str, Any]:
+    summary = summarize(await run(target, url, scenario, progress=False))
+    return {"target": target, "scenario": scenario.name,
+            "tok_per_s": summary.output_throughput,
+            "ttft_p50_ms": summary.ttft_ms.percentiles["p50"],
+            "ttft_p99_ms": summary.ttft_ms.percentiles["p99"],
+            "errors": summary.failed}
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    scenarios = [Scenario.model_validate(yaml.safe_load(p.read_text())) for p in SCENARIOS]
+    rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         procs, direct, gateway = start_processes(args.prefill_ms, args.step_ms, Path(tmp))
         try:
             await wait_http(direct, "/health")
             await wait_http(gateway, "/ready")
-            targets = {"direct": direct, "gateway": gateway}
-            rounds: list[RoundResult] = []
-            for streams, tokens in LOADS:
-                for target, url in targets.items():  # warm-up, not reported
-                    await run_round(target, url, min(streams, 20), 16, args.timeout_s)
-                for r in range(args.rounds):
-                    order = list(targets.items()) if r % 2 == 0 else list(targets.items())[::-1]
-                    for target, url in order:
-                        result = await run_round(target, url, streams, tokens, args.timeout_s)
-                        rounds.append(result)
-                        print(f"  {streams}x{tokens} {target:8s} {result.tok_per_s:9.0f} tok/s "
-                              f"ttft p50 {result.ttft_p50_ms:7.1f} ms "
-                              f"p99 {result.ttft_p99_ms:7.1f} ms errors {result.errors}",
+            targets = [("direct", direct), ("gateway", gateway)]
+            for scenario in scenarios:
+                for index in range(args.rounds):
+                    for target, url in targets if index % 2 == 0 else targets[::-1]:
+                        row = await one_round(target, url, scenario)
+                        rounds.append(row)
+                        print(f"  {scenario.name} {target:8s} {row['tok_per_s']:9.0f} tok/s "
+                              f"ttft p50 {row['ttft_p50_ms']:7.1f} ms "
+                              f"p99 {row['ttft_p99_ms']:7.1f} ms errors {row['errors']}",
                               flush=True)
             if args.profile:
-                await profile_gateway(procs[1].pid, gateway, args)
+                await profile_gateway(procs[1].pid, gateway, scenarios[-1], Path(args.profile))
         finally:
             for proc in procs:
                 proc.terminate()
@@ -153,64 +105,61 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
                 proc.wait(timeout=30)
     return {"config": {"prefill_ms": args.prefill_ms, "step_ms": args.step_ms,
                        "rounds": args.rounds, "cpus": os.cpu_count()},
-            "rounds": [asdict(r) for r in rounds], "summary": summarize(rounds)}
+            "rounds": rounds, "summary": summarize_rounds(rounds, scenarios)}
 
 
-async def profile_gateway(pid: int, url: str, args: argparse.Namespace) -> None:
-    out = Path(args.profile)
+async def profile_gateway(pid: int, url: str, scenario: Scenario, out: Path) -> None:
+    """A py-spy speedscope profile of the gateway process during one round."""
     py_spy = str(Path(sys.executable).with_name("py-spy"))
     spy = await asyncio.create_subprocess_exec(
         py_spy, "record", "--pid", str(pid), "--output", str(out), "--format", "speedscope",
         "--rate", "200", "--nonblocking",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await asyncio.sleep(1)
-    streams, tokens = LOADS[-1]
-    await run_round("gateway", url, streams, tokens, args.timeout_s)
+    await one_round("gateway", url, scenario)
     spy.send_signal(2)
     await asyncio.wait_for(spy.wait(), 60)
     print(f"profile written to {out}")
 
 
-def summarize(rounds: list[RoundResult]) -> list[dict[str, float | int]]:
-    rows: list[dict[str, float | int]] = []
-    for streams, tokens in LOADS:
-        def med(target: str, field: str, s: int = streams, t: int = tokens) -> float:
-            values = [getattr(r, field) for r in rounds
-                      if r.target == target and r.streams == s and r.tokens == t]
-            return float(statistics.median(values))
+def summarize_rounds(rounds: list[dict[str, Any]],
+                     scenarios: list[Scenario]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        def med(target: str, field: str, name: str = scenario.name) -> float:
+            return float(statistics.median(
+                r[field] for r in rounds if r["target"] == target and r["scenario"] == name))
         rows.append({
-            "streams": streams, "tokens": tokens,
+            "scenario": scenario.name,
             "direct_tok_s": med("direct", "tok_per_s"),
             "gateway_tok_s": med("gateway", "tok_per_s"),
             "throughput_ratio": med("gateway", "tok_per_s") / med("direct", "tok_per_s"),
             "direct_ttft_p50_ms": med("direct", "ttft_p50_ms"),
-            "gateway_ttft_p50_ms": med("gateway", "ttft_p50_ms"),
             "added_ttft_p50_ms": med("gateway", "ttft_p50_ms") - med("direct", "ttft_p50_ms"),
             "added_ttft_p99_ms": med("gateway", "ttft_p99_ms") - med("direct", "ttft_p99_ms"),
-            "errors": sum(r.errors for r in rounds if r.streams == streams),
+            "errors": sum(r["errors"] for r in rounds if r["scenario"] == scenario.name),
         })
     return rows
 
 
-def markdown(summary: list[dict[str, float | int]]) -> str:
+def markdown(summary: list[dict[str, Any]]) -> str:
     lines = ["| load | direct tok/s | gateway tok/s | ratio | TTFT p50 direct | "
              "added TTFT p50 | added TTFT p99 | errors |",
              "|---|---|---|---|---|---|---|---|"]
     for row in summary:
         lines.append(
-            f"| {row['streams']} x {row['tokens']} | {row['direct_tok_s']:,.0f} | "
-            f"{row['gateway_tok_s']:,.0f} | {100 * row['throughput_ratio']:.1f} % | "
-            f"{row['direct_ttft_p50_ms']:.1f} ms | {row['added_ttft_p50_ms']:+.1f} ms | "
-            f"{row['added_ttft_p99_ms']:+.1f} ms | {row['errors']} |")
+            f"| {row['scenario']} | {row['direct_tok_s']:,.0f} | {row['gateway_tok_s']:,.0f} | "
+            f"{100 * row['throughput_ratio']:.1f} % | {row['direct_ttft_p50_ms']:.1f} ms | "
+            f"{row['added_ttft_p50_ms']:+.1f} ms | {row['added_ttft_p99_ms']:+.1f} ms | "
+            f"{row['errors']} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefill-ms", type=float, default=20.0)
     parser.add_argument("--step-ms", type=float, default=10.0)
-    parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=Path("results/relay_bench.json"))
     parser.add_argument("--profile", help="write a py-spy speedscope profile of the gateway "
                                           "under the largest load to this file")
@@ -218,7 +167,7 @@ def main() -> None:
     result = asyncio.run(bench(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(markdown(result["summary"]))  # type: ignore[arg-type]
+    print(markdown(result["summary"]))
 
 
 if __name__ == "__main__":
