@@ -12,17 +12,16 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 from rich.console import Console
 
-from loadtests.metrics import Slo, summarize
-from loadtests.records import RunResult
-from loadtests.report import compare as compare_files
-from loadtests.report import markdown, run_document, write_runs_json
-from loadtests.runner import Scenario, run, sweep
+if TYPE_CHECKING:  # the harness (numpy, aiohttp) loads only when a bench command runs
+    from loadtests.metrics import Slo
+    from loadtests.records import RunResult
+    from loadtests.runner import Scenario
 
 app = typer.Typer(help="Load tests: TTFT, ITL, TPOT, throughput and goodput.",
                   no_args_is_help=True, add_completion=False)
@@ -54,6 +53,8 @@ def _stack_targets(use_stack: bool, targets: list[tuple[str, str]],
 
 async def _run_all(scenario: Scenario, targets: list[tuple[str, str]], scrape: list[str],
                    progress: bool) -> list[RunResult]:
+    from loadtests.runner import run, sweep
+
     results: list[RunResult] = []
     for name, url in targets:
         if scenario.levels:
@@ -81,6 +82,9 @@ def run_command(
     progress: Annotated[bool, typer.Option(help="Live progress bar.")] = True,
 ) -> None:
     """Run a scenario (or its sweep) against each target; write JSON, Markdown and plots."""
+    from loadtests.metrics import Slo
+    from loadtests.runner import Scenario
+
     scenario = Scenario.model_validate(yaml.safe_load(scenario_file.read_text()))
     slos = Slo.parse(slo) if slo else None
     targets = parse_targets(target or [])
@@ -94,7 +98,9 @@ def run_command(
 def write_report(results: list[RunResult], out: Path, *, slos: Slo | None,
                  include_records: bool) -> None:
     """``result.json``, ``summary.md`` and PNG plots in ``out``."""
-    from loadtests.plots import write_plots  # matplotlib: only when writing plots
+    from loadtests.metrics import summarize
+    from loadtests.plots import write_plots
+    from loadtests.report import markdown, run_document, write_runs_json
 
     out.mkdir(parents=True, exist_ok=True)
     runs = [(r, summarize(r, slos=slos)) for r in results]
@@ -113,4 +119,6 @@ def compare_command(
     b: Annotated[Path, typer.Argument(help="Result to compare with the baseline.")],
 ) -> None:
     """Key metrics of two result files side by side, with B's change against A."""
-    console.print(compare_files(a, b))
+    from loadtests.report import compare
+
+    console.print(compare(a, b))

@@ -1,0 +1,60 @@
+"""`python -m loadtests` (= `sluice bench`) end to end against a simulator process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+SCENARIO = """
+name: cli-test
+workload: {kind: random, input_len: 8, output_len: 8, model: sim-model}
+arrival: {kind: concurrency, concurrency: 4}
+num_requests: 20
+seed: 3
+"""
+
+
+async def bench(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtests", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+async def test_run_two_targets_then_compare(spawn_sim, tmp_path: Path) -> None:
+    sim = await spawn_sim("--decode-step-ms", "1", "--prefill-base-ms", "1")
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    out = tmp_path / "out"
+    code, text = await bench("run", str(scenario), "--target", f"first={sim.url}",
+                             "--target", f"second={sim.url}", "--out", str(out),
+                             "--no-progress", "--slo", "ttft:10000")
+    assert code == 0, text
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["schema"] == "sluice.bench/v1"
+    assert [run["target"] for run in doc["runs"]] == ["first", "second"]
+    for run in doc["runs"]:
+        assert run["summary"]["completed"] == 20
+        assert run["summary"]["total_output_tokens"] == 160
+        assert run["summary"]["goodput"] > 0
+        assert len(run["records"]) == 20
+    assert "| first |" in (out / "summary.md").read_text()
+    for plot in ("latency_cdf.png", "latency_over_time.png", "targets.png"):
+        assert (out / plot).stat().st_size > 1000
+    code, text = await bench("compare", str(out / "result.json"), str(out / "result.json"))
+    assert code == 0, text
+    assert "output tok/s" in text
+
+
+async def test_non_loopback_targets_are_refused(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    code, text = await bench("run", str(scenario), "--target", "x=http://10.1.2.3:8000",
+                             "--out", str(tmp_path / "out"), "--no-progress")
+    assert code != 0
+    assert "non-loopback" in text
+    assert not (tmp_path / "out" / "result.json").exists()
