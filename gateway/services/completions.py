@@ -56,6 +56,10 @@ class _Call:
 
     endpoint: Endpoint
     model: str
+    """The requested model, for routing and logs."""
+    label: str
+    """The ``model`` label of its metrics: the model, or ``unknown`` when no engine has
+    it (client-chosen names must not grow the metrics without bound)."""
     started: float
     engine: str = "none"
     status: str = "200"
@@ -82,15 +86,17 @@ class CompletionService:
     async def generate(self, endpoint: Endpoint, body: dict[str, Any],
                        started: float) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, an SSE byte stream for a streamed one."""
-        request = validate(endpoint.model, body)
-        self._check_budget(request)
-        payload = dict(body)
-        if request.stream:
-            payload["stream_options"] = {**(body.get("stream_options") or {}),
-                                         "include_usage": True}
-        call = _Call(endpoint, request.model, started)
-        self._metrics.in_flight.labels(call.model).inc()
+        model = body.get("model")
+        model = model if isinstance(model, str) else ""
+        call = _Call(endpoint, model, self._pool.model_label(model), started)
+        self._metrics.in_flight.labels(call.label).inc()
         try:
+            request = validate(endpoint.model, body)
+            self._check_budget(request)
+            payload = dict(body)
+            if request.stream:
+                payload["stream_options"] = {**(body.get("stream_options") or {}),
+                                             "include_usage": True}
             if request.stream:
                 return await self._open_stream(call, orjson.dumps(payload),
                                                forward_usage=request.wants_usage)
@@ -145,7 +151,7 @@ class CompletionService:
         tries = candidates[: self._retries + 1]
         for index, engine in enumerate(tries):
             if index:
-                self._metrics.retries.labels(call.model).inc()
+                self._metrics.retries.labels(call.label).inc()
             call.engine = engine.name
             yield engine
         raise EngineUnavailable(f"no engine serving '{call.model}' could be reached "
@@ -157,12 +163,12 @@ class CompletionService:
 
     async def _relay(self, call: _Call, stack: AsyncExitStack, chunks: AsyncIterator[bytes],
                      first: bytes, relay: SSERelay) -> AsyncGenerator[bytes, None]:
-        itl = self._metrics.itl.labels(call.model)
+        itl = self._metrics.itl.labels(call.label)
         error: BaseException | None = None
         try:
             out = relay.feed(first)
             last = time.perf_counter()
-            self._metrics.ttft.labels(call.model).observe(last - call.started)
+            self._metrics.ttft.labels(call.label).observe(last - call.started)
             yield out  # the head: yielded even when empty, so the generator is started
             async for data in chunks:
                 now = time.perf_counter()
@@ -194,10 +200,10 @@ class CompletionService:
             call.status = str(error.status_code)
         elif error is not None:
             call.status = "499"
-            m.client_disconnects.labels(call.model).inc()
-        m.in_flight.labels(call.model).dec()
-        m.requests.labels(call.model, call.engine, call.endpoint.name, call.status).inc()
-        m.e2e.labels(call.model, call.endpoint.name).observe(time.perf_counter() - call.started)
+            m.client_disconnects.labels(call.label).inc()
+        m.in_flight.labels(call.label).dec()
+        m.requests.labels(call.label, call.engine, call.endpoint.name, call.status).inc()
+        m.e2e.labels(call.label, call.endpoint.name).observe(time.perf_counter() - call.started)
         if usage is not None:
-            m.tokens.labels(call.model, "prompt").inc(usage.prompt_tokens)
-            m.tokens.labels(call.model, "completion").inc(usage.completion_tokens)
+            m.tokens.labels(call.label, "prompt").inc(usage.prompt_tokens)
+            m.tokens.labels(call.label, "completion").inc(usage.completion_tokens)

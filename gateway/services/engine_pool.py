@@ -73,6 +73,10 @@ class EnginePool:
                     seen.setdefault(model_id, card)
         return list(seen.values())
 
+    def model_label(self, model: str) -> str:
+        """``model`` if some engine serves (or served) it, else ``unknown``."""
+        return model if any(model in e.cards for e in self._engines) else "unknown"
+
     def max_model_len(self, model: str) -> int | None:
         lengths = [
             int(e.cards[model]["max_model_len"]) for e in self._engines

@@ -52,9 +52,16 @@ async def test_bad_request_bodies(gateway: str, raw: bytes, status: int,
 
 async def test_unknown_model_is_404(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway) as http:
-        response = await http.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+        response = await http.post("/v1/chat/completions", json={**CHAT, "model": "nope-123"})
+        invalid = await http.post("/v1/chat/completions", json={**CHAT, "messages": []})
+        metrics = (await http.get("/metrics")).text
     assert response.status_code == 404
     assert error_of(response)["code"] == "model_not_found"
+    # Client-chosen names never become label values; rejected requests are still counted.
+    assert "nope-123" not in metrics
+    assert 'model="unknown",status="404"} 1.0' in metrics
+    assert invalid.status_code == 422
+    assert 'model="sim-model",status="422"} 1.0' in metrics
 
 
 async def test_body_over_the_limit_is_413(gateway: str) -> None:
