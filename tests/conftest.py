@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +14,7 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import EngineConfig, Settings
+from loadtests.stack import free_port
 
 StartGateway = Callable[..., Awaitable[str]]
 
@@ -48,12 +48,6 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     for server, _ in running:
         server.should_exit = True
     await asyncio.gather(*(task for _, task in running), return_exceptions=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SimProcess:

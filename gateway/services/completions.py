@@ -97,7 +97,6 @@ class CompletionService:
             if request.stream:
                 payload["stream_options"] = {**(body.get("stream_options") or {}),
                                              "include_usage": True}
-            if request.stream:
                 return await self._open_stream(call, orjson.dumps(payload),
                                                forward_usage=request.wants_usage)
             return await self._complete(call, orjson.dumps(payload))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import orjson
 import pytest
 
 from engines.simulator import SimConfig
+from loadtests.stack import free_port
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -17,12 +16,6 @@ def error_of(response: httpx.Response) -> dict[str, object]:
     body = response.json()
     assert set(body["error"]) == {"message", "type", "param", "code"}
     return body["error"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -102,7 +95,7 @@ async def test_unknown_route_and_wrong_method(gateway: str) -> None:
 
 
 async def test_no_engine_up_is_503(start_gateway) -> None:
-    gateway = await start_gateway([f"http://127.0.0.1:{closed_port()}"])
+    gateway = await start_gateway([f"http://127.0.0.1:{free_port()}"])
     async with httpx.AsyncClient(base_url=gateway) as http:
         response = await http.post("/v1/chat/completions", json=CHAT)
         ready = await http.get("/ready")
