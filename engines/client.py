@@ -8,15 +8,14 @@ a broken stream -> EngineError, an engine's 4xx -> UpstreamRejected.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
+from engines.load import EngineLoad, parse_load
 from gateway.errors import (
     EngineError,
     EngineTimeout,
@@ -174,15 +173,9 @@ class EngineClient:
         data = orjson.loads(raw).get("data", [])
         return [card for card in data if isinstance(card, dict) and "id" in card]
 
-    async def metrics(self) -> dict[str, float]:
-        """``/metrics`` samples summed over labels, keyed by sample name."""
+    async def load(self) -> EngineLoad:
+        """The engine's queue, KV usage and prefix-cache counters from ``/metrics``."""
         status, raw = await self._get("/metrics")
         if status != 200:
             raise upstream_error(status, raw)
-        text = raw.decode("utf-8", "replace")
-        samples: dict[str, float] = {}
-        parsed = await asyncio.to_thread(lambda: list(text_string_to_metric_families(text)))
-        for family in parsed:
-            for sample in family.samples:
-                samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
-        return samples
+        return parse_load(raw)

@@ -18,21 +18,27 @@ from starlette.middleware import Middleware
 
 from engines.client import create_session
 from engines.supervisor import EngineProcess
+from gateway.drain import Drain
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from gateway.routes import health, openai
+from gateway.routing.router import Router
+from gateway.services.admission import Admission
 from gateway.services.completions import CompletionService
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import Settings
 
 
 def create_app(settings: Settings) -> Starlette:
-    """A gateway app for ``settings``. Nothing starts until its lifespan runs."""
+    """A gateway app for ``settings``. Nothing starts until its lifespan runs.
+
+    ``app.state.drain`` is what a server calls on SIGTERM (see :mod:`gateway.server`)."""
+    metrics = GatewayMetrics()
+    drain = Drain(settings.resilience.drain_timeout_s, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        metrics = GatewayMetrics()
         engines = settings.resolved_engines()
         async with AsyncExitStack() as stack:
             for config in engines:
@@ -44,18 +50,27 @@ def create_app(settings: Settings) -> Starlette:
             session = create_session(settings.pool, settings.timeouts)
             stack.push_async_callback(session.close)
             pool = EnginePool(engines, session, settings.timeouts, metrics,
-                              settings.health_interval_s)
+                              health_interval_s=settings.health_interval_s,
+                              scrape_interval_s=settings.routing.scrape_interval_s,
+                              breaker=settings.resilience.breaker)
+            router = Router(settings.routing)
+            pool.on_restart = router.forget
             await pool.refresh()
-            checks = asyncio.create_task(pool.run_health_checks(), name="health-checks")
-            stack.push_async_callback(_cancel, checks)
+            for loop, name in ((pool.run_health_checks, "health-checks"),
+                               (pool.run_scrapes, "load-scrapes")):
+                stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
+            stack.callback(drain.cancel)
             yield {
                 "settings": settings,
                 "metrics": metrics,
                 "pool": pool,
-                "completions": CompletionService(pool, metrics, retries=settings.retries),
+                "drain": drain,
+                "completions": CompletionService(
+                    pool, router, Admission(settings.admission), drain, metrics,
+                    settings.resilience),
             }
 
-    return Starlette(
+    app = Starlette(
         routes=[*openai.routes, *health.routes],
         middleware=[
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
@@ -65,6 +80,8 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.drain = drain
+    return app
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

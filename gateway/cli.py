@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 import aiohttp
 import typer
-import uvicorn
 import uvloop
 from rich.console import Console
 
 from engines.default_model import is_prepared, prepare_default_model
 from gateway.app import create_app
 from gateway.logs import configure_logging
+from gateway.server import GatewayServer
 from gateway.settings import Settings, load_settings
 from loadtests.cli import app as bench_app
 
@@ -58,10 +58,7 @@ def prepare_model(
 
 
 async def _serve(settings: Settings) -> None:
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, http="httptools",
-        lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=30,
-    ))
+    server = GatewayServer(create_app(settings), settings)
     announcer = asyncio.create_task(_announce(settings))
     try:
         await server.serve()

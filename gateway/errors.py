@@ -153,3 +153,15 @@ class EngineTimeout(EngineError):
     status = 504
     type = "timeout_error"
     default_code = "engine_timeout"
+
+
+class ShuttingDown(SluiceError):
+    """The gateway is draining before it stops; another replica should take the request."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "shutting_down"
+
+    def __init__(self, message: str = "the gateway is shutting down; retry on another "
+                                      "replica") -> None:
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})

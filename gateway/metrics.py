@@ -52,5 +52,30 @@ class GatewayMetrics:
             "sluice_engine_in_flight", "Requests the gateway has open on the engine.",
             ["engine"], registry=r)
 
+        self.circuit_state = Gauge(
+            "sluice_engine_circuit_state", "The engine's breaker: 0 closed, 1 open, 2 half-open.",
+            ["engine"], registry=r)
+        self.engine_queue = Gauge(
+            "sluice_engine_requests", "Requests running or waiting, as the engine reports.",
+            ["engine", "state"], registry=r)
+        self.engine_kv_usage = Gauge(
+            "sluice_engine_kv_cache_usage", "KV-cache usage the engine reports (1 = full).",
+            ["engine"], registry=r)
+        self.routing_decisions = Counter(
+            "sluice_routing_decisions", "Engine picks, by the policy's strategy and why.",
+            ["model", "strategy", "reason"], registry=r)
+        self.retry_budget_exhausted = Counter(
+            "sluice_retry_budget_exhausted", "Retries not made because the budget was spent.",
+            ["model"], registry=r)
+        self.failovers = Counter(
+            "sluice_failovers",
+            "Streams broken after the first byte: continued on another engine, or ended "
+            "with an error event.", ["model", "outcome"], registry=r)
+        self.admission_rejections = Counter(
+            "sluice_admission_rejections", "Requests refused with 429: the model's fleet is full.",
+            ["model"], registry=r)
+        self.draining = Gauge(
+            "sluice_draining", "1 while the gateway drains before shutting down.", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

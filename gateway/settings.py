@@ -17,6 +17,7 @@ from pydantic_settings import (
 )
 
 from engines.spec import EngineSpec
+from gateway.fleet_settings import AdmissionSettings, ResilienceSettings, RoutingSettings
 
 
 class TimeoutSettings(BaseModel):
@@ -83,9 +84,11 @@ class Settings(BaseSettings):
     engine_python: Path = Path(".venv-engine/bin/python")
     engine_port: int = Field(default=8100, ge=1, le=65535)
     health_interval_s: float = Field(default=1.0, gt=0)
-    retries: int = Field(default=1, ge=0, le=5)
     timeouts: TimeoutSettings = TimeoutSettings()
     pool: PoolSettings = PoolSettings()
+    routing: RoutingSettings = RoutingSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
+    admission: AdmissionSettings = AdmissionSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 

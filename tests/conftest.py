@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
+from gateway.server import GatewayServer
 from gateway.settings import EngineConfig, Settings
 from loadtests.stack import free_port
 
@@ -31,9 +32,7 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         fields: dict[str, Any] = {"port": 0, "default_engine": False, "access_log": False,
                                   "health_interval_s": 0.2, "engines": configs}
         settings = Settings(**{**fields, **overrides})
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=0, lifespan="on", log_config=None,
-            http="httptools", access_log=False))
+        server = GatewayServer(create_app(settings), settings, host="127.0.0.1", port=0)
         task = asyncio.create_task(server.serve())
         running.append((server, task))
         async with asyncio.timeout(15):

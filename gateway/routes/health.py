@@ -15,15 +15,19 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """200 when at least one engine serves a model, else 503; lists every engine."""
+    """200 when at least one engine serves a model and the gateway is not draining,
+    else 503; lists every engine."""
     pool = request.state.pool
     engines = [
         {"name": e.name, "url": e.client.base_url, "healthy": e.healthy,
-         "models": sorted(e.cards), "in_flight": e.in_flight, "error": e.last_error}
+         "models": sorted(e.cards), "in_flight": e.in_flight, "load": e.load,
+         "circuit": e.breaker.state.value, "error": e.last_error}
         for e in pool.engines
     ]
-    body = {"status": "ready" if pool.ready else "not_ready", "engines": engines}
-    return Response(orjson.dumps(body), status_code=200 if pool.ready else 503,
+    ready = pool.ready and not request.state.drain.draining
+    status = "draining" if request.state.drain.draining else "ready" if ready else "not_ready"
+    body = {"status": status, "engines": engines}
+    return Response(orjson.dumps(body), status_code=200 if ready else 503,
                     media_type="application/json")
 
 

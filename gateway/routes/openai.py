@@ -22,7 +22,8 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     body = parse_body(await request.body())
     watch = ClientWatch(request.receive)
     try:
-        result = await request.state.completions.generate(endpoint, body, started)
+        result = await request.state.completions.generate(
+            endpoint, body, started, request.headers.get("x-session-id"))
     except asyncio.CancelledError:
         await watch.close()
         if watch.absorb_cancel():

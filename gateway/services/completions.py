@@ -1,29 +1,32 @@
-"""Generation requests: validate, pick an engine, call it, relay and account.
+"""Generation requests: admit, validate, route, call an engine, relay and account.
 
-Before the first byte reaches the client, an engine that cannot be reached is marked
-down and the request goes to the next candidate (up to ``retries`` times). The first
-upstream read happens before the response starts, so a failure there is still an
-ordinary HTTP error. After it, the stream is committed: a failure becomes one error
-event followed by ``data: [DONE]``.
+The first upstream read happens before the response starts, so any failure up to then
+is an ordinary HTTP error, and may be retried on another engine (:mod:`.upstream`).
+After it the stream is committed: when its engine breaks, the stream is continued on
+another engine from the text already sent (:mod:`.failover`); when that is impossible,
+the client gets one error event followed by ``data: [DONE]``. A non-streamed request
+has sent nothing until it is complete, so a broken one is simply sent again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.drain import Drain
 from gateway.errors import (
     ContextLengthExceeded,
     EngineError,
-    EngineUnavailable,
+    Overloaded,
+    ShuttingDown,
     SluiceError,
 )
+from gateway.fleet_settings import ResilienceSettings
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     ChatCompletionRequest,
@@ -31,8 +34,12 @@ from gateway.protocol import (
     _GenerationRequest,
     validate,
 )
-from gateway.services.engine_pool import EnginePool, EngineState
+from gateway.routing.router import Router
+from gateway.services.admission import Admission
+from gateway.services.engine_pool import EnginePool
+from gateway.services.failover import continuation, first_id, read_transcript
 from gateway.services.relay import SSERelay, Usage
+from gateway.services.upstream import Attempt, Connector, Target
 
 log = logging.getLogger("sluice.completions")
 
@@ -55,15 +62,18 @@ class _Call:
     """One request's bookkeeping, from arrival to the end of its answer."""
 
     endpoint: Endpoint
-    model: str
-    """The requested model, for routing and logs."""
-    label: str
-    """The ``model`` label of its metrics: the model, or ``unknown`` when no engine has
-    it (client-chosen names must not grow the metrics without bound)."""
+    target: Target
     started: float
-    engine: str = "none"
     status: str = "200"
+    admitted: bool = False
     finished: bool = False
+    tried: set[str] | None = None
+
+    @property
+    def label(self) -> str:
+        """The ``model`` label of its metrics: the model, or ``unknown`` when no engine
+        has it (client-chosen names must not grow the metrics without bound)."""
+        return self.target.label
 
 
 @dataclass(frozen=True)
@@ -78,29 +88,43 @@ class StartedStream:
 class CompletionService:
     """Serves ``/v1/chat/completions`` and ``/v1/completions``."""
 
-    def __init__(self, pool: EnginePool, metrics: GatewayMetrics, *, retries: int) -> None:
+    def __init__(self, pool: EnginePool, router: Router, admission: Admission, drain: Drain,
+                 metrics: GatewayMetrics, settings: ResilienceSettings) -> None:
         self._pool = pool
+        self._router = router
+        self._admission = admission
+        self._drain = drain
         self._metrics = metrics
-        self._retries = retries
+        self._settings = settings
+        self._upstream = Connector(pool, router, drain, metrics, settings)
 
-    async def generate(self, endpoint: Endpoint, body: dict[str, Any],
-                       started: float) -> bytes | StartedStream:
+    async def generate(self, endpoint: Endpoint, body: dict[str, Any], started: float,
+                       session_key: str | None = None) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, an SSE byte stream for a streamed one."""
         model = body.get("model")
         model = model if isinstance(model, str) else ""
-        call = _Call(endpoint, model, self._pool.model_label(model), started)
+        user = body.get("user")
+        key = session_key or (user if isinstance(user, str) else None)
+        route = self._router.request(model, body, key)
+        call = _Call(endpoint, Target(model, self._pool.model_label(model), endpoint.path,
+                                      route), started, tried=set())
         self._metrics.in_flight.labels(call.label).inc()
         try:
+            if self._drain.draining:
+                raise ShuttingDown()
             request = validate(endpoint.model, body)
             self._check_budget(request)
+            self._admission.enter(model, self._pool.healthy_count(model))
+            call.admitted = True
             payload = dict(body)
             if request.stream:
                 payload["stream_options"] = {**(body.get("stream_options") or {}),
                                              "include_usage": True}
-                return await self._open_stream(call, orjson.dumps(payload),
-                                               forward_usage=request.wants_usage)
+                return await self._open_stream(call, payload, forward_usage=request.wants_usage)
             return await self._complete(call, orjson.dumps(payload))
         except BaseException as exc:
+            if isinstance(exc, Overloaded):
+                self._metrics.admission_rejections.labels(call.label).inc()
             self._finish(call, exc)
             raise
 
@@ -112,88 +136,125 @@ class CompletionService:
                 f"requested {budget} output tokens.", param="max_tokens")
 
     async def _complete(self, call: _Call, payload: bytes) -> bytes:
-        for engine in self._engines(call):
-            with self._pool.lease(engine):
-                try:
-                    raw = await engine.client.post(call.endpoint.path, payload)
-                except EngineUnavailable as exc:
-                    self._on_unreachable(call, engine, exc)
-                    continue
+        assert call.tried is not None
+        for resend in range(self._settings.max_failovers + 1):
+            attempt = await self._upstream.open(call.target, payload, call.tried)
+            try:
+                parts = [attempt.first, *[data async for data in attempt.chunks]]
+            except SluiceError as exc:
+                retry = (self._upstream.engine_failed(attempt.engine, exc)
+                         and self._settings.failover and resend < self._settings.max_failovers)
+                self._metrics.failovers.labels(call.label, "resent" if retry else "failed").inc()
+                if not retry:
+                    raise
+                continue
+            finally:
+                await attempt.stack.aclose()
+            raw = b"".join(parts)
             usage = orjson.loads(raw).get("usage") if raw.startswith(b"{") else None
             self._finish(call, None, Usage.from_openai(usage or {}))
             return raw
-        raise AssertionError("unreachable: _engines raises when candidates run out")
+        raise AssertionError("unreachable: the last resend raises")
 
-    async def _open_stream(self, call: _Call, payload: bytes,
+    async def _open_stream(self, call: _Call, payload: dict[str, Any],
                            *, forward_usage: bool) -> StartedStream:
-        for engine in self._engines(call):
-            stack = AsyncExitStack()
-            try:
-                stack.enter_context(self._pool.lease(engine))
-                stream = await stack.enter_async_context(
-                    engine.client.stream(call.endpoint.path, payload))
-                chunks = stream.chunks()
-                first = await anext(chunks, b"")
-            except EngineUnavailable as exc:
-                await stack.aclose()
-                self._on_unreachable(call, engine, exc)
-                continue
-            except BaseException:
-                await stack.aclose()
-                raise
-            body = self._relay(call, stack, chunks, first, SSERelay(forward_usage=forward_usage))
-            return StartedStream(await anext(body), body)
-        raise AssertionError("unreachable: _engines raises when candidates run out")
+        assert call.tried is not None
+        attempt = await self._upstream.open(call.target, orjson.dumps(payload), call.tried)
+        relay = SSERelay(forward_usage=forward_usage, keep=self._settings.failover)
+        body = self._relay(call, payload, attempt, relay)
+        return StartedStream(await anext(body), body)
 
-    def _engines(self, call: _Call) -> Iterator[EngineState]:
-        candidates = self._pool.candidates(call.model)
-        tries = candidates[: self._retries + 1]
-        for index, engine in enumerate(tries):
-            if index:
-                self._metrics.retries.labels(call.label).inc()
-            call.engine = engine.name
-            yield engine
-        raise EngineUnavailable(f"no engine serving '{call.model}' could be reached "
-                                f"({len(tries)} tried)")
-
-    def _on_unreachable(self, call: _Call, engine: EngineState, exc: SluiceError) -> None:
-        log.warning("engine %s unreachable for %s: %s", engine.name, call.model, exc.message)
-        self._pool.mark_failed(engine, exc)
-
-    async def _relay(self, call: _Call, stack: AsyncExitStack, chunks: AsyncIterator[bytes],
-                     first: bytes, relay: SSERelay) -> AsyncGenerator[bytes, None]:
+    async def _relay(self, call: _Call, payload: dict[str, Any], attempt: Attempt,
+                     relay: SSERelay) -> AsyncGenerator[bytes, None]:
         itl = self._metrics.itl.labels(call.label)
         error: BaseException | None = None
+        rewrite: tuple[bytes, bytes] | None = None
+        continued = 0
         try:
-            out = relay.feed(first)
+            out = relay.feed(attempt.first)
             last = time.perf_counter()
             self._metrics.ttft.labels(call.label).observe(last - call.started)
             yield out  # the head: yielded even when empty, so the generator is started
-            async for data in chunks:
-                now = time.perf_counter()
-                itl.observe(now - last)
-                last = now
-                out = relay.feed(data)
-                if out:
-                    yield out
-            if not relay.done:
-                raise EngineError("engine closed the stream before it finished")
+            while True:
+                try:
+                    async for data in attempt.chunks:
+                        now = time.perf_counter()
+                        itl.observe(now - last)
+                        last = now
+                        out = relay.feed(_rewritten(data, rewrite))
+                        if out:
+                            yield out
+                    if not relay.done:
+                        raise EngineError("engine closed the stream before it finished")
+                    return
+                except SluiceError as exc:
+                    if self._drain.expired:
+                        raise ShuttingDown("the gateway shut down before the answer "
+                                           "finished") from exc
+                    log.warning("stream from %s broke after the first byte: %s",
+                                attempt.engine.name, exc.message)
+                    self._upstream.engine_failed(attempt.engine, exc)
+                    await attempt.stack.aclose()
+                    follow = await self._continue(call, payload, relay, continued, exc)
+                    if isinstance(follow, bytes):  # the answer was complete after all
+                        yield follow
+                        return
+                    attempt, rewrite = follow
+                    continued += 1
+                    out = relay.feed(_rewritten(attempt.first, rewrite))
+                    if out:
+                        yield out
         except SluiceError as exc:
             error = exc
-            log.warning("stream from %s failed after first byte: %s", call.engine, exc.message)
             yield exc.sse_event() + _DONE
         except BaseException as exc:  # cancelled by a client disconnect, or closed
             error = exc
             raise
         finally:
-            await stack.aclose()
+            await attempt.stack.aclose()
             self._finish(call, error, relay.usage)
+
+    async def _continue(self, call: _Call, payload: dict[str, Any], relay: SSERelay,
+                        continued: int, cause: SluiceError
+                        ) -> tuple[Attempt, tuple[bytes, bytes] | None] | bytes:
+        """A new attempt that continues the broken stream (and the id rewrite that makes
+        its chunks look like the first stream's), ``[DONE]`` when nothing was missing
+        but the end, or raise ``cause`` when it cannot be continued."""
+        assert call.tried is not None
+        transcript = read_transcript(relay.kept or (), chat=call.endpoint is CHAT)
+        if transcript.finished and transcript.obstacle is None:
+            self._metrics.failovers.labels(call.label, "completed").inc()
+            return _DONE
+        follow: dict[str, Any] | str = "failover is off"
+        if self._settings.failover and continued < self._settings.max_failovers:
+            follow = continuation(payload, transcript, chat=call.endpoint is CHAT)
+        if isinstance(follow, str):
+            log.warning("cannot continue the stream of %s: %s", call.target.model, follow)
+            self._metrics.failovers.labels(call.label, "error_event").inc()
+            raise cause
+        try:
+            attempt = await self._upstream.open(call.target, orjson.dumps(follow), call.tried)
+        except SluiceError as exc:
+            self._metrics.failovers.labels(call.label, "error_event").inc()
+            raise cause from exc
+        relay.restart()
+        relay.usage_shift = transcript.tokens
+        self._metrics.failovers.labels(call.label, "continued").inc()
+        new_id, old_id = first_id(attempt.first), transcript.stream_id
+        rewrite = None
+        if new_id and old_id and new_id != old_id:
+            rewrite = (b'"id":"' + new_id + b'"', b'"id":"' + old_id + b'"')
+        log.info("stream of %s continued on %s after %d tokens", call.target.model,
+                 attempt.engine.name, transcript.tokens)
+        return attempt, rewrite
 
     def _finish(self, call: _Call, error: BaseException | None,
                 usage: Usage | None = None) -> None:
         if call.finished:
             return
         call.finished = True
+        if call.admitted:
+            self._admission.leave(call.target.model)
         m = self._metrics
         if isinstance(error, SluiceError):
             call.status = str(error.status_code)
@@ -201,8 +262,13 @@ class CompletionService:
             call.status = "499"
             m.client_disconnects.labels(call.label).inc()
         m.in_flight.labels(call.label).dec()
-        m.requests.labels(call.label, call.engine, call.endpoint.name, call.status).inc()
+        m.requests.labels(call.label, call.target.engine, call.endpoint.name, call.status).inc()
         m.e2e.labels(call.label, call.endpoint.name).observe(time.perf_counter() - call.started)
         if usage is not None:
             m.tokens.labels(call.label, "prompt").inc(usage.prompt_tokens)
             m.tokens.labels(call.label, "completion").inc(usage.completion_tokens)
+
+
+def _rewritten(data: bytes, rewrite: tuple[bytes, bytes] | None) -> bytes:
+    """A continued stream's bytes with its chunk id replaced by the first stream's."""
+    return data if rewrite is None else data.replace(*rewrite)

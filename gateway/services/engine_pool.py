@@ -1,11 +1,17 @@
-"""The engines behind the gateway: health, what each serves, and in-flight counts."""
+"""The engines behind the gateway: health, load, circuit state and what each serves.
+
+Two loops keep the picture fresh: health checks (``/health`` and ``/v1/models``, every
+``health_interval_s``) and load scrapes (``/metrics``, every ``scrape_interval_s``). A
+request that finds an engine unreachable marks it down at once, without waiting for them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import Iterator
+import math
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,11 +19,18 @@ from typing import Any
 import aiohttp
 
 from engines.client import EngineClient
+from engines.load import EngineLoad
 from gateway.errors import ModelNotFound, NoHealthyEngine, SluiceError
+from gateway.fleet_settings import BreakerSettings
 from gateway.metrics import GatewayMetrics
+from gateway.routing.breaker import BreakerState, CircuitBreaker
 from gateway.settings import EngineConfig, TimeoutSettings
 
 log = logging.getLogger("sluice.engines")
+
+_SCRAPE_FRESH_S = 2.0
+"""A scrape older than this no longer says anything about an engine's load."""
+_CIRCUIT_VALUE = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
 
 
 @dataclass
@@ -25,33 +38,53 @@ class EngineState:
     """What the gateway knows about one engine right now."""
 
     client: EngineClient
+    breaker: CircuitBreaker
     healthy: bool = False
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)
     in_flight: int = 0
     last_error: str | None = None
+    scraped: EngineLoad = field(default_factory=EngineLoad)
+    scraped_at: float = -math.inf
 
     @property
     def name(self) -> str:
         return self.client.name
 
+    @property
+    def load(self) -> int:
+        """Requests on the engine: the gateway's own exact count, or the engine's running
+        plus waiting when a recent scrape saw more (other gateways send to it too)."""
+        if time.monotonic() - self.scraped_at > _SCRAPE_FRESH_S:
+            return self.in_flight
+        return max(self.in_flight, int(self.scraped.queued))
+
+    @property
+    def kv_usage(self) -> float:
+        return self.scraped.kv_usage
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and self.breaker.available()
+
 
 class EnginePool:
-    """Tracks every engine and picks one for a model.
-
-    The pick is the least-loaded healthy engine serving the model (by the gateway's own
-    exact in-flight count), ties broken round-robin.
-    """
+    """Tracks every engine; filters the ones a request may go to."""
 
     def __init__(self, configs: list[EngineConfig], session: aiohttp.ClientSession,
-                 timeouts: TimeoutSettings, metrics: GatewayMetrics,
-                 health_interval_s: float) -> None:
+                 timeouts: TimeoutSettings, metrics: GatewayMetrics, *,
+                 health_interval_s: float, scrape_interval_s: float = 0.25,
+                 breaker: BreakerSettings = BreakerSettings()) -> None:
         self._engines = [
-            EngineState(EngineClient(c.name, c.base_url, session, timeouts)) for c in configs
+            EngineState(EngineClient(c.name, c.base_url, session, timeouts),
+                        CircuitBreaker(breaker.failure_threshold, breaker.open_s))
+            for c in configs
         ]
         self._metrics = metrics
         self._interval = health_interval_s
-        self._turn = itertools.count()
+        self._scrape_interval = scrape_interval_s
         self._ready = asyncio.Event()
+        self.on_restart: Callable[[str], None] | None = None
+        """Called with an engine's name when it comes back up (its caches are empty)."""
 
     @property
     def engines(self) -> list[EngineState]:
@@ -84,19 +117,20 @@ class EnginePool:
         ]
         return min(lengths) if lengths else None
 
+    def healthy_count(self, model: str) -> int:
+        return sum(1 for e in self._engines if e.healthy and model in e.cards)
+
     def candidates(self, model: str, exclude: frozenset[str] = frozenset()) -> list[EngineState]:
-        """Healthy engines serving ``model``, best first. Raises when there are none."""
+        """Engines a request for ``model`` may go to now. Raises when there are none."""
         serving = [e for e in self._engines if model in e.cards]
         if not serving:
             if not any(e.healthy for e in self._engines):
-                raise NoHealthyEngine("no engine is up yet; retry shortly",)
+                raise NoHealthyEngine("no engine is up yet; retry shortly")
             raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        healthy = [e for e in serving if e.healthy and e.name not in exclude]
-        if not healthy:
+        usable = [e for e in serving if e.routable and e.name not in exclude]
+        if not usable:
             raise NoHealthyEngine(f"no healthy engine serves '{model}'")
-        offset = next(self._turn) % len(healthy)
-        rotated = healthy[offset:] + healthy[:offset]
-        return sorted(rotated, key=lambda e: e.in_flight)
+        return usable
 
     @contextmanager
     def lease(self, engine: EngineState) -> Iterator[EngineState]:
@@ -110,12 +144,28 @@ class EnginePool:
             engine.in_flight -= 1
             gauge.dec()
 
-    def mark_failed(self, engine: EngineState, error: SluiceError) -> None:
-        """An engine failed a request in a way that means it is down: stop routing to it."""
-        engine.healthy = False
+    def record_success(self, engine: EngineState) -> None:
+        engine.breaker.record_success()
+        self._publish_circuit(engine)
+
+    def record_failure(self, engine: EngineState, error: SluiceError) -> None:
+        """A request failed because of the engine (not because of the request)."""
+        engine.breaker.record_failure()
         engine.last_error = error.message
-        self._metrics.engine_up.labels(engine.name).set(0)
         self._metrics.upstream_errors.labels(engine.name, type(error).__name__).inc()
+        self._publish_circuit(engine)
+
+    def mark_down(self, engine: EngineState, error: SluiceError) -> None:
+        """The engine cannot be reached: stop routing to it until a health check passes."""
+        if engine.healthy:
+            log.warning("engine %s marked down: %s", engine.name, error.message)
+        engine.healthy = False
+        self._metrics.engine_up.labels(engine.name).set(0)
+        self.record_failure(engine, error)
+
+    def _publish_circuit(self, engine: EngineState) -> None:
+        state = engine.breaker.state
+        self._metrics.circuit_state.labels(engine.name).set(_CIRCUIT_VALUE[state])
 
     async def refresh(self) -> None:
         """Check every engine once (concurrently)."""
@@ -135,9 +185,28 @@ class EnginePool:
         else:
             if healthy and not engine.healthy:
                 log.info("engine %s up, serving %s", engine.name, sorted(cards))
+                if self.on_restart is not None:
+                    self.on_restart(engine.name)
             engine.last_error = None
         engine.healthy, engine.cards = healthy, cards if healthy else engine.cards
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)
+        self._publish_circuit(engine)
+
+    async def scrape(self) -> None:
+        """Read every healthy engine's load once (concurrently)."""
+        await asyncio.gather(*(self._scrape(e) for e in self._engines if e.healthy))
+
+    async def _scrape(self, engine: EngineState) -> None:
+        try:
+            async with asyncio.timeout(max(1.0, 4 * self._scrape_interval)):
+                engine.scraped = await engine.client.load()
+        except (SluiceError, TimeoutError):
+            return  # the health check decides about the engine; this scrape is just lost
+        engine.scraped_at = time.monotonic()
+        labels = engine.name
+        self._metrics.engine_queue.labels(labels, "running").set(engine.scraped.running)
+        self._metrics.engine_queue.labels(labels, "waiting").set(engine.scraped.waiting)
+        self._metrics.engine_kv_usage.labels(labels).set(engine.scraped.kv_usage)
 
     async def run_health_checks(self) -> None:
         """Refresh forever at the configured interval, starting one interval from now
@@ -145,3 +214,9 @@ class EnginePool:
         while True:
             await asyncio.sleep(self._interval)
             await self.refresh()
+
+    async def run_scrapes(self) -> None:
+        """Scrape load forever at the scrape interval; cancel to stop."""
+        while True:
+            await self.scrape()
+            await asyncio.sleep(self._scrape_interval)

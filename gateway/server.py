@@ -1,0 +1,35 @@
+"""The uvicorn server that runs a gateway app and drains it on SIGTERM/SIGINT.
+
+uvicorn already stops accepting connections on a signal and waits for the open ones;
+this adds the gateway's side: ``/ready`` turns 503 at once (load balancers stop
+sending), and after ``drain_timeout_s`` the upstream streams still open are closed so
+their clients get an error event and ``[DONE]`` rather than a cut connection (uvicorn's
+own hard deadline comes a little later, as a backstop).
+"""
+
+from __future__ import annotations
+
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from gateway.drain import Drain
+from gateway.settings import Settings
+
+_BACKSTOP_S = 5.0
+
+
+class GatewayServer(uvicorn.Server):
+    def __init__(self, app: Starlette, settings: Settings, *, host: str | None = None,
+                 port: int | None = None) -> None:
+        self.drain: Drain = app.state.drain
+        super().__init__(uvicorn.Config(
+            app, host=host or settings.host, port=settings.port if port is None else port,
+            http="httptools", lifespan="on", log_config=None, access_log=False,
+            timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + _BACKSTOP_S),
+        ))
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.drain.begin()
+        super().handle_exit(sig, frame)
