@@ -4,8 +4,9 @@ The first upstream read happens before the response starts, so any failure up to
 is an ordinary HTTP error, and may be retried on another engine (:mod:`.upstream`).
 After it the stream is committed: when its engine breaks, the stream is continued on
 another engine from the text already sent (:mod:`.failover`); when that is impossible,
-the client gets one error event followed by ``data: [DONE]``. A non-streamed request
-has sent nothing until it is complete, so a broken one is simply sent again.
+the client gets one error event followed by ``data: [DONE]``. (An engine sends a
+non-streamed answer only when it is complete, so its failures are all "before the first
+byte" and retried like any other.)
 """
 
 from __future__ import annotations
@@ -137,24 +138,17 @@ class CompletionService:
 
     async def _complete(self, call: _Call, payload: bytes) -> bytes:
         assert call.tried is not None
-        for resend in range(self._settings.max_failovers + 1):
-            attempt = await self._upstream.open(call.target, payload, call.tried)
-            try:
-                parts = [attempt.first, *[data async for data in attempt.chunks]]
-            except SluiceError as exc:
-                retry = (self._upstream.engine_failed(attempt.engine, exc)
-                         and self._settings.failover and resend < self._settings.max_failovers)
-                self._metrics.failovers.labels(call.label, "resent" if retry else "failed").inc()
-                if not retry:
-                    raise
-                continue
-            finally:
-                await attempt.stack.aclose()
-            raw = b"".join(parts)
-            usage = orjson.loads(raw).get("usage") if raw.startswith(b"{") else None
-            self._finish(call, None, Usage.from_openai(usage or {}))
-            return raw
-        raise AssertionError("unreachable: the last resend raises")
+        attempt = await self._upstream.open(call.target, payload, call.tried)
+        try:
+            raw = b"".join([attempt.first, *[data async for data in attempt.chunks]])
+        except SluiceError as exc:
+            self._upstream.engine_failed(attempt.engine, exc)
+            raise
+        finally:
+            await attempt.stack.aclose()
+        usage = orjson.loads(raw).get("usage") if raw.startswith(b"{") else None
+        self._finish(call, None, Usage.from_openai(usage or {}))
+        return raw
 
     async def _open_stream(self, call: _Call, payload: dict[str, Any],
                            *, forward_usage: bool) -> StartedStream:
