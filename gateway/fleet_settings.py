@@ -36,6 +36,10 @@ class RoutingPolicy(_Frozen):
         default=1.25, ge=1.0,
         description="bounded load: an affinity (session or prefix) may send an engine at "
                     "most load_factor x the mean load (+1) before it spills to another")
+    affinity_floor: int = Field(
+        default=4, ge=1,
+        description="prefix affinity holds up to this many requests per engine whatever the "
+                    "mean: at low load a cache hit is worth more than perfect balance")
 
     def weights(self) -> dict[ScorerName, float]:
         chosen = self.scorers if self.scorers is not None else PRESETS[self.strategy]

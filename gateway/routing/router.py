@@ -7,7 +7,8 @@ is counted by strategy and reason, so a dashboard shows *why* traffic went where
 
 Affinity never overrides load without bound: session affinity uses consistent hashing
 with bounded loads, and prefix affinity ignores the match of an engine that already holds
-more than ``load_factor`` x its fair share (the load-imbalance guard).
+more than ``load_factor`` x its fair share, and at least ``affinity_floor`` requests
+(the load-imbalance guard).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.fleet_settings import RoutingSettings, ScorerName
+from gateway.fleet_settings import RoutingPolicy, RoutingSettings, ScorerName
 from gateway.routing.hashring import BoundedLoadRing
 from gateway.routing.prefix import PrefixIndex, block_hashes, prompt_text
 
@@ -89,8 +90,7 @@ class Router:
         scores = [0.0] * len(candidates)
         notes: dict[ScorerName, str] = {}
         for name, weight in weights.items():
-            values, note = self._score(name, request, candidates, loads, turn,
-                                       policy.load_factor)
+            values, note = self._score(name, request, candidates, loads, turn, policy)
             notes[name] = note
             for i, value in enumerate(values):
                 scores[i] += weight * value
@@ -104,7 +104,7 @@ class Router:
                                                              len(candidates)))
 
     def _score(self, name: ScorerName, request: RouteRequest, candidates: Sequence[Candidate],
-               loads: list[int], turn: int, load_factor: float) -> tuple[list[float], str]:
+               loads: list[int], turn: int, policy: RoutingPolicy) -> tuple[list[float], str]:
         n = len(candidates)
         if name == "round_robin":
             return [1.0 if i == turn % n else 0.0 for i in range(n)], "rotation"
@@ -116,8 +116,8 @@ class Router:
         if name == "kv_cache":
             return [max(0.0, 1.0 - c.kv_usage) for c in candidates], "kv"
         if name == "session":
-            return self._session(request, candidates, loads, load_factor)
-        return self._prefix(request, candidates, loads, load_factor)
+            return self._session(request, candidates, loads, policy.load_factor)
+        return self._prefix(request, candidates, loads, policy)
 
     def _session(self, request: RouteRequest, candidates: Sequence[Candidate],
                  loads: list[int], load_factor: float) -> tuple[list[float], str]:
@@ -131,13 +131,14 @@ class Router:
             "sticky" if chosen == owner else "spill")
 
     def _prefix(self, request: RouteRequest, candidates: Sequence[Candidate],
-                loads: list[int], load_factor: float) -> tuple[list[float], str]:
+                loads: list[int], policy: RoutingPolicy) -> tuple[list[float], str]:
         hashes = request.hashes
         if not hashes:
             return [0.0] * len(candidates), "short"
         names = [c.name for c in candidates]
         matched = self.prefix_index.match(hashes, names)
-        cap = math.ceil(load_factor * (sum(loads) + 1) / len(candidates))
+        cap = max(math.ceil(policy.load_factor * (sum(loads) + 1) / len(candidates)),
+                  policy.affinity_floor)
         raw = [matched.get(name, 0) for name in names]
         allowed = [m if load + 1 <= cap else 0 for m, load in zip(raw, loads, strict=True)]
         if max(raw) == 0:
