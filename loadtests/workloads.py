@@ -18,7 +18,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    model_validator,
+)
 
 _WORD_TEXT = """
 the of and to in is was for on are with as at be by this had not but from or have an they
@@ -106,6 +114,12 @@ class MultiTurnWorkload(_Common):
     turn_len: PositiveInt = 64
     """Tokens in every later user message."""
     output_len: PositiveInt = 128
+    system_len: NonNegativeInt = 0
+    """Tokens of a system prompt shared by every conversation (0: no system message). It
+    opens every request (chat: a ``system`` message; completions: the prompt's first line)."""
+    session_user: bool = False
+    """Send each conversation's id as OpenAI's ``user`` field, the key session-affinity
+    routers use."""
 
 
 BaseWorkload = Annotated[
@@ -153,14 +167,21 @@ def words(rng: random.Random, count: int) -> str:
     return " ".join(rng.choices(WORDS, k=count))
 
 
-def make_body(spec: _Common, model: str, turns: list[str], output_len: int) -> dict[str, Any]:
-    """A streamed request body; ``turns`` alternate user, assistant, ..., user."""
+def make_body(
+    spec: _Common, model: str, turns: list[str], output_len: int, *,
+    system: str | None = None, user: str | None = None,
+) -> dict[str, Any]:
+    """A streamed request body; ``turns`` alternate user, assistant, ..., user, after an
+    optional ``system`` prompt; ``user`` is OpenAI's end-user id field."""
     body: dict[str, Any] = {"model": model}
     if spec.endpoint == "chat":
         roles = ("user", "assistant")
-        body["messages"] = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+        messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        body["messages"] = messages
     else:
-        body["prompt"] = "\n".join(turns)
+        body["prompt"] = "\n".join(turns if system is None else [system, *turns])
     body |= {
         "max_tokens": output_len,
         "temperature": spec.temperature,
@@ -169,6 +190,8 @@ def make_body(spec: _Common, model: str, turns: list[str], output_len: int) -> d
     }
     if spec.ignore_eos:
         body["ignore_eos"] = True
+    if user is not None:
+        body["user"] = user
     return body
 
 
@@ -207,11 +230,14 @@ class RequestSource:
         self._fresh: Iterator[Request] | None = None
         self._fresh_done = False
         self._turns: MultiTurnWorkload | None = None
+        self._system: str | None = None
         self._ready: deque[_Conversation] = deque()
         self._conversations: dict[str, _Conversation] = {}
         self._in_flight = 0
         if isinstance(inner, MultiTurnWorkload):
             self._turns = inner
+            if inner.system_len:  # its own stream: the conversations do not change with it
+                self._system = words(random.Random(f"{seed}:system"), inner.system_len)
             self._start_conversations(inner)
         else:
             self._fresh = self._fresh_requests(inner)
@@ -294,6 +320,8 @@ class RequestSource:
         conversation, output_len = self._ready.popleft(), self._turns.output_len
         turn = len(conversation.history) // 2
         turns = [*conversation.history, conversation.messages[turn]]
-        body = make_body(self._spec, conversation.model, turns, output_len)
+        user = conversation.session if self._turns.session_user else None
+        body = make_body(self._spec, conversation.model, turns, output_len,
+                         system=self._system, user=user)
         self._in_flight += 1
         return Request(self._path, body, conversation.model, output_len, conversation.session, turn)
