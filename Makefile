@@ -10,7 +10,7 @@ extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.
 nodeps = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
-	gateway engine model redis clean
+	bench-routing bench-routing-real bench-chaos bench-scale gateway engine model redis clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
@@ -31,7 +31,8 @@ integration: gateway redis
 e2e: gateway engine model
 	$(VENV)/bin/pytest tests/e2e -ra
 
-bench: bench-relay bench-vllm bench-sweep  ## every benchmark the README reports
+bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
+	bench-scale  ## every benchmark the README reports
 
 bench-relay: gateway  ## gateway vs direct on one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -42,6 +43,18 @@ bench-vllm: gateway engine model  ## the harness against `vllm bench serve` on a
 bench-sweep: gateway engine model  ## concurrency sweep through the gateway, real engine
 	$(VENV)/bin/sluice bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
 	  --out results/real_sweep
+
+bench-routing: gateway  ## routing strategies on 4 simulator engines (llm-d H100 profile)
+	$(VENV)/bin/python -m loadtests.routing_bench --no-progress --out results/routing
+
+bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM CPU engines
+	$(VENV)/bin/python -m loadtests.routing_bench --real --no-progress --out results/routing_real
+
+bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
+	$(VENV)/bin/python -m loadtests.chaos_bench --out results/chaos
+
+bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
+	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale
 
 gateway: $(VENV)/.installed
 engine: $(ENGINE_VENV)/.installed
