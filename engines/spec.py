@@ -25,7 +25,8 @@ class EngineSpec(BaseModel):
     python: Path = Path(sys.executable)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     max_model_len: int = Field(default=2048, ge=16)
-    kv_cache_gib: float = Field(default=2.0, gt=0)
+    kv_cache_gib: int = Field(
+        default=2, ge=1, description="whole GiB: vLLM reads VLLM_CPU_KVCACHE_SPACE as an int")
     max_num_seqs: int = Field(default=64, ge=1)
     enable_lora: bool = True
     max_loras: int = Field(default=2, ge=1)
@@ -62,7 +63,7 @@ class EngineSpec(BaseModel):
 
     def environment(self) -> dict[str, str]:
         """Variables the engine needs on top of the inherited environment."""
-        env = {"VLLM_CPU_KVCACHE_SPACE": f"{self.kv_cache_gib:g}"}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)}
         if self.enable_lora:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env

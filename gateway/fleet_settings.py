@@ -37,7 +37,7 @@ class RoutingPolicy(_Frozen):
         description="bounded load: an affinity (session or prefix) may send an engine at "
                     "most load_factor x the mean load (+1) before it spills to another")
     affinity_floor: int = Field(
-        default=4, ge=1,
+        default=8, ge=1,
         description="prefix affinity holds up to this many requests per engine whatever the "
                     "mean: at low load a cache hit is worth more than perfect balance")
 

@@ -1,6 +1,9 @@
 import itertools
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from engines.spec import EngineSpec
 
 
@@ -34,5 +37,11 @@ def test_lora_and_prefix_caching_can_be_turned_off() -> None:
 
 
 def test_environment_sets_kv_space_and_runtime_lora() -> None:
-    env = EngineSpec(model=Path("/m"), served_name="x", kv_cache_gib=1.5).environment()
-    assert env == {"VLLM_CPU_KVCACHE_SPACE": "1.5", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    env = EngineSpec(model=Path("/m"), served_name="x", kv_cache_gib=3).environment()
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+
+
+def test_fractional_kv_space_is_refused_up_front() -> None:
+    # vLLM 0.32 parses VLLM_CPU_KVCACHE_SPACE with int(): "1.5" would fail at engine start.
+    with pytest.raises(ValidationError, match="kv_cache_gib"):
+        EngineSpec(model=Path("/m"), served_name="x", kv_cache_gib=1.5)

@@ -103,7 +103,7 @@ def test_prefix_guard_stops_a_hot_prefix_piling_onto_one_engine() -> None:
     engines = [Engine(name) for name in "abcd"]
     hot = "the same long prompt every client sends " * 3
     owner = r.pick(r.request("m", chat(hot), None), engines).index
-    engines[owner].load = 10  # cap = max(ceil(1.25 * 11 / 4), floor 4) = 4
+    engines[owner].load = 10  # cap = max(ceil(1.25 * 11 / 4), floor 8) = 8
     decision = r.pick(r.request("m", chat(hot), None), engines)
     assert decision.index != owner
     assert decision.reason == "prefix_guarded"
