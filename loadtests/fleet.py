@@ -131,8 +131,8 @@ class EngineFleet:
 
     async def start_all(self, *, one_at_a_time: bool = False) -> None:
         """Start every engine and wait until all are ready: all at once, or each after the
-        previous one is ready (vLLM CPU engines warming up side by side on 2 cores take
-        six times as long as one)."""
+        previous one is ready, so each gets the machine to itself and its own ready timeout
+        (three vLLM CPU engines on 2 cores: 6 min side by side, 2 min each in turn)."""
         if one_at_a_time:
             for index in range(len(self)):
                 await self._start(index)

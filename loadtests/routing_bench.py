@@ -135,7 +135,7 @@ async def real(args: argparse.Namespace, scenario: Scenario, kv_tokens: int,
         baseline_kv_tokens=max(4 * ws.total_tokens, max_model_len) if args.baseline else None)
     runs: list[Measured] = []
     print(f"starting {len(engines.launches)} vLLM engines one after the other (max_model_len "
-          f"{max_model_len}; about a minute each on 2 cores)", flush=True)
+          f"{max_model_len}; about 2 minutes each on 2 cores)", flush=True)
     async with engine_fleet(engines.launches, ready_timeout_s=600, one_at_a_time=True) as fleet:
         fleet_urls, baseline_urls = fleet.urls[: args.engines], fleet.urls[args.engines :]
         await warm_up(fleet.urls, engines.model)
