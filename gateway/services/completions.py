@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -68,7 +68,8 @@ class _Call:
     status: str = "200"
     admitted: bool = False
     finished: bool = False
-    tried: set[str] | None = None
+    tried: set[str] = field(default_factory=set)
+    """Engines this request was sent to (a retry or a continuation goes elsewhere)."""
 
     @property
     def label(self) -> str:
@@ -108,7 +109,7 @@ class CompletionService:
         key = session_key or (user if isinstance(user, str) else None)
         route = self._router.request(model, body, key)
         call = _Call(endpoint, Target(model, self._pool.model_label(model), endpoint.path,
-                                      route), started, tried=set())
+                                      route), started)
         self._metrics.in_flight.labels(call.label).inc()
         try:
             if self._drain.draining:
@@ -137,7 +138,6 @@ class CompletionService:
                 f"requested {budget} output tokens.", param="max_tokens")
 
     async def _complete(self, call: _Call, payload: bytes) -> bytes:
-        assert call.tried is not None
         attempt = await self._upstream.open(call.target, payload, call.tried)
         try:
             raw = b"".join([attempt.first, *[data async for data in attempt.chunks]])
@@ -152,7 +152,6 @@ class CompletionService:
 
     async def _open_stream(self, call: _Call, payload: dict[str, Any],
                            *, forward_usage: bool) -> StartedStream:
-        assert call.tried is not None
         attempt = await self._upstream.open(call.target, orjson.dumps(payload), call.tried)
         relay = SSERelay(forward_usage=forward_usage, keep=self._settings.failover)
         body = self._relay(call, payload, attempt, relay)
@@ -214,7 +213,6 @@ class CompletionService:
         """A new attempt that continues the broken stream (and the id rewrite that makes
         its chunks look like the first stream's), ``[DONE]`` when nothing was missing
         but the end, or raise ``cause`` when it cannot be continued."""
-        assert call.tried is not None
         transcript = read_transcript(relay.kept or (), chat=call.endpoint is CHAT)
         if transcript.finished and transcript.obstacle is None:
             self._metrics.failovers.labels(call.label, "completed").inc()

@@ -59,10 +59,8 @@ async def _exit_code(process: subprocess.Popen[bytes], timeout_s: float) -> int 
     return await asyncio.to_thread(process.wait, timeout_s)
 
 
-async def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
-        start_sim, serve) -> None:
-    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=40))  # ~1.2 s stream
-    process, url = await serve(sim, drain_timeout_s=20)
+async def _stream_through_sigterm(process: subprocess.Popen[bytes], url: str) -> list[str]:
+    """Start a stream, SIGTERM the gateway after its first bytes, read it to the end."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as http, \
             http.stream("POST", "/v1/chat/completions", json=STREAM) as response:
         chunks = response.aiter_bytes()
@@ -70,10 +68,17 @@ async def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
         process.send_signal(signal.SIGTERM)
         async for data in chunks:
             body += data
+    return [e for e in body.decode().split("\n\n") if e]
+
+
+async def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
+        start_sim, serve) -> None:
+    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=40))  # ~1.2 s stream
+    process, url = await serve(sim, drain_timeout_s=20)
+    events = await _stream_through_sigterm(process, url)
+    async with httpx.AsyncClient(timeout=2.0) as http:
         with pytest.raises(httpx.TransportError):
-            await http.get("/ready", extensions={"timeout": {"connect": 2.0}},
-                           headers={"connection": "close"})
-    events = [e for e in body.decode().split("\n\n") if e]
+            await http.get(url + "/ready")
     assert events[-1] == "data: [DONE]"
     assert not [e for e in events if '"error"' in e]
     assert len([e for e in events if '"content":"' in e and '"content":""' not in e]) == 30
@@ -84,14 +89,7 @@ async def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
 async def test_drain_deadline_ends_streams_with_an_error_event(start_sim, serve) -> None:
     sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=100))  # ~3 s stream
     process, url = await serve(sim, drain_timeout_s=0.5)
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http, \
-            http.stream("POST", "/v1/chat/completions", json=STREAM) as response:
-        chunks = response.aiter_bytes()
-        body = await anext(chunks)
-        process.send_signal(signal.SIGTERM)
-        async for data in chunks:
-            body += data
-    events = [e for e in body.decode().split("\n\n") if e]
+    events = await _stream_through_sigterm(process, url)
     assert events[-1] == "data: [DONE]"
     error = orjson.loads(events[-2][6:])["error"]
     assert error["code"] == "shutting_down"
