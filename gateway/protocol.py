@@ -27,7 +27,7 @@ class StreamOptions(_Open):
     include_usage: bool = False
 
 
-class _GenerationRequest(_Open):
+class GenerationRequest(_Open):
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -47,7 +47,7 @@ class _GenerationRequest(_Open):
         return self.max_tokens
 
 
-class ChatCompletionRequest(_GenerationRequest):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
@@ -56,11 +56,11 @@ class ChatCompletionRequest(_GenerationRequest):
         return self.max_completion_tokens or self.max_tokens
 
 
-class CompletionRequest(_GenerationRequest):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
-M = TypeVar("M", bound=_GenerationRequest)
+M = TypeVar("M", bound=GenerationRequest)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
-    _GenerationRequest,
+    GenerationRequest,
     validate,
 )
 from gateway.routing.router import Router
@@ -51,7 +51,7 @@ _DONE = b"data: [DONE]\n\n"
 class Endpoint:
     name: str
     path: str
-    model: type[_GenerationRequest]
+    model: type[GenerationRequest]
 
 
 CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest)
@@ -130,7 +130,7 @@ class CompletionService:
             self._finish(call, exc)
             raise
 
-    def _check_budget(self, request: _GenerationRequest) -> None:
+    def _check_budget(self, request: GenerationRequest) -> None:
         budget, limit = request.output_budget, self._pool.max_model_len(request.model)
         if budget is not None and limit is not None and budget > limit:
             raise ContextLengthExceeded(

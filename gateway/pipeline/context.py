@@ -1,0 +1,130 @@
+"""The one object a generation request carries through every step of the pipeline.
+
+Each step of the director reads and writes a :class:`RequestContext`; none reaches into
+another step's locals. It replaces per-step bookkeeping objects: what was asked for
+(endpoint, body, requested model), who asked (principal), where it was resolved to
+(model, adapter), where it went (tried engines, attempts, engine), when things happened
+(timings), what came back (usage) and how it ended (outcome).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A generation endpoint: its metrics name, the engine path, its request model."""
+
+    name: str
+    path: str
+    model: type[GenerationRequest]
+
+    @property
+    def chat(self) -> bool:
+        return self.name == "chat"
+
+
+CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest)
+COMPLETIONS = Endpoint("completions", "/v1/completions", CompletionRequest)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the engines report them (OpenAI ``usage``)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: object) -> Usage | None:
+        """The counts of a ``usage`` object; None when it is not a valid one (missing,
+        negative or non-integer counts are an engine fault, not zero)."""
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        if not (type(prompt) is int and type(completion) is int) or prompt < 0 or completion < 0:
+            return None
+        return cls(prompt, completion)
+
+
+@dataclass(slots=True)
+class Timings:
+    """``time.perf_counter()`` readings of one request's phases (None: not reached)."""
+
+    arrived: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None
+    scheduled: float | None = None
+    """The engine of the first attempt was picked."""
+    connected: float | None = None
+    """The first attempt's engine answered with its response headers."""
+    first_byte: float | None = None
+    """The first output bytes arrived from an engine."""
+    finished: float | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How the request ended: the status its metrics and logs record."""
+
+    status: str = "200"
+    error: BaseException | None = None
+    client_left: bool = False
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything known about one generation request, from arrival to its last byte."""
+
+    id: str
+    endpoint: Endpoint
+    body: dict[str, Any]
+    """The request body as the client sent it (decoded JSON object)."""
+    principal: str | None = None
+    """Who sent it: an API key's id, or None when the gateway runs without keys."""
+    session_key: str | None = None
+    """Session affinity key (``x-session-id`` header, else the body's ``user``)."""
+    requested_model: str = ""
+    model: str = ""
+    """The model the engines are asked for, once resolved (an alias's version later)."""
+    adapter: str | None = None
+    label: str = "unknown"
+    """The ``model`` label of its metrics: ``unknown`` when no engine has the model, so
+    client-chosen names cannot grow the metrics without bound."""
+    request: GenerationRequest | None = None
+    """The validated view of ``body`` (fields the gateway acts on)."""
+    tried: set[str] = field(default_factory=set)
+    """Engines this request was sent to: a retry or a continuation goes elsewhere."""
+    attempts: int = 0
+    continuations: int = 0
+    engine: str = "none"
+    """The engine of the latest attempt."""
+    timings: Timings = field(default_factory=Timings)
+    usage: Usage | None = None
+    outcome: Outcome = field(default_factory=Outcome)
+    admitted: bool = False
+    finished: bool = False
+    scratch: dict[str, Any] = field(default_factory=dict)
+    """Per-request data that plugins compute once and share (e.g. prompt block hashes),
+    keyed by the plugin's name."""
+
+    @classmethod
+    def new(cls, request_id: str, endpoint: Endpoint, body: dict[str, Any], *,
+            session_key: str | None = None, principal: str | None = None,
+            arrived: float | None = None) -> RequestContext:
+        model = body.get("model")
+        user = body.get("user")
+        ctx = cls(request_id, endpoint, body, principal=principal,
+                  session_key=session_key or (user if isinstance(user, str) else None))
+        ctx.requested_model = ctx.model = model if isinstance(model, str) else ""
+        if arrived is not None:
+            ctx.timings.arrived = arrived
+        return ctx
+
+    @property
+    def stream(self) -> bool:
+        return self.request is not None and self.request.stream
