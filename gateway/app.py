@@ -16,24 +16,48 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from engines.client import create_session
 from engines.supervisor import EngineProcess
 from gateway.drain import Drain
+from gateway.engine.aiohttp_transport import AiohttpTransport
+from gateway.engine.client import EngineClient
+from gateway.engine.transport import Transport
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from gateway.pipeline.admission import Admission
+from gateway.pipeline.connector import Connector
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.director import Director
 from gateway.routes import health, openai
 from gateway.routing.router import Router
-from gateway.services.admission import Admission
-from gateway.services.completions import CompletionService
-from gateway.services.engine_pool import EnginePool
-from gateway.settings import Settings
+from gateway.services.engine_pool import EnginePool, EngineState
+from gateway.settings import EngineConfig, Settings
+from gateway.stores import Stores, memory_stores
 
 
-def create_app(settings: Settings) -> Starlette:
+class _RouterScheduler:
+    def __init__(self, router: Router, pool: EnginePool, metrics: GatewayMetrics) -> None:
+        self._router, self._pool, self._metrics = router, pool, metrics
+
+    def schedule(self, ctx: RequestContext, engines: list[EngineState]) -> EngineState:
+        candidates = self._pool.candidates(ctx.model, frozenset(ctx.tried))
+        decision = self._router.pick(
+            self._router.request(ctx.model, ctx.body, ctx.session_key), candidates)
+        self._metrics.routing_decisions.labels(ctx.label, decision.strategy,
+                                               decision.reason).inc()
+        return candidates[decision.index]
+
+    def attempt_opened(self, ctx: RequestContext, engine: EngineState) -> None:
+        return None
+
+
+def create_app(settings: Settings, *, transport: Transport | None = None,
+               stores: Stores | None = None) -> Starlette:
     """A gateway app for ``settings``. Nothing starts until its lifespan runs.
 
-    ``app.state.drain`` is what a server calls on SIGTERM (see :mod:`gateway.server`)."""
+    ``transport`` replaces the aiohttp engine transport (tests pass an in-memory one);
+    ``stores`` replaces the in-memory state stores. ``app.state.drain`` is what a
+    server calls on SIGTERM (see :mod:`gateway.server`)."""
     metrics = GatewayMetrics()
     drain = Drain(settings.resilience.drain_timeout_s, metrics)
 
@@ -47,14 +71,22 @@ def create_app(settings: Settings) -> Starlette:
                                             settings.log_dir / f"engine-{config.name}.log")
                     await process.start()
                     stack.push_async_callback(process.stop)
-            session = create_session(settings.pool, settings.timeouts)
-            stack.push_async_callback(session.close)
-            pool = EnginePool(engines, session, settings.timeouts, metrics,
+            upstream = transport or AiohttpTransport(settings.pool, settings.timeouts)
+            stack.push_async_callback(upstream.aclose)
+
+            def client(config: EngineConfig) -> EngineClient:
+                return EngineClient(config.name, config.base_url, upstream, settings.timeouts,
+                                    max_answer_bytes=settings.max_answer_bytes)
+
+            pool = EnginePool(engines, client, metrics,
                               health_interval_s=settings.health_interval_s,
                               scrape_interval_s=settings.routing.scrape_interval_s,
                               breaker=settings.resilience.breaker)
             router = Router(settings.routing)
             pool.on_restart = router.forget
+            state = stores or memory_stores()
+            connector = Connector(pool, _RouterScheduler(router, pool, metrics), drain,
+                                  metrics, settings.resilience)
             await pool.refresh()
             for loop, name in ((pool.run_health_checks, "health-checks"),
                                (pool.run_scrapes, "load-scrapes")):
@@ -65,9 +97,10 @@ def create_app(settings: Settings) -> Starlette:
                 "metrics": metrics,
                 "pool": pool,
                 "drain": drain,
-                "completions": CompletionService(
-                    pool, router, Admission(settings.admission), drain, metrics,
-                    settings.resilience),
+                "director": Director(
+                    pool, connector, Admission(settings.admission, state.counters),
+                    state.cache, drain, metrics, settings.resilience,
+                    max_event_bytes=settings.max_event_bytes),
             }
 
     app = Starlette(

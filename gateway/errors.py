@@ -150,9 +150,16 @@ class NoHealthyEngine(EngineUnavailable):
 
 
 class EngineTimeout(EngineError):
+    """An engine did not answer in time. ``blames_engine`` is False for the total-time
+    bound: a long request reaching it says nothing about the engine's health."""
+
     status = 504
     type = "timeout_error"
     default_code = "engine_timeout"
+
+    def __init__(self, message: str, *, blames_engine: bool = True) -> None:
+        super().__init__(message)
+        self.blames_engine = blames_engine
 
 
 class ShuttingDown(SluiceError):

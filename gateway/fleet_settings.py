@@ -75,6 +75,9 @@ class BreakerSettings(_Frozen):
 class ResilienceSettings(_Frozen):
     retries: int = Field(default=2, ge=0, le=5,
                          description="other engines tried before the first byte")
+    max_same_failures: int = Field(
+        default=2, ge=1, description="stop retrying once the same engine fault (status "
+        "and message) showed on this many engines: the request itself is the likely cause")
     backoff_base_s: float = Field(default=0.02, ge=0)
     backoff_max_s: float = Field(default=0.5, ge=0)
     retry_budget_ratio: float = Field(

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_answer_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024,
+        description="largest non-streamed engine answer relayed; larger is a 502")
+    max_event_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="largest single streamed event from an engine; larger is a fault")
     engines: list[EngineConfig] = Field(default_factory=list)
     default_engine: bool = Field(
         default=True,

@@ -5,8 +5,9 @@ until the response ends: when the client disconnects (while the request waits fo
 first token, or mid-stream), the task serving the request is cancelled. That closes the
 upstream stream through the body generator's ``finally``, and vLLM aborts the request.
 
-The stream's body iterator yields bytes that are already SSE-framed, so nothing is
-re-encoded per event.
+The stream's body yields lists of event payloads (JSON bytes, as the stream session
+judged them); this response frames each list as SSE in one write and ends the stream
+with ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import AsyncGenerator
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -59,12 +61,12 @@ class ClientWatch:
 class SSEStreamResponse(Response):
     """Sends ``head`` then ``body``; stops and closes the body when the client leaves."""
 
-    def __init__(self, body: AsyncGenerator[bytes, None], watch: ClientWatch, *,
-                 head: bytes = b"", status_code: int = 200) -> None:
+    def __init__(self, body: AsyncGenerator[list[bytes], None], watch: ClientWatch, *,
+                 head: list[bytes] | None = None, status_code: int = 200) -> None:
         self.background = None
         self.body_iterator = body
         self.watch = watch
-        self.head = head
+        self.head = head or []
         self.status_code = status_code
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,13 +74,21 @@ class SSEStreamResponse(Response):
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": SSE_HEADERS})
             if self.head:
-                await send({"type": "http.response.body", "body": self.head, "more_body": True})
-            async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await send({"type": "http.response.body", "body": sse_frame(self.head),
+                            "more_body": True})
+            async for events in self.body_iterator:
+                if events:
+                        await send({"type": "http.response.body", "body": sse_frame(events),
+                                "more_body": True})
+            await send({"type": "http.response.body", "body": DONE, "more_body": False})
         except asyncio.CancelledError:
             if not self.watch.absorb_cancel():
                 raise
         finally:
             await self.watch.close()
             await self.body_iterator.aclose()
+
+
+def sse_frame(payloads: list[bytes]) -> bytes:
+    """Event payloads as SSE bytes: ``data: <payload>`` and a blank line each."""
+    return b"data: " + b"\n\ndata: ".join(payloads) + b"\n\n"

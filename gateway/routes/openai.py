@@ -10,20 +10,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
+from gateway.pipeline.director import StartedStream
 from gateway.protocol import parse_body
-from gateway.services.completions import CHAT, COMPLETIONS, Endpoint, StartedStream
 from gateway.streaming import ClientWatch, SSEStreamResponse
 
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
 
 async def _generate(request: Request, endpoint: Endpoint) -> Response:
-    started = time.perf_counter()
+    arrived = time.perf_counter()
     body = parse_body(await request.body())
+    ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
+                             session_key=request.headers.get("x-session-id"))
     watch = ClientWatch(request.receive)
     try:
-        result = await request.state.completions.generate(
-            endpoint, body, started, request.headers.get("x-session-id"))
+        result = await request.state.director.generate(ctx)
     except asyncio.CancelledError:
         await watch.close()
         if watch.absorb_cancel():

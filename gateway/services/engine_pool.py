@@ -16,15 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
-from engines.client import EngineClient
-from engines.load import EngineLoad
+from gateway.engine.client import EngineClient
+from gateway.engine.load import EngineLoad
 from gateway.errors import ModelNotFound, NoHealthyEngine, SluiceError
 from gateway.fleet_settings import BreakerSettings
 from gateway.metrics import GatewayMetrics
 from gateway.routing.breaker import BreakerState, CircuitBreaker
-from gateway.settings import EngineConfig, TimeoutSettings
+from gateway.settings import EngineConfig
+
+ClientFactory = Callable[[EngineConfig], EngineClient]
+"""Builds the client for one configured engine (the app binds it to a transport)."""
 
 log = logging.getLogger("sluice.engines")
 
@@ -70,13 +71,12 @@ class EngineState:
 class EnginePool:
     """Tracks every engine; filters the ones a request may go to."""
 
-    def __init__(self, configs: list[EngineConfig], session: aiohttp.ClientSession,
-                 timeouts: TimeoutSettings, metrics: GatewayMetrics, *,
-                 health_interval_s: float, scrape_interval_s: float = 0.25,
+    def __init__(self, configs: list[EngineConfig], clients: ClientFactory,
+                 metrics: GatewayMetrics, *, health_interval_s: float,
+                 scrape_interval_s: float = 0.25,
                  breaker: BreakerSettings = BreakerSettings()) -> None:
         self._engines = [
-            EngineState(EngineClient(c.name, c.base_url, session, timeouts),
-                        CircuitBreaker(breaker.failure_threshold, breaker.open_s))
+            EngineState(clients(c), CircuitBreaker(breaker.failure_threshold, breaker.open_s))
             for c in configs
         ]
         self._metrics = metrics
@@ -174,14 +174,19 @@ class EnginePool:
             self._ready.set()
 
     async def _check(self, engine: EngineState) -> None:
+        """One engine's health and models. Whatever the engine answers (or however this
+        fails) only this engine's state changes: the loop that calls it never dies."""
         try:
             healthy = await engine.client.health()
             cards = {c["id"]: c for c in await engine.client.models()} if healthy else {}
-        except SluiceError as exc:
+        except Exception as exc:  # any failure marks only this engine down
+            message = exc.message if isinstance(exc, SluiceError) else "health check failed"
+            if not isinstance(exc, SluiceError):
+                log.exception("health check of engine %s failed", engine.name)
             healthy, cards = False, {}
-            if engine.last_error != exc.message:
-                log.info("engine %s down: %s", engine.name, exc.message)
-            engine.last_error = exc.message
+            if engine.last_error != message:
+                log.info("engine %s down: %s", engine.name, message)
+            engine.last_error = message
         else:
             if healthy and not engine.healthy:
                 log.info("engine %s up, serving %s", engine.name, sorted(cards))
@@ -202,6 +207,9 @@ class EnginePool:
                 engine.scraped = await engine.client.load()
         except (SluiceError, TimeoutError):
             return  # the health check decides about the engine; this scrape is just lost
+        except Exception:  # a bad page must not end the scrape loop
+            log.exception("load scrape of engine %s failed", engine.name)
+            return
         engine.scraped_at = time.monotonic()
         labels = engine.name
         self._metrics.engine_queue.labels(labels, "running").set(engine.scraped.running)

@@ -107,7 +107,9 @@ async def test_no_engine_up_is_503(start_gateway) -> None:
 
 async def test_engine_that_never_answers_is_504(start_sim, start_gateway) -> None:
     sim = await start_sim(SimConfig(hang=True))
-    gateway = await start_gateway([sim], timeouts={"first_token_s": 0.5})
+    # A stream is bounded by first_token_s; a non-streamed answer (sent whole when done)
+    # by total_s.
+    gateway = await start_gateway([sim], timeouts={"first_token_s": 0.5, "total_s": 1.5})
     async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
         streamed = await http.post("/v1/chat/completions", json={**CHAT, "stream": True})
         whole = await http.post("/v1/chat/completions", json=CHAT)

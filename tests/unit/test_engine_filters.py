@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
+from gateway.engine.client import EngineClient
+from gateway.engine.memory import MemoryResponse, MemoryTransport
 from gateway.errors import ModelNotFound, NoHealthyEngine
 from gateway.fleet_settings import BreakerSettings
 from gateway.metrics import GatewayMetrics
@@ -12,12 +13,18 @@ from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, TimeoutSettings
 
 
+async def _nothing(request: object) -> MemoryResponse:
+    return MemoryResponse(404)
+
+
 @pytest.fixture
 async def pool() -> EnginePool:
     configs = [EngineConfig(name=f"e{i}", url=f"http://127.0.0.1:{9 + i}") for i in range(4)]
-    async with aiohttp.ClientSession() as session:
-        pool = EnginePool(configs, session, TimeoutSettings(), GatewayMetrics(),
-                          health_interval_s=1, breaker=BreakerSettings(failure_threshold=1))
+    transport = MemoryTransport(_nothing)
+    pool = EnginePool(configs,
+                      lambda c: EngineClient(c.name, c.base_url, transport, TimeoutSettings()),
+                      GatewayMetrics(), health_interval_s=1,
+                      breaker=BreakerSettings(failure_threshold=1))
     serves = [{"m"}, {"m"}, {"m", "lora"}, {"other"}]
     for engine, models in zip(pool.engines, serves, strict=True):
         engine.healthy = True

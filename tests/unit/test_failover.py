@@ -1,4 +1,4 @@
-"""Rebuilding a broken stream's transcript and the request that continues it."""
+"""A broken stream's transcript and the request that continues it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from typing import Any
 
 import orjson
 
-from gateway.services.failover import continuation, first_id, read_transcript
+from gateway.pipeline.failover import continuation
+from gateway.pipeline.relay import Relay, Transcript
+
+
+def read_transcript(chunks: list[bytes], *, chat: bool) -> Transcript:
+    """The transcript the relay keeps of what it forwarded."""
+    relay = Relay(chat=chat, forward_usage=True)
+    for chunk in chunks:
+        relay.feed(chunk)
+    assert relay.fault is None
+    return relay.transcript
 
 
 def sse(*objs: dict[str, Any]) -> bytes:
@@ -30,7 +40,7 @@ def test_chat_transcript_joins_content_and_counts_tokens() -> None:
               sse(chat_chunk(" wor"), chat_chunk("ld"))]
     t = read_transcript(chunks, chat=True)
     assert (t.text, t.tokens, t.finished, t.stream_id) == ("Hello world", 3, False,
-                                                           b"chatcmpl-1")
+                                                           "chatcmpl-1")
     assert t.obstacle is None
 
 
@@ -90,8 +100,3 @@ def test_usage_only_and_done_events_are_not_text() -> None:
     usage = {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 3}}
     t = read_transcript([sse(chat_chunk("a"), usage) + b"data: [DONE]\n\n"], chat=True)
     assert (t.text, t.tokens) == ("a", 1)
-
-
-def test_first_id() -> None:
-    assert first_id(sse(chat_chunk("a"))) == b"chatcmpl-1"
-    assert first_id(b"data: [DONE]\n\n") is None

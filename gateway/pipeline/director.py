@@ -1,0 +1,220 @@
+"""The director: one generation request's steps, in order, in one readable function.
+
+    authenticate -> resolve -> cache lookup -> admit -> schedule + open upstream
+    (the connector, with its retries) -> stream (the stream session) -> finish hooks
+
+Each step reads and writes the request's :class:`RequestContext` and is small enough to
+test alone. Resolve is the identity today (no aliases or versions yet), the cache step
+finds nothing unless a cache policy says a request may be answered from the store, and
+the finish hooks are metrics and a debug log line; later features fill these steps in
+rather than adding branches around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from gateway.drain import Drain
+from gateway.errors import ContextLengthExceeded, EngineError, Overloaded, ShuttingDown, SluiceError
+from gateway.fleet_settings import ResilienceSettings
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline.admission import Admission
+from gateway.pipeline.connector import Connector
+from gateway.pipeline.context import RequestContext, Usage
+from gateway.pipeline.session import StreamSession
+from gateway.protocol import validate
+from gateway.services.engine_pool import EnginePool
+from gateway.stores import CachedResponse, ResponseCache
+
+log = logging.getLogger("sluice.director")
+
+FinishHook = Callable[[RequestContext], Awaitable[None]]
+"""Runs once when a request has ended, with its context complete (outcome, usage)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartedStream:
+    """A stream whose head (first events) is known; ``body`` yields the rest, and
+    closing it always runs its cleanup."""
+
+    head: list[bytes]
+    body: AsyncGenerator[list[bytes], None]
+
+
+class Director:
+    """Runs generation requests through the pipeline."""
+
+    def __init__(self, pool: EnginePool, connector: Connector, admission: Admission,
+                 cache: ResponseCache, drain: Drain, metrics: GatewayMetrics,
+                 settings: ResilienceSettings, *, max_event_bytes: int = 4 * 1024 * 1024,
+                 hooks: Sequence[FinishHook] = ()) -> None:
+        self._pool = pool
+        self._connector = connector
+        self._admission = admission
+        self._cache = cache
+        self._drain = drain
+        self._metrics = metrics
+        self._settings = settings
+        self._max_event_bytes = max_event_bytes
+        self._hooks = (self._record_metrics, self._log, *hooks)
+
+    async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
+        """JSON bytes for a non-streamed request, a started stream for a streamed one."""
+        ctx.label = self._pool.model_label(ctx.requested_model)
+        self._metrics.in_flight.labels(ctx.label).inc()
+        try:
+            self.check_open()
+            self.authenticate(ctx)
+            self.resolve(ctx)
+            cached = await self.lookup(ctx)
+            if cached is not None:
+                return await self.replay(ctx, cached)
+            await self.admit(ctx)
+            if ctx.stream:
+                return await self.stream(ctx)
+            return await self.complete(ctx)
+        except BaseException as exc:
+            await self.finish(ctx, exc)
+            raise
+
+    def check_open(self) -> None:
+        if self._drain.draining:
+            raise ShuttingDown()
+
+    def authenticate(self, ctx: RequestContext) -> None:
+        """Who may ask for what. The API-key middleware has already identified the
+        principal; per-key model permissions will be checked here."""
+
+    def resolve(self, ctx: RequestContext) -> None:
+        """Validate what the gateway acts on, and map the requested name to the model
+        the engines serve (the identity until aliases and versions exist)."""
+        ctx.request = validate(ctx.endpoint.model, ctx.body)
+        ctx.model = ctx.requested_model
+        budget, limit = ctx.request.output_budget, self._pool.max_model_len(ctx.model)
+        if budget is not None and limit is not None and budget > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {budget} output tokens.", param="max_tokens")
+
+    async def lookup(self, ctx: RequestContext) -> CachedResponse | None:
+        """An answer from the response cache, when the request may be served from it."""
+        key = self.cache_key(ctx)
+        return None if key is None else await self._cache.get(key)
+
+    def cache_key(self, ctx: RequestContext) -> str | None:
+        """The cache key of a cacheable request; None when it is not cacheable (no cache
+        policy yet: nothing is)."""
+        return None
+
+    async def replay(self, ctx: RequestContext, hit: CachedResponse) -> bytes | StartedStream:
+        """A cached answer in the shape the request asked for."""
+        if not ctx.stream:
+            await self.finish(ctx, None)
+            return hit.body or b"{}"
+
+        async def events() -> AsyncGenerator[list[bytes], None]:
+            error: BaseException | None = None
+            try:
+                yield list(hit.events)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                await self.finish(ctx, error)
+
+        return StartedStream([], events())
+
+    async def admit(self, ctx: RequestContext) -> None:
+        try:
+            ctx.admitted = await self._admission.enter(
+                ctx.model, self._pool.healthy_count(ctx.model))
+        except Overloaded:
+            self._metrics.admission_rejections.labels(ctx.label).inc()
+            raise
+        ctx.timings.admitted = time.perf_counter()
+
+    async def complete(self, ctx: RequestContext) -> bytes:
+        attempt = await self._connector.open(ctx, orjson.dumps(ctx.body), streamed=False)
+        try:
+            raw = attempt.first
+            ctx.timings.first_byte = time.perf_counter()
+            try:
+                answer = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise self._engine_fault(attempt.engine.name, "not JSON") from exc
+            if not isinstance(answer, dict):
+                raise self._engine_fault(attempt.engine.name, "not a JSON object")
+            if "usage" in answer and answer["usage"] is not None:
+                ctx.usage = Usage.from_openai(answer["usage"])
+                if ctx.usage is None:
+                    raise self._engine_fault(attempt.engine.name, "invalid usage counts")
+        finally:
+            await attempt.stack.aclose()
+        await self.finish(ctx, None)
+        return raw
+
+    def _engine_fault(self, engine: str, what: str) -> EngineError:
+        error = EngineError(f"engine answered with {what}")
+        for state in self._pool.engines:
+            if state.name == engine:
+                self._connector.engine_failed(state, error)
+        return error
+
+    async def stream(self, ctx: RequestContext) -> StartedStream:
+        payload = dict(ctx.body)
+        payload["stream_options"] = {**(ctx.body.get("stream_options") or {}),
+                                     "include_usage": True}
+        assert ctx.request is not None
+        session = StreamSession(ctx, payload, self._connector, self._drain, self._metrics,
+                                self._settings, self.finish,
+                                forward_usage=ctx.request.wants_usage,
+                                max_event_bytes=self._max_event_bytes)
+        body = session.run()
+        return StartedStream(await anext(body), body)
+
+    async def finish(self, ctx: RequestContext, error: BaseException | None) -> None:
+        """Close the request's books once: release admission, record the outcome, run
+        the finish hooks (each isolated: one failing hook never skips the others)."""
+        if ctx.finished:
+            return
+        ctx.finished = True
+        ctx.timings.finished = time.perf_counter()
+        ctx.outcome.error = error
+        if isinstance(error, SluiceError):
+            ctx.outcome.status = str(error.status_code)
+        elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            ctx.outcome.status, ctx.outcome.client_left = "499", True
+        elif error is not None:
+            ctx.outcome.status = "500"
+        if ctx.admitted:
+            await self._admission.leave(ctx.model)
+        for hook in self._hooks:
+            try:
+                await hook(ctx)
+            except Exception:  # a broken hook must not break the request's accounting
+                log.exception("finish hook %s failed", getattr(hook, "__name__", hook))
+
+    async def _record_metrics(self, ctx: RequestContext) -> None:
+        m, label = self._metrics, ctx.label
+        m.in_flight.labels(label).dec()
+        if ctx.outcome.client_left:
+            m.client_disconnects.labels(label).inc()
+        m.requests.labels(label, ctx.engine, ctx.endpoint.name, ctx.outcome.status).inc()
+        assert ctx.timings.finished is not None
+        m.e2e.labels(label, ctx.endpoint.name).observe(
+            ctx.timings.finished - ctx.timings.arrived)
+        if ctx.usage is not None:
+            m.tokens.labels(label, "prompt").inc(ctx.usage.prompt_tokens)
+            m.tokens.labels(label, "completion").inc(ctx.usage.completion_tokens)
+
+    async def _log(self, ctx: RequestContext) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request %s %s model=%s engine=%s attempts=%d continuations=%d "
+                      "status=%s", ctx.id, ctx.endpoint.name, ctx.model, ctx.engine,
+                      ctx.attempts, ctx.continuations, ctx.outcome.status)

@@ -1,0 +1,143 @@
+"""The stream session: one streamed answer, however many engines it takes.
+
+It owns the upstream attempt, decodes and judges its events (:mod:`.relay`), and when
+the engine breaks after the first byte it continues the answer on another engine from
+the transcript (:mod:`.failover`), or ends it with one error event. It yields lists of
+event payloads (JSON bytes): the route frames them, as SSE today and as WebSocket
+messages alike. The first yield is the head (possibly empty); errors before it are
+ordinary HTTP errors. When the session ends, however it ends, its upstream is closed
+and ``on_end`` runs once with the context filled in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from gateway.drain import Drain
+from gateway.errors import EngineError, ShuttingDown, SluiceError
+from gateway.fleet_settings import ResilienceSettings
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline.connector import Attempt, Connector
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.failover import continuation
+from gateway.pipeline.relay import Relay
+
+log = logging.getLogger("sluice.session")
+
+Events = AsyncGenerator[list[bytes], None]
+
+
+class StreamSession:
+    def __init__(self, ctx: RequestContext, payload: dict[str, Any], connector: Connector,
+                 drain: Drain, metrics: GatewayMetrics, settings: ResilienceSettings,
+                 on_end: Callable[[RequestContext, BaseException | None], Awaitable[None]], *,
+                 forward_usage: bool, max_event_bytes: int = 4 * 1024 * 1024) -> None:
+        self.ctx = ctx
+        self._payload = payload
+        self._connector = connector
+        self._drain = drain
+        self._metrics = metrics
+        self._settings = settings
+        self._on_end = on_end
+        self.relay = Relay(chat=ctx.endpoint.chat, forward_usage=forward_usage,
+                           max_event_bytes=max_event_bytes)
+
+    async def run(self) -> Events:
+        """Open the stream and yield its events (see the module docstring)."""
+        ctx, relay = self.ctx, self.relay
+        attempt = await self._connector.open(ctx, orjson.dumps(self._payload), streamed=True)
+        try:
+            head = relay.feed(attempt.first)
+            if relay.fault is not None and not head:  # nothing sent: an HTTP error (502)
+                self._connector.engine_failed(attempt.engine, relay.fault)
+                raise relay.fault
+        except BaseException:
+            await attempt.stack.aclose()
+            raise
+        error: BaseException | None = None
+        try:
+            last = ctx.timings.first_byte = time.perf_counter()
+            self._metrics.ttft.labels(ctx.label).observe(last - ctx.timings.arrived)
+            yield head
+            itl = self._metrics.itl.labels(ctx.label)
+            data = b""  # the first read of a continuation, once there is one
+            while True:
+                try:
+                    if data:
+                        out = relay.feed(data)
+                        if out:
+                            yield out
+                    if relay.fault is None:
+                        async for data in attempt.chunks:
+                            now = time.perf_counter()
+                            itl.observe(now - last)
+                            last = now
+                            out = relay.feed(data)
+                            if out:
+                                yield out
+                            if relay.fault is not None:
+                                break
+                    if relay.fault is not None:
+                        raise relay.fault
+                    if not relay.done:
+                        raise EngineError("engine closed the stream before it finished")
+                    return
+                except SluiceError as exc:
+                    follow = await self._recover(attempt, exc)
+                    if follow is None:
+                        return
+                    attempt, data = follow, follow.first
+        except SluiceError as exc:
+            error = exc
+            yield [exc.to_json()]
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            error = None if relay.done else exc  # gone after the end is not a disconnect
+            raise
+        except BaseException as exc:
+            error = exc
+            log.exception("stream of %s failed in the gateway", ctx.model)
+            raise
+        finally:
+            await attempt.stack.aclose()
+            ctx.usage = relay.reported_usage
+            await self._on_end(ctx, error)
+
+    async def _recover(self, attempt: Attempt, cause: SluiceError) -> Attempt | None:
+        """A new attempt that continues the broken stream, None when nothing was missing
+        but the end, or raise when it cannot be continued."""
+        ctx, failovers = self.ctx, self._metrics.failovers
+        if self._drain.expired:
+            raise ShuttingDown("the gateway shut down before the answer finished") from cause
+        log.warning("stream from %s broke after the first byte: %s", attempt.engine.name,
+                    cause.message)
+        self._connector.engine_failed(attempt.engine, cause)
+        await attempt.stack.aclose()
+        transcript = self.relay.transcript
+        if transcript.finished and transcript.obstacle is None:
+            failovers.labels(ctx.label, "completed").inc()
+            return None
+        follow: dict[str, Any] | str = "failover is off"
+        if self._settings.failover and ctx.continuations < self._settings.max_failovers:
+            follow = continuation(self._payload, transcript, chat=ctx.endpoint.chat)
+        if isinstance(follow, str):
+            log.warning("cannot continue the stream of %s: %s", ctx.model, follow)
+            failovers.labels(ctx.label, "error_event").inc()
+            raise cause
+        try:
+            new = await self._connector.open(ctx, orjson.dumps(follow), streamed=True,
+                                             continuation=True)
+        except SluiceError as exc:
+            failovers.labels(ctx.label, "error_event").inc()
+            raise cause from exc
+        ctx.continuations += 1
+        self.relay.continue_from_here()
+        failovers.labels(ctx.label, "continued").inc()
+        log.info("stream of %s continued on %s after %d tokens", ctx.model, new.engine.name,
+                 transcript.tokens)
+        return new

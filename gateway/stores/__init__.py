@@ -1,0 +1,20 @@
+"""State the gateway keeps beyond one request, behind small protocols.
+
+Every store has an in-memory backend (the embedded default: one gateway process, no
+Redis); a shared backend implements the same protocols so that any number of gateway
+replicas agree. The lifespan builds one :class:`Stores` and hands it to the services.
+"""
+
+from gateway.stores.memory import memory_stores
+from gateway.stores.protocols import (
+    AdapterPlacement,
+    CachedResponse,
+    Counters,
+    ResponseCache,
+    Stores,
+    VersionPolicies,
+    VersionPolicy,
+)
+
+__all__ = ["AdapterPlacement", "CachedResponse", "Counters", "ResponseCache", "Stores",
+           "VersionPolicies", "VersionPolicy", "memory_stores"]

@@ -1,0 +1,123 @@
+"""In-process backends of the store protocols: the embedded default (one gateway)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from gateway.stores.protocols import CachedResponse, Stores, VersionPolicy
+
+
+class MemoryCounters:
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    async def acquire(self, key: str, limit: int) -> bool:
+        count = self._counts.get(key, 0)
+        if count >= limit:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    async def release(self, key: str) -> None:
+        count = self._counts.get(key, 0) - 1
+        if count > 0:
+            self._counts[key] = count
+        else:
+            self._counts.pop(key, None)
+
+    async def value(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+
+class MemoryCache:
+    """LRU with per-entry expiry, bounded by entries and by bytes."""
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 256 * 1024 * 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, CachedResponse, int]] = OrderedDict()
+        self._bytes = 0
+
+    async def get(self, key: str) -> CachedResponse | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value, _ = entry
+        if self._clock() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def put(self, key: str, value: CachedResponse, ttl_s: float) -> None:
+        size = len(value.body or b"") + sum(map(len, value.events))
+        if size > self.max_bytes or ttl_s <= 0:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (self._clock() + ttl_s, value, size)
+        self._bytes += size
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, _, size = self._entries.pop(key)
+        self._bytes -= size
+
+
+class MemoryAdapterPlacement:
+    def __init__(self) -> None:
+        self._engines: dict[str, set[str]] = {}
+
+    async def engines_with(self, adapter: str) -> frozenset[str]:
+        return frozenset(self._engines.get(adapter, ()))
+
+    async def placed(self, adapter: str, engine: str) -> None:
+        self._engines.setdefault(adapter, set()).add(engine)
+
+    async def removed(self, adapter: str, engine: str) -> None:
+        engines = self._engines.get(adapter)
+        if engines is not None:
+            engines.discard(engine)
+            if not engines:
+                del self._engines[adapter]
+
+    async def forget_engine(self, engine: str) -> None:
+        for adapter in list(self._engines):
+            await self.removed(adapter, engine)
+
+
+class MemoryVersionPolicies:
+    def __init__(self, history_size: int = 20) -> None:
+        self._current: dict[str, VersionPolicy] = {}
+        self._history: dict[str, deque[VersionPolicy]] = {}
+        self._size = history_size
+
+    async def get(self, alias: str) -> VersionPolicy | None:
+        return self._current.get(alias)
+
+    async def set(self, alias: str, policy: VersionPolicy) -> None:
+        old = self._current.get(alias)
+        if old is not None:
+            self._history.setdefault(alias, deque(maxlen=self._size)).appendleft(old)
+        self._current[alias] = policy
+
+    async def history(self, alias: str) -> list[VersionPolicy]:
+        return list(self._history.get(alias, ()))
+
+    async def rollback(self, alias: str) -> VersionPolicy | None:
+        history = self._history.get(alias)
+        if not history:
+            return None
+        self._current[alias] = previous = history.popleft()
+        return previous
+
+
+def memory_stores() -> Stores:
+    """Fresh in-memory stores (one set per app)."""
+    return Stores(MemoryCounters(), MemoryCache(), MemoryAdapterPlacement(),
+                  MemoryVersionPolicies())

@@ -1,0 +1,86 @@
+"""The store protocols: counters, response cache, adapter placement, version policies.
+
+They are async because a shared backend answers over the network; nothing on the
+per-token path calls them (a request touches them on arrival and when it ends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Counters(Protocol):
+    """Named counters with a ceiling: admission slots now, rate limits later."""
+
+    async def acquire(self, key: str, limit: int) -> bool:
+        """Add one to ``key`` if it is below ``limit``; False (and nothing added) if not."""
+        ...
+
+    async def release(self, key: str) -> None:
+        """Take one away (never below zero)."""
+        ...
+
+    async def value(self, key: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    """A finished answer kept for identical requests: the non-streamed JSON body, or
+    the streamed event payloads in order."""
+
+    body: bytes | None = None
+    events: tuple[bytes, ...] = ()
+
+
+class ResponseCache(Protocol):
+    async def get(self, key: str) -> CachedResponse | None: ...
+
+    async def put(self, key: str, value: CachedResponse, ttl_s: float) -> None: ...
+
+
+class AdapterPlacement(Protocol):
+    """Which engines hold which LoRA adapters (loaded, or being loaded)."""
+
+    async def engines_with(self, adapter: str) -> frozenset[str]: ...
+
+    async def placed(self, adapter: str, engine: str) -> None: ...
+
+    async def removed(self, adapter: str, engine: str) -> None: ...
+
+    async def forget_engine(self, engine: str) -> None:
+        """The engine restarted: it holds no adapter now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """How an alias's traffic is split over its versions (weights sum to > 0)."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    shadow: dict[str, float] = field(default_factory=dict)
+    """Mirror fraction per version (answers never reach the client)."""
+
+
+class VersionPolicies(Protocol):
+    async def get(self, alias: str) -> VersionPolicy | None: ...
+
+    async def set(self, alias: str, policy: VersionPolicy) -> None:
+        """Replace the alias's policy in one step, keeping the old one in its history."""
+        ...
+
+    async def history(self, alias: str) -> list[VersionPolicy]:
+        """Earlier policies, newest first (bounded)."""
+        ...
+
+    async def rollback(self, alias: str) -> VersionPolicy | None:
+        """Restore the previous policy; None when there is none."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    counters: Counters
+    cache: ResponseCache
+    adapters: AdapterPlacement
+    versions: VersionPolicies
