@@ -1,0 +1,142 @@
+"""The stream session: relaying, continuing a broken stream, and the budget."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.engine.memory import MemoryRequest, MemoryResponse
+from gateway.errors import EngineError
+from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, slowly, usage
+
+
+def texts(events: list[dict[str, Any]]) -> str:
+    return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+
+
+async def test_a_stream_is_relayed_event_by_event(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+
+    async def engine(request: MemoryRequest) -> MemoryResponse:
+        body = request.json()
+        assert body["stream_options"] == {"include_usage": True}  # usage always counted
+        return MemoryResponse(200, [chunk("", role=True) + chunk("The"), chunk(" end"),
+                                    chunk(None, finish="stop") + usage(4, 2) + DONE])
+
+    rig.scripts.update(a=engine)
+    ctx = rig.ctx({"stream": True})
+    events = await collect(await rig.director.generate(ctx))
+    assert texts(events) == "The end"
+    assert all(e["choices"] for e in events)  # the client did not ask for usage
+    assert ctx.usage is not None
+    assert (ctx.usage.prompt_tokens, ctx.usage.completion_tokens) == (4, 2)
+    assert ctx.outcome.status == "200"
+    assert await rig.admission.in_flight("m") == 0
+    assert rig.sent_to("a")[0].closed
+    assert not rig.sent_to("a")[0].aborted
+
+
+async def test_a_broken_stream_is_continued_on_another_engine(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+
+    async def dies(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(chunk("", role=True) + chunk("Once"),
+                                          chunk(" upon"), then=ConnectionResetError()))
+
+    async def continues(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, [chunk("", role=True, cid="chatcmpl-b"),
+                                    chunk(" a time", cid="chatcmpl-b"),
+                                    chunk(None, finish="stop", cid="chatcmpl-b")
+                                    + usage(12, 2, cid="chatcmpl-b") + DONE])
+
+    rig.scripts.update(a=dies, b=continues)
+    ctx = rig.ctx({"stream": True, "max_tokens": 10,
+                   "stream_options": {"include_usage": True}})
+    events = await collect(await rig.director.generate(ctx))
+    assert texts(events) == "Once upon a time"
+    assert {e["id"] for e in events} == {"chatcmpl-a"}
+    roles = [c for e in events for c in e["choices"] if "role" in c["delta"]]
+    assert len(roles) == 1  # no second role chunk mid-stream
+    follow = rig.sent_to("b")[0].json()
+    assert follow["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+    assert (follow["continue_final_message"], follow["add_generation_prompt"],
+            follow["max_tokens"]) == (True, False, 8)
+    assert events[-1]["usage"] == {"prompt_tokens": 10, "completion_tokens": 4,
+                                   "total_tokens": 14}
+    assert (ctx.continuations, ctx.tried) == (1, {"a", "b"})
+    assert rig.sample("sluice_failovers_total", model="m", outcome="continued") == 1
+
+
+async def test_the_budget_refuses_a_continuation_storm(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(resilience={"retry_budget_ratio": 0.0, "retry_budget_min_per_s": 0.2})
+    # 0.2/s over the 10 s window: two retries or continuations in all.
+
+    async def dies(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(chunk("", role=True) + chunk("x"),
+                                          then=ConnectionResetError()))
+
+    async def fine(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, [chunk("y"), chunk(None, finish="stop") + DONE])
+
+    rig.scripts.update(a=dies, b=fine, c=fine)
+    outcomes = []
+    for _ in range(4):
+        rig.pool.engines[0].breaker.record_success()  # keep sending to the dying engine
+        events = await collect(await rig.director.generate(rig.ctx({"stream": True})))
+        outcomes.append("error" if "error" in events[-1] else texts(events))
+    assert outcomes == ["xy", "xy", "error", "error"]
+    assert rig.sample("sluice_retry_budget_exhausted_total", model="m") == 2
+
+
+async def test_an_error_event_from_the_engine_is_not_passed_on(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(resilience={"failover": False})
+
+    async def errs(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, [chunk("", role=True) + chunk("a"),
+                                    b'data: {"error": {"message": "/srv/secret boom"}}\n\n'])
+
+    rig.scripts.update(a=errs)
+    ctx = rig.ctx({"stream": True})
+    events = await collect(await rig.director.generate(ctx))
+    assert events[-1]["error"]["code"] == "engine_error"
+    assert "secret" not in events[-1]["error"]["message"]
+    assert ctx.outcome.status == "502"
+    assert not rig.pool.engines[0].breaker.available()  # charged to the engine
+
+
+async def test_a_bad_first_event_is_an_http_error(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+
+    async def garbage(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, [b"data: {oops\n\n"])
+
+    rig.scripts.update(a=garbage)
+    ctx = rig.ctx({"stream": True})
+    with pytest.raises(EngineError):
+        await rig.director.generate(ctx)
+    assert ctx.outcome.status == "502"
+    assert await rig.admission.in_flight("m") == 0
+
+
+async def test_a_client_leaving_mid_stream_releases_everything(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+
+    async def long(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(*[chunk("w")] * 100, gap_s=0.01))
+
+    rig.scripts.update(a=long)
+    ctx = rig.ctx({"stream": True})
+    result = await rig.director.generate(ctx)
+    assert not isinstance(result, bytes)
+    await anext(result.body)
+    await result.body.aclose()  # what the response does when the client is gone
+    assert ctx.outcome.status == "499"
+    assert rig.sent_to("a")[0].aborted
+    assert await rig.admission.in_flight("m") == 0
+    assert rig.sample("sluice_client_disconnects_total", model="m") == 1
