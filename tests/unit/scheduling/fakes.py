@@ -9,7 +9,7 @@ from typing import Any
 from gateway.fleet_settings import RoutingSettings
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.context import CHAT, RequestContext
-from gateway.scheduling import Registry, Scheduler
+from gateway.scheduling import Cycle, Registry, Scheduler
 
 
 @dataclass
@@ -94,3 +94,8 @@ class Harness:
             self.scheduler.attempt_opened(ctx, engine)
         index = next(i for i, e in enumerate(engines) if e is engine)
         return Pick(engine, index, strategy, reason)
+
+
+def cycle(engines: list[Engine], ctx: RequestContext | None = None, turn: int = 0) -> Cycle:
+    """A scheduling pass over ``engines`` (as if every filter kept them all)."""
+    return Cycle(ctx or request(), engines, [e.load for e in engines], turn)
