@@ -41,6 +41,8 @@ _EXPLAINS_FIRST = {"prefix": 0, "session": 1}
 
 @dataclass(frozen=True, slots=True)
 class WeightedScorer:
+    """A scorer of a plan and its weight (> 0)."""
+
     scorer: Scorer
     weight: float
 

@@ -32,6 +32,7 @@ class Scheduler:
                  registry: Registry | None = None) -> None:
         self._metrics = metrics
         self.producers = Producers(prefix_cache=PrefixCacheIndexer(settings.prefix))
+        """The data producers every profile's plugins share."""
         timing = self._timing if settings.plugin_timing else None
         builder = PlanBuilder(registry or default_registry(), self.producers, timing)
         self._default, self._plans = builder.build_all(settings)

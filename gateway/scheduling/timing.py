@@ -24,6 +24,8 @@ from gateway.scheduling.interfaces import (
 
 
 class TimedFilter:
+    """A filter whose calls are observed in ``histogram`` (a labelled child)."""
+
     def __init__(self, inner: Filter, histogram: Histogram) -> None:
         self._inner, self._child = inner, histogram
 
@@ -36,6 +38,8 @@ class TimedFilter:
 
 
 class TimedScorer:
+    """A scorer whose calls are observed in ``histogram`` (a labelled child)."""
+
     def __init__(self, inner: Scorer, histogram: Histogram) -> None:
         self._inner, self._child = inner, histogram
 
@@ -48,6 +52,8 @@ class TimedScorer:
 
 
 class TimedPicker:
+    """A picker whose calls are observed in ``histogram`` (a labelled child)."""
+
     def __init__(self, inner: Picker, histogram: Histogram) -> None:
         self._inner, self._child = inner, histogram
 
@@ -60,6 +66,8 @@ class TimedPicker:
 
 
 class TimedObserver:
+    """A attempt observer whose calls are observed in ``histogram`` (a labelled child)."""
+
     def __init__(self, inner: AttemptObserver, histogram: Histogram) -> None:
         self._inner, self._child = inner, histogram
 

@@ -17,5 +17,6 @@ class Circuit:
 
 
 def build(config: PluginConfig) -> Circuit:
+    """The registry's factory for ``circuit``."""
     parse_params(config, Params)
     return Circuit()

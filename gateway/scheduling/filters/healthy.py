@@ -17,5 +17,6 @@ class Healthy:
 
 
 def build(config: PluginConfig) -> Healthy:
+    """The registry's factory for ``healthy``."""
     parse_params(config, Params)
     return Healthy()

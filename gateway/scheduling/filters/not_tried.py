@@ -20,5 +20,6 @@ class NotTried:
 
 
 def build(config: PluginConfig) -> NotTried:
+    """The registry's factory for ``not_tried``."""
     parse_params(config, Params)
     return NotTried()

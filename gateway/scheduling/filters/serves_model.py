@@ -29,5 +29,6 @@ class ServesModel:
 
 
 def build(config: PluginConfig) -> ServesModel:
+    """The registry's factory for ``serves_model``."""
     parse_params(config, Params)
     return ServesModel()

@@ -24,5 +24,6 @@ class MaxScore:
 
 
 def build(config: PluginConfig) -> MaxScore:
+    """The registry's factory for ``max_score``."""
     parse_params(config, Params)
     return MaxScore()

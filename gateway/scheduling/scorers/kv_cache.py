@@ -14,5 +14,6 @@ class KvCache:
 
 
 def build(config: PluginConfig) -> KvCache:
+    """The registry's factory for ``kv_cache``."""
     parse_params(config, Params)
     return KvCache()

@@ -18,5 +18,6 @@ class LeastLoaded:
 
 
 def build(config: PluginConfig) -> LeastLoaded:
+    """The registry's factory for ``least_loaded``."""
     parse_params(config, Params)
     return LeastLoaded()

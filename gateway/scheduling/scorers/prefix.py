@@ -57,5 +57,6 @@ class Prefix:
 
 
 def build(config: PluginConfig) -> Prefix:
+    """The registry's factory for ``prefix``."""
     params = parse_params(config, PrefixParams)
     return Prefix(config.producers.prefix_cache, params.load_factor, params.affinity_floor)

@@ -16,5 +16,6 @@ class RoundRobin:
 
 
 def build(config: PluginConfig) -> RoundRobin:
+    """The registry's factory for ``round_robin``."""
     parse_params(config, Params)
     return RoundRobin()

@@ -40,4 +40,5 @@ class Session:
 
 
 def build(config: PluginConfig) -> Session:
+    """The registry's factory for ``session``."""
     return Session(parse_params(config, SessionParams).load_factor)
