@@ -108,8 +108,8 @@ class PlanBuilder:
         if filter_refs is None:
             filter_refs = [PluginRef(type=t) for t in STANDARD]
         filters = [(ref.type, self._filter(name, ref)) for ref in filter_refs]
-        scorers = [(ref.type, self._scorer(name, ref), ref.weight)
-                   for ref in profile.scorers if ref.weight > 0]
+        built = [(ref.type, self._scorer(name, ref), ref.weight) for ref in profile.scorers]
+        scorers = [entry for entry in built if entry[2] > 0]  # weight 0: checked, left out
         picker = (profile.picker.type, self._picker(name, profile.picker))
         plugins = [*filters, *((t, s) for t, s, _ in scorers), picker]
         observers = _unique(((t, o) for t, p in plugins for o in (p, *_consumed(p))

@@ -130,6 +130,7 @@ def test_an_unused_profile_is_checked_too() -> None:
     ({"filters": ["least_loaded"]}, "plugin 'least_loaded' is not a filter"),
     ({"scorers": {"healthy": 1}}, "plugin 'healthy' is not a scorer"),
     ({"picker": "prefix"}, "plugin 'prefix' is not a picker"),
+    ({"scorers": {"prefx": 0}}, "unknown plugin type 'prefx'"),
     ({"scorers": [{"type": "prefix", "params": {"floor": 2}}]}, "plugin 'prefix': invalid"),
     ({"scorers": [{"type": "session", "params": {"load_factor": 0.5}}]}, "invalid params"),
     ({"filters": [{"type": "healthy", "params": {"x": 1}}]}, "plugin 'healthy': invalid"),
