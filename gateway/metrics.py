@@ -7,6 +7,7 @@ from prometheus_client.exposition import generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
+_PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
@@ -64,6 +65,10 @@ class GatewayMetrics:
         self.routing_decisions = Counter(
             "sluice_routing_decisions", "Engine picks, by the policy's strategy and why.",
             ["model", "strategy", "reason"], registry=r)
+        self.scheduler_plugin_duration = Histogram(
+            "sluice_scheduler_plugin_duration_seconds",
+            "Time of one scheduling plugin call (only with routing.plugin_timing on).",
+            ["plugin", "kind"], buckets=_PLUGIN_BUCKETS, registry=r)
         self.retry_budget_exhausted = Counter(
             "sluice_retry_budget_exhausted", "Retries not made because the budget was spent.",
             ["model"], registry=r)

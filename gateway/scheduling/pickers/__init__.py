@@ -1,0 +1,1 @@
+"""Pickers: one engine from the scorers' weighted totals."""
