@@ -26,29 +26,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
-from gateway.pipeline.context import RequestContext
 from gateway.pipeline.director import Director
 from gateway.routes import health, openai
-from gateway.routing.router import Router
-from gateway.services.engine_pool import EnginePool, EngineState
+from gateway.scheduling import Scheduler
+from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
-
-
-class _RouterScheduler:
-    def __init__(self, router: Router, pool: EnginePool, metrics: GatewayMetrics) -> None:
-        self._router, self._pool, self._metrics = router, pool, metrics
-
-    def schedule(self, ctx: RequestContext, engines: list[EngineState]) -> EngineState:
-        candidates = self._pool.candidates(ctx.model, frozenset(ctx.tried))
-        decision = self._router.pick(
-            self._router.request(ctx.model, ctx.body, ctx.session_key), candidates)
-        self._metrics.routing_decisions.labels(ctx.label, decision.strategy,
-                                               decision.reason).inc()
-        return candidates[decision.index]
-
-    def attempt_opened(self, ctx: RequestContext, engine: EngineState) -> None:
-        return None
 
 
 def create_app(settings: Settings, *, transport: Transport | None = None,
@@ -59,6 +42,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     ``stores`` replaces the in-memory state stores. ``app.state.drain`` is what a
     server calls on SIGTERM (see :mod:`gateway.server`)."""
     metrics = GatewayMetrics()
+    scheduler = Scheduler(settings.routing, metrics)  # a bad profile fails here, early
     drain = Drain(settings.resilience.drain_timeout_s, metrics)
 
     @asynccontextmanager
@@ -82,11 +66,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                               health_interval_s=settings.health_interval_s,
                               scrape_interval_s=settings.routing.scrape_interval_s,
                               breaker=settings.resilience.breaker)
-            router = Router(settings.routing)
-            pool.on_restart = router.forget
+            pool.on_restart = scheduler.engine_restarted
             state = stores or memory_stores()
-            connector = Connector(pool, _RouterScheduler(router, pool, metrics), drain,
-                                  metrics, settings.resilience)
+            connector = Connector(pool, scheduler, drain, metrics, settings.resilience)
             await pool.refresh()
             for loop, name in ((pool.run_health_checks, "health-checks"),
                                (pool.run_scrapes, "load-scrapes")):

@@ -42,7 +42,9 @@ log = logging.getLogger("sluice.upstream")
 class Scheduler(Protocol):
     """Picks the engine for an attempt (see :mod:`gateway.scheduling`)."""
 
-    def schedule(self, ctx: RequestContext, engines: list[EngineState]) -> EngineState: ...
+    def schedule(self, ctx: RequestContext, engines: list[EngineState]) -> EngineState:
+        """The engine for the next attempt; its breaker is told it was picked."""
+        ...
 
     def attempt_opened(self, ctx: RequestContext, engine: EngineState) -> None: ...
 
@@ -94,7 +96,6 @@ class Connector:
                 if last is None:
                     raise
                 raise last from None
-            engine.breaker.on_pick()
             ctx.tried.add(engine.name)
             ctx.engine = engine.name
             ctx.attempts += 1

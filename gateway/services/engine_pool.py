@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.engine.client import EngineClient
 from gateway.engine.load import EngineLoad
-from gateway.errors import ModelNotFound, NoHealthyEngine, SluiceError
+from gateway.errors import SluiceError
 from gateway.fleet_settings import BreakerSettings
 from gateway.metrics import GatewayMetrics
 from gateway.routing.breaker import BreakerState, CircuitBreaker
@@ -69,7 +69,7 @@ class EngineState:
 
 
 class EnginePool:
-    """Tracks every engine; filters the ones a request may go to."""
+    """Tracks every engine: health, load, circuit and the models each serves."""
 
     def __init__(self, configs: list[EngineConfig], clients: ClientFactory,
                  metrics: GatewayMetrics, *, health_interval_s: float,
@@ -119,18 +119,6 @@ class EnginePool:
 
     def healthy_count(self, model: str) -> int:
         return sum(1 for e in self._engines if e.healthy and model in e.cards)
-
-    def candidates(self, model: str, exclude: frozenset[str] = frozenset()) -> list[EngineState]:
-        """Engines a request for ``model`` may go to now. Raises when there are none."""
-        serving = [e for e in self._engines if model in e.cards]
-        if not serving:
-            if not any(e.healthy for e in self._engines):
-                raise NoHealthyEngine("no engine is up yet; retry shortly")
-            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
-        usable = [e for e in serving if e.routable and e.name not in exclude]
-        if not usable:
-            raise NoHealthyEngine(f"no healthy engine serves '{model}'")
-        return usable
 
     @contextmanager
     def lease(self, engine: EngineState) -> Iterator[EngineState]:

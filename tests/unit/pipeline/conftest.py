@@ -36,6 +36,7 @@ class InOrder:
     def schedule(self, ctx: RequestContext, engines: list[EngineState]) -> EngineState:
         for engine in engines:
             if engine.routable and engine.name not in ctx.tried:
+                engine.breaker.on_pick()
                 return engine
         raise NoHealthyEngine("no engine left")
 

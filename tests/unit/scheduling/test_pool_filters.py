@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import aiohttp
 import pytest
 
-from gateway.errors import ModelNotFound, NoHealthyEngine, SluiceError
+from gateway.engine.client import EngineClient
+from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.errors import ModelNotFound, NoHealthyEngine
 from gateway.fleet_settings import BreakerSettings, RoutingSettings
 from gateway.metrics import GatewayMetrics
 from gateway.scheduling import Cycle, PluginConfig, Scheduler, Scores, default_registry
@@ -26,12 +27,18 @@ class Spy:
         return Scores([0.0] * len(cycle.candidates), "spy")
 
 
+async def _unused(request: MemoryRequest) -> MemoryResponse:
+    return MemoryResponse(404)
+
+
 @pytest.fixture
 async def pool() -> EnginePool:
     configs = [EngineConfig(name=f"e{i}", url=f"http://127.0.0.1:{9 + i}") for i in range(4)]
-    async with aiohttp.ClientSession() as session:
-        pool = EnginePool(configs, session, TimeoutSettings(), GatewayMetrics(),
-                          health_interval_s=1, breaker=BreakerSettings(failure_threshold=1))
+    transport = MemoryTransport(_unused)
+    pool = EnginePool(configs,
+                      lambda c: EngineClient(c.name, c.base_url, transport, TimeoutSettings()),
+                      GatewayMetrics(), health_interval_s=1,
+                      breaker=BreakerSettings(failure_threshold=1))
     serves = [{"m"}, {"m"}, {"m", "lora"}, {"other"}]
     for engine, models in zip(pool.engines, serves, strict=True):
         engine.healthy = True
@@ -91,15 +98,3 @@ def test_unknown_model_is_404_and_no_engine_up_is_503(pool: EnginePool, schedule
         engine.healthy = False
     with pytest.raises(NoHealthyEngine, match="no engine is up yet"):
         names(scheduler, spy, pool, "nope")
-
-
-def test_same_errors_as_the_pool(pool: EnginePool, scheduler: Scheduler, spy: Spy) -> None:
-    """While both exist, the scheduler and ``EnginePool.candidates`` fail alike."""
-    cases = [("nope", frozenset[str]()), ("m", frozenset({"e0", "e1", "e2"}))]
-    for model, tried in cases:
-        with pytest.raises(SluiceError) as old:
-            pool.candidates(model, tried)
-        with pytest.raises(SluiceError) as new:
-            names(scheduler, spy, pool, model, tried)
-        assert type(new.value) is type(old.value)
-        assert new.value.args == old.value.args
