@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from engines.simulator.config import SimConfig
-from engines.simulator.protocol import WORDS, parse_chat, word_index
 from loadtests.chaos import ChaosRun
 from loadtests.chaos_client import StreamRecord, chat_body
 from loadtests.chaos_watch import (
@@ -32,6 +30,8 @@ from loadtests.chaos_watch import (
     last_before,
     traffic_stop,
 )
+from simulator.config import SimConfig
+from simulator.protocol import WORDS, parse_chat, word_index
 
 STOP_BOUND_S = 1.0
 """The killed engine must get no traffic later than this after the kill."""

@@ -33,10 +33,10 @@ from typing import Any
 import aiohttp
 import yaml
 
-from engines.simulator.config import SimConfig
 from engines.spec import EngineSpec
 from loadtests.proc import ProcStats, read_stats
 from loadtests.stack import ROOT, free_port
+from simulator.config import SimConfig
 
 HOST = "127.0.0.1"
 STOP_GRACE_S = 20.0
@@ -63,13 +63,13 @@ class Launch:
 
 
 def sim_command(port: int, fields: Mapping[str, Any]) -> list[str]:
-    """The argv of ``python -m engines.simulator`` with these ``SimConfig`` fields.
+    """The argv of ``python -m simulator`` with these ``SimConfig`` fields.
 
     The fields are validated first (``ValidationError`` for a bad one); only those given
     are passed, so the others keep the simulator's defaults.
     """
     SimConfig.model_validate(fields)
-    argv = [sys.executable, "-m", "engines.simulator", "--host", HOST, "--port", str(port),
+    argv = [sys.executable, "-m", "simulator", "--host", HOST, "--port", str(port),
             "--log-level", "WARNING"]
     for name, value in fields.items():
         option = "--" + name.replace("_", "-")

@@ -55,7 +55,7 @@ def start_processes(prefill_ms: float, step_ms: float,
     """A simulator engine and a gateway in front of it, each in its own process."""
     sim_port, gw_port = free_port(), free_port()
     sim = subprocess.Popen(
-        [sys.executable, "-m", "engines.simulator", "--port", str(sim_port),
+        [sys.executable, "-m", "simulator", "--port", str(sim_port),
          "--model", "sim-model", "--prefill-base-ms", str(prefill_ms),
          "--decode-step-ms", str(step_ms), "--max-num-seqs", "4096"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engines.simulator import SimConfig
 from loadtests import runner
 from loadtests.arrivals import ConcurrencyArrival, ConstantArrival, PoissonArrival
 from loadtests.client import open_session, stream_request
@@ -24,6 +23,7 @@ from loadtests.workloads import (
     RandomWorkload,
     SharedPrefixWorkload,
 )
+from simulator import SimConfig
 from tests.conftest import StartGateway, free_port
 
 StartSim = Callable[..., Awaitable[str]]

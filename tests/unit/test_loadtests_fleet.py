@@ -26,7 +26,7 @@ SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_hea
 def test_sim_command_spells_every_given_field_as_an_option() -> None:
     argv = sim_command(18101, {"model": "m", "decode_step_ms": 12, "prefix_caching": False,
                                "hang": True, "crash_after_tokens": None})
-    assert argv[1:3] == ["-m", "engines.simulator"]
+    assert argv[1:3] == ["-m", "simulator"]
     assert argv[argv.index("--port") + 1] == "18101"
     assert argv[argv.index("--model") + 1] == "m"
     assert argv[argv.index("--decode-step-ms") + 1] == "12"
