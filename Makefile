@@ -41,7 +41,7 @@ bench-vllm: gateway engine model  ## the harness against `vllm bench serve` on a
 	$(VENV)/bin/python -m loadtests.vllm_compare --rounds 2 --out results/vllm_compare
 
 bench-sweep: gateway engine model  ## concurrency sweep through the gateway, real engine
-	$(VENV)/bin/sluice bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
+	$(VENV)/bin/sluice-bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
 	  --out results/real_sweep
 
 bench-routing: gateway  ## routing strategies on 4 simulator engines (llm-d H100 profile)
