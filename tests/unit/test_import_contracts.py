@@ -66,8 +66,8 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 def _targets(node: ast.AST, module: str, is_package: bool) -> Iterator[tuple[int, str]]:
     """``(line, imported name)`` of every import in ``node``, outside TYPE_CHECKING."""
     if isinstance(node, ast.If) and _is_type_checking(node.test):
-        for child in node.orelse:
-            yield from _targets(child, module, is_package)
+        for statement in node.orelse:
+            yield from _targets(statement, module, is_package)
         return
     if isinstance(node, ast.Import):
         for alias in node.names:
