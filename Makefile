@@ -51,7 +51,7 @@ bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM C
 	$(VENV)/bin/python -m loadtests.routing_bench --real --no-progress --out results/routing_real
 
 bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
-	$(VENV)/bin/python -m loadtests.chaos_bench --out results/chaos
+	$(VENV)/bin/python -m loadtests.chaos.bench --out results/chaos
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale

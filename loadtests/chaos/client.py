@@ -3,7 +3,7 @@
 ``loadtests.client.stream_request`` stops reading at the first ``{"error": ...}`` event;
 this reader goes on, so it can tell a stream that ended properly (an error event, then
 ``data: [DONE]``) from one that was cut. It also keeps every token's text and arrival
-time, from which ``loadtests.chaos_report`` tells which engine produced each token.
+time, from which ``loadtests.chaos.report`` tells which engine produced each token.
 
 Transport failures become short types in ``StreamRecord.failure``: ``http_<status>``,
 ``connection`` (no response), ``disconnected`` (broken after the headers), ``timeout``,

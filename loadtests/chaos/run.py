@@ -4,10 +4,11 @@ SIGKILLed and later restarted on the same port.
 ``streams`` closed-loop workers each send one streamed chat request after another, with
 a fixed ``max_tokens`` drawn per request (the simulator generates exactly that many
 tokens), ramping up over the first second so the streams are at every stage when the
-kill comes. The gateway's ``/metrics`` is scraped alongside (``chaos_watch``). Sending
-stops ``after_restart_s`` after the engine is back, and not before the gateway finished a
-request on it (up to ``return_timeout_s``); every request is bounded by
-``request_timeout_s``, so the run ends by itself. ``chaos_report`` judges the result.
+kill comes. The gateway's ``/metrics`` is scraped alongside (``loadtests.chaos.watch``).
+Sending stops ``after_restart_s`` after the engine is back, and not before the gateway
+finished a request on it (up to ``return_timeout_s``); every request is bounded by
+``request_timeout_s``, so the run ends by itself. ``loadtests.chaos.report`` judges the
+result.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loadtests.chaos_client import StreamRecord, open_session, stream_chat
-from loadtests.chaos_watch import MetricsWatch, Snapshot, first_after
+from loadtests.chaos.client import StreamRecord, open_session, stream_chat
+from loadtests.chaos.watch import MetricsWatch, Snapshot, first_after
 
 _RAMP_S = 1.0
 _FINAL_SCRAPE_S = 5.0

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from loadtests.chaos import ChaosRun
-from loadtests.chaos_client import StreamRecord, chat_body
-from loadtests.chaos_watch import (
+from loadtests.chaos.client import StreamRecord, chat_body
+from loadtests.chaos.run import ChaosRun
+from loadtests.chaos.watch import (
     Interval,
     Snapshot,
     first_after,
