@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from loadtests.chaos.client import StreamRecord, chat_body
 from loadtests.chaos.run import ChaosRun
 from loadtests.chaos.watch import (
     Interval,
@@ -30,6 +29,8 @@ from loadtests.chaos.watch import (
     last_before,
     traffic_stop,
 )
+from loadtests.client import chat_body
+from loadtests.records import StreamRecord
 from simulator.config import SimConfig
 from simulator.protocol import WORDS, parse_chat, word_index
 

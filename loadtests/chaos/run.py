@@ -21,8 +21,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loadtests.chaos.client import StreamRecord, open_session, stream_chat
 from loadtests.chaos.watch import MetricsWatch, Snapshot, first_after
+from loadtests.client import open_session, stream_chat
+from loadtests.records import StreamRecord
 
 _RAMP_S = 1.0
 _FINAL_SCRAPE_S = 5.0
