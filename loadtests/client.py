@@ -33,29 +33,16 @@ next to a server sharing its CPU.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.records import MetricSample, RequestRecord, StreamRecord
+from loadtests.records import RequestRecord, StreamRecord
 
-logger = logging.getLogger("loadtests")
-
-SCRAPED = frozenset({
-    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-    "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-    "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_sum",
-    "vllm:time_to_first_token_seconds_count", "vllm:time_to_first_token_seconds_bucket",
-    "sluice_requests_in_flight", "sluice_time_to_first_token_seconds_sum",
-    "sluice_time_to_first_token_seconds_count", "sluice_time_to_first_token_seconds_bucket",
-})  # fmt: skip
-"""Sample names kept from ``/metrics``, each summed over its labels (``le`` excepted)."""
 CHAT_PATH = "/v1/chat/completions"
 DATA = b"data:"
 DONE = b"[DONE]"
@@ -277,58 +264,3 @@ def _take_chat(obj: dict[str, Any], now: float, record: StreamRecord) -> None:
     usage = obj.get("usage")
     if isinstance(usage, dict):
         record.usage_tokens = int(usage.get("completion_tokens") or 0)
-
-
-class MetricsScraper:
-    """Reads ``/metrics`` of each URL into ``series``, keeping the ``SCRAPED`` samples."""
-
-    def __init__(self, urls: Sequence[str], origin: float, series: list[MetricSample]) -> None:
-        self._urls = list(urls)
-        self._origin = origin
-        self._series = series
-        self._failures: dict[str, int] = {}
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(1, len(self._urls))),
-            timeout=aiohttp.ClientTimeout(total=5.0))
-
-    async def loop(self, interval_s: float) -> None:
-        """Scrape every URL now and then every ``interval_s`` until cancelled."""
-        while True:
-            await self.scrape_all()
-            await asyncio.sleep(interval_s)
-
-    async def scrape_all(self) -> None:
-        """One scrape of every URL, concurrently."""
-        await asyncio.gather(*(self._scrape(url) for url in self._urls))
-
-    async def close(self) -> None:
-        """Close the session; log how many scrapes failed, per URL."""
-        await self._session.close()
-        for url, count in self._failures.items():
-            logger.warning("%d scrapes of %s failed", count, url)
-
-    async def _scrape(self, url: str) -> None:
-        metrics_url = url if url.rstrip("/").endswith("/metrics") else url.rstrip("/") + "/metrics"
-        t = time.perf_counter() - self._origin
-        try:
-            async with self._session.get(metrics_url, allow_redirects=False) as response:
-                response.raise_for_status()
-                samples = parse_metrics(await response.text(), url, t)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-            self._failures[url] = self._failures.get(url, 0) + 1
-            return
-        self._series += samples
-
-
-def parse_metrics(text: str, source: str, t: float) -> list[MetricSample]:
-    """The ``SCRAPED`` samples of a Prometheus text page, summed over labels but ``le``."""
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name = sample.name
-            if name not in SCRAPED:
-                continue
-            if "le" in sample.labels:
-                name = f'{name}{{le="{sample.labels["le"]}"}}'
-            sums[name] = sums.get(name, 0.0) + sample.value
-    return [MetricSample(t, source, name, value) for name, value in sums.items()]
