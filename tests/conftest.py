@@ -15,7 +15,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.server import GatewayServer
 from gateway.settings import EngineConfig, Settings
-from loadtests.stack import free_port
+from loadtests.launch import free_port
 
 StartGateway = Callable[..., Awaitable[str]]
 

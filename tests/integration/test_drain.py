@@ -14,7 +14,7 @@ import orjson
 import pytest
 import yaml
 
-from loadtests.stack import free_port
+from loadtests.launch import free_port
 from simulator import SimConfig
 
 Serve = Callable[..., "asyncio.Future[tuple[subprocess.Popen[bytes], str]]"]
