@@ -41,7 +41,7 @@ bench-vllm: gateway engine model  ## the harness against `vllm bench serve` on a
 	$(VENV)/bin/python -m loadtests.vllm_compare --rounds 2 --out results/vllm_compare
 
 bench-sweep: gateway engine model  ## concurrency sweep through the gateway, real engine
-	$(VENV)/bin/sluice bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
+	$(VENV)/bin/sluice-bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
 	  --out results/real_sweep
 
 bench-routing: gateway  ## routing strategies on 4 simulator engines (llm-d H100 profile)
@@ -51,7 +51,7 @@ bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM C
 	$(VENV)/bin/python -m loadtests.routing_bench --real --no-progress --out results/routing_real
 
 bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
-	$(VENV)/bin/python -m loadtests.chaos_bench --out results/chaos
+	$(VENV)/bin/python -m loadtests.chaos.bench --out results/chaos
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,11 +20,9 @@ from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.server import GatewayServer
 from gateway.settings import Settings, load_settings
-from loadtests.cli import app as bench_app
 
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
-app.add_typer(bench_app, name="bench")
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path | None, typer.Option(
@@ -55,6 +55,17 @@ def prepare_model(
     settings = load_settings(config)
     prepare_default_model(settings.engine_python, settings.default_model_dir, lora)
     console.print(f"model ready: {settings.default_model_dir}")
+
+
+@app.command("bench", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Load tests: the sluice-bench command (sluice bench --help lists its commands).
+
+    The harness is a package of its own: this process becomes ``python -m loadtests`` with
+    the same arguments, so the gateway never imports it.
+    """
+    os.execv(sys.executable, [sys.executable, "-m", "loadtests", *ctx.args])
 
 
 async def _serve(settings: Settings) -> None:

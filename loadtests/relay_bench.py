@@ -21,52 +21,31 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
+from loadtests.fleet import engine_fleet, gateway_process, sim_launch
 from loadtests.metrics import summarize
 from loadtests.runner import Scenario, run
-from loadtests.stack import free_port
 
 SCENARIOS = [Path(__file__).parent / "scenarios" / f"relay_{name}.yaml"
              for name in ("50x128", "200x256")]
 
 
-async def wait_http(url: str, path: str, timeout_s: float = 30) -> None:
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(url + path) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"{url}{path} not ready after {timeout_s} s")
-
-
-def start_processes(prefill_ms: float, step_ms: float,
-                    workdir: Path) -> tuple[list[subprocess.Popen[bytes]], str, str]:
-    """A simulator engine and a gateway in front of it, each in its own process."""
-    sim_port, gw_port = free_port(), free_port()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "engines.simulator", "--port", str(sim_port),
-         "--model", "sim-model", "--prefill-base-ms", str(prefill_ms),
-         "--decode-step-ms", str(step_ms), "--max-num-seqs", "4096"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    config = workdir / "gateway.yaml"
-    config.write_text(json.dumps({"engines": [
-        {"name": "sim", "url": f"http://127.0.0.1:{sim_port}"}]}))
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config),
-         "--port", str(gw_port)],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "gateway.log").open("wb"))
-    return [sim, gateway], f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{gw_port}"
+@asynccontextmanager
+async def start_processes(prefill_ms: float, step_ms: float,
+                          workdir: Path) -> AsyncIterator[tuple[int, str, str]]:
+    """A simulator engine and a gateway in front of it, each in its own process: yields
+    the gateway's pid, the engine's URL and the gateway's once both are ready."""
+    sim = sim_launch({"model": "sim-model", "prefill_base_ms": prefill_ms,
+                      "decode_step_ms": step_ms, "max_num_seqs": 4096})
+    async with engine_fleet([sim]) as fleet, gateway_process(
+            {"engines": [{"name": "sim", "url": sim.url}]}, log_dir=workdir) as gateway:
+        yield gateway.pid, fleet.urls[0], gateway.url
 
 
 async def one_round(target: str, url: str, scenario: Scenario) -> dict[str, Any]:
@@ -82,10 +61,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     scenarios = [Scenario.model_validate(yaml.safe_load(p.read_text())) for p in SCENARIOS]
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        procs, direct, gateway = start_processes(args.prefill_ms, args.step_ms, Path(tmp))
-        try:
-            await wait_http(direct, "/health")
-            await wait_http(gateway, "/ready")
+        async with start_processes(args.prefill_ms, args.step_ms, Path(tmp)) as (
+                gateway_pid, direct, gateway):
             targets = [("direct", direct), ("gateway", gateway)]
             for scenario in scenarios:
                 for index in range(args.rounds):
@@ -97,12 +74,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                               f"p99 {row['ttft_p99_ms']:7.1f} ms errors {row['errors']}",
                               flush=True)
             if args.profile:
-                await profile_gateway(procs[1].pid, gateway, scenarios[-1], Path(args.profile))
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=30)
+                await profile_gateway(gateway_pid, gateway, scenarios[-1], Path(args.profile))
     return {"config": {"prefill_ms": args.prefill_ms, "step_ms": args.step_ms,
                        "rounds": args.rounds, "cpus": os.cpu_count()},
             "rounds": rounds, "summary": summarize_rounds(rounds, scenarios)}
