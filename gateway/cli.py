@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.server import GatewayServer
 from gateway.settings import Settings, load_settings
+from gateway.workers import serve_workers
 
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
@@ -34,16 +36,27 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Gateway processes sharing the port (default 1; SLUICE_WORKERS).")] = None,
 ) -> None:
     """Run the gateway (and the engines it manages) until Ctrl-C or SIGTERM."""
-    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v}
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v}
     settings = load_settings(config, **overrides)
     configure_logging(settings.log_level)
     if not settings.engines and settings.default_engine:
         if not is_prepared(settings.default_model_dir):
             console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
         prepare_default_model(settings.engine_python, settings.default_model_dir)
-    uvloop.run(_serve(settings))
+    if settings.workers == 1:
+        uvloop.run(_serve(settings))
+        return
+    stopped_by, failed = serve_workers(settings, _announce)
+    if failed:
+        raise typer.Exit(1)
+    if stopped_by is not None:  # exit as a single process does: "terminated by SIGTERM"
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.raise_signal(stopped_by)
 
 
 @app.command("prepare-model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -16,7 +18,8 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """200 when at least one engine serves a model and the gateway is not draining,
-    else 503; lists every engine."""
+    else 503; lists every engine, and says which process answered (one of several
+    workers)."""
     pool = request.state.pool
     engines = [
         {"name": e.name, "url": e.client.base_url, "healthy": e.healthy,
@@ -26,7 +29,7 @@ async def ready(request: Request) -> Response:
     ]
     ready = pool.ready and not request.state.drain.draining
     status = "draining" if request.state.drain.draining else "ready" if ready else "not_ready"
-    body = {"status": status, "engines": engines}
+    body = {"status": status, "pid": os.getpid(), "engines": engines}
     return Response(orjson.dumps(body), status_code=200 if ready else 503,
                     media_type="application/json")
 
