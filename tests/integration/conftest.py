@@ -11,6 +11,7 @@ from engines.simulator import SimConfig, SimServer
 from tests.integration.fake_engine import FakeEngine, Reply
 
 StartSim = Callable[..., Awaitable[str]]
+StartFakeEngine = Callable[[Reply], Awaitable[FakeEngine]]
 """`await start_sim(config: SimConfig | None = None) -> base_url`"""
 
 FAST_SIM = SimConfig(prefill_base_ms=2.0, decode_step_ms=2.0)
@@ -45,7 +46,7 @@ async def sim_server(start_sim: StartSim) -> str:
 
 
 @pytest.fixture
-async def start_fake_engine() -> AsyncIterator[Callable[[Reply], Awaitable[FakeEngine]]]:
+async def start_fake_engine() -> AsyncIterator[StartFakeEngine]:
     """`await start_fake_engine(reply)`: a started :class:`FakeEngine` (``.url``)."""
     engines: list[FakeEngine] = []
 
