@@ -49,3 +49,26 @@ async def sim_queued(http: httpx.AsyncClient, sim: str) -> int:
 
 async def gateway_metric(http: httpx.AsyncClient, gateway: str, line_start: str) -> float:
     return metric((await http.get(gateway + "/metrics")).text, line_start)
+
+
+async def served_by(http: httpx.AsyncClient, sims: list[str], path: str,
+                    body: dict[str, object]) -> int:
+    """Send one request through the gateway (``http``'s base URL); the index of the
+    simulator that took it. Nothing else may reach these simulators meanwhile."""
+    before = [await sim_received(http, sim) for sim in sims]
+    response = await http.post(path, json=body)
+    assert response.status_code == 200, response.text
+    after = [await sim_received(http, sim) for sim in sims]
+    changed = [i for i in range(len(sims)) if after[i] != before[i]]
+    assert len(changed) == 1, (before, after)
+    return changed[0]
+
+
+async def scraped_once(http: httpx.AsyncClient, gateway: str, engines: int) -> None:
+    """Wait for the gateway's first load scrape of each engine ``e0``, ``e1``, ...: with a
+    long scrape interval, none comes after it to change what the router sees."""
+    async def every_engine_scraped() -> bool:
+        page = (await http.get(gateway + "/metrics")).text
+        return all(f'sluice_engine_requests{{engine="e{i}",state="running"}}' in page
+                   for i in range(engines))
+    await wait_until(every_engine_scraped, "the first load scrape of every engine")

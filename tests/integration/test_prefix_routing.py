@@ -12,7 +12,13 @@ import httpx
 from engines.simulator import SimConfig, SimServer
 from tests.conftest import StartGateway
 from tests.integration.conftest import StartSim
-from tests.integration.helpers import gateway_metric, sim_queued, sim_received, wait_until
+from tests.integration.helpers import (
+    gateway_metric,
+    scraped_once,
+    served_by,
+    sim_queued,
+    wait_until,
+)
 
 QUICK = SimConfig(prefill_base_ms=1, decode_step_ms=2)
 BLOCK = 16
@@ -25,15 +31,8 @@ def completion(prompt: str, **extra: object) -> dict[str, object]:
     return {"model": "sim-model", "prompt": prompt, "max_tokens": 2, **extra}
 
 
-async def served_by(http: httpx.AsyncClient, sims: list[str], prompt: str) -> int:
-    """Send one completion; the index of the engine that took it."""
-    before = [await sim_received(http, sim) for sim in sims]
-    response = await http.post("/v1/completions", json=completion(prompt))
-    assert response.status_code == 200, response.text
-    after = [await sim_received(http, sim) for sim in sims]
-    changed = [i for i in range(len(sims)) if after[i] != before[i]]
-    assert len(changed) == 1, (before, after)
-    return changed[0]
+async def completed_by(http: httpx.AsyncClient, sims: list[str], prompt: str) -> int:
+    return await served_by(http, sims, "/v1/completions", completion(prompt))
 
 
 async def idle(http: httpx.AsyncClient) -> None:
@@ -53,6 +52,7 @@ async def test_the_engine_holding_the_longer_prefix_wins(start_sim: StartSim,
                                    "affinity_floor": 1},
                        "prefix": {"block_chars": BLOCK}, "scrape_interval_s": QUIET_SCRAPES})
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+        await scraped_once(http, gateway, 2)
         # One engine gets the whole shared prefix, in a stream kept open for now.
         long_stream = completion(SHARED + "first follow up ", stream=True, max_tokens=1000)
         async with http.stream("POST", "/v1/completions", json=long_stream) as response:
@@ -63,13 +63,13 @@ async def test_the_engine_holding_the_longer_prefix_wins(start_sim: StartSim,
             assert len(long_owner) == 1
             # That engine is busy, so a prompt sharing only the first block goes to the
             # other engine (the load guard), which now holds a one-block match.
-            short_owner = await served_by(http, sims, SHARED[:BLOCK] + "other words here" * 3)
+            short_owner = await completed_by(http, sims, SHARED[:BLOCK] + "other words here" * 3)
             assert short_owner != long_owner[0]
         await idle(http)
         # Both engines hold a match now, and both are idle: 4 blocks of 5 beat 1 of 5.
         # Two requests in a row, so rotation alone cannot send both to the same engine.
         for follow_up in ("next question 1 ", "next question 2 "):
-            assert await served_by(http, sims, SHARED + follow_up) == long_owner[0]
+            assert await completed_by(http, sims, SHARED + follow_up) == long_owner[0]
 
 
 async def test_a_restarted_engine_has_no_prefix_affinity(start_gateway: StartGateway) -> None:
@@ -93,8 +93,8 @@ async def test_a_restarted_engine_has_no_prefix_affinity(start_gateway: StartGat
                 return bool((await http.get("/ready")).json()["engines"][index]["healthy"]
                             == state)
 
-            owner = await served_by(http, urls, prompt)
-            assert await served_by(http, urls, prompt) == owner
+            owner = await completed_by(http, urls, prompt)
+            assert await completed_by(http, urls, prompt) == owner
             assert (await decisions("miss"), await decisions("hit")) == (1, 1)
 
             # The owner goes down and comes back on the same port, its cache empty.
