@@ -73,13 +73,11 @@ def chat_chunk(stream_id: str, content: str | None, finish_reason: str | None = 
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def stream_reply(events: list[bytes]) -> Reply:
-    """Stream ``events`` (SSE bytes) and end the response cleanly, whatever they are."""
-    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for event in events:
-            await response.write(event)
-        await response.write_eof()
-        return response
-    return reply
+async def send_events(request: web.Request, events: list[bytes]) -> web.StreamResponse:
+    """Stream ``events`` (SSE bytes), then end the response cleanly, whatever they were."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for event in events:
+        await response.write(event)
+    await response.write_eof()
+    return response
