@@ -11,8 +11,8 @@ from engines.simulator import SimConfig, SimServer
 from tests.integration.fake_engine import FakeEngine, Reply
 
 StartSim = Callable[..., Awaitable[str]]
-StartFakeEngine = Callable[[Reply], Awaitable[FakeEngine]]
 """`await start_sim(config: SimConfig | None = None) -> base_url`"""
+StartFakeEngine = Callable[[Reply], Awaitable[FakeEngine]]
 
 FAST_SIM = SimConfig(prefill_base_ms=2.0, decode_step_ms=2.0)
 """A quick engine for functional tests: 2 ms prefill, 2 ms per token."""
