@@ -23,7 +23,7 @@ from loadtests.stack import RealStack
 from tests.conftest import StartGateway
 from tests.integration.fake_engine import FakeEngine
 
-MESSAGES = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper."}]
+PROMPT = "Tell me a long story about a lighthouse keeper."
 MAX_TOKENS = 40
 CUT_AFTER = 8
 """Content events relayed before the proxy dies (at the next word boundary)."""
@@ -69,8 +69,8 @@ class DyingProxy:
 
 async def test_stream_broken_mid_answer_finishes_on_real_vllm_exactly(
         stack: RealStack, start_gateway: StartGateway) -> None:
-    request = {"model": stack.model, "messages": MESSAGES, "max_tokens": MAX_TOKENS,
-               "temperature": 0}
+    request = {"model": stack.model, "messages": [{"role": "user", "content": PROMPT}],
+               "max_tokens": MAX_TOKENS, "temperature": 0}
     async with httpx.AsyncClient(timeout=120) as http:
         direct = await http.post(stack.engine + "/v1/chat/completions", json=request)
     assert direct.status_code == 200, direct.text
@@ -86,7 +86,9 @@ async def test_stream_broken_mid_answer_finishes_on_real_vllm_exactly(
         client = AsyncOpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0,
                              timeout=120)
         stream = await client.chat.completions.create(
-            **request, stream=True, stream_options={"include_usage": True})
+            model=stack.model, messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=MAX_TOKENS, temperature=0, stream=True,
+            stream_options={"include_usage": True})
         ids, pieces, usage = set(), [], None
         async for chunk in stream:
             ids.add(chunk.id)
