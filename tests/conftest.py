@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.server import GatewayServer
@@ -21,10 +22,16 @@ StartGateway = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
+def gateway_apps() -> dict[str, Starlette]:
+    """The app behind each URL ``start_gateway`` returned (e.g. ``app.state.drain``)."""
+    return {}
+
+
+@pytest.fixture
+async def start_gateway(gateway_apps: dict[str, Starlette]) -> AsyncIterator[StartGateway]:
     """Start gateways in this event loop: ``await start_gateway(engines=[url, ...], **settings)``
     returns the base URL. Each runs a real uvicorn server on a free port; all are shut
-    down (lifespan included) at teardown."""
+    down (lifespan included) at teardown. ``gateway_apps[url]`` is its app."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
     async def start(engines: list[str] | None = None, **overrides: Any) -> str:
@@ -32,7 +39,8 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
         fields: dict[str, Any] = {"port": 0, "default_engine": False, "access_log": False,
                                   "health_interval_s": 0.2, "engines": configs}
         settings = Settings(**{**fields, **overrides})
-        server = GatewayServer(create_app(settings), settings, host="127.0.0.1", port=0)
+        app = create_app(settings)
+        server = GatewayServer(app, settings, host="127.0.0.1", port=0)
         task = asyncio.create_task(server.serve())
         running.append((server, task))
         async with asyncio.timeout(15):
@@ -41,7 +49,9 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
                     task.result()
                 await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        gateway_apps[url] = app
+        return url
 
     yield start
     for server, _ in running:

@@ -44,6 +44,8 @@ class EngineState:
     cards: dict[str, dict[str, Any]] = field(default_factory=dict)
     in_flight: int = 0
     last_error: str | None = None
+    seen_down: bool = False
+    """A health check found it down (not merely a request that failed to connect)."""
     scraped: EngineLoad = field(default_factory=EngineLoad)
     scraped_at: float = -math.inf
 
@@ -84,9 +86,9 @@ class EnginePool:
         self._scrape_interval = scrape_interval_s
         self._ready = asyncio.Event()
         self.on_restart: Callable[[str], None] | None = None
-        """Called with an engine's name when it restarted (its caches are empty): its
-        prefix-cache counters went back. A connection that failed for a moment is not a
-        restart, and forgets nothing."""
+        """Called with an engine's name when it restarted (its caches are empty): a
+        health check found it down and a later one up, or its prefix-cache counters went
+        back. A request that failed to connect for a moment is not a restart."""
 
     @property
     def engines(self) -> list[EngineState]:
@@ -174,12 +176,19 @@ class EnginePool:
             if not isinstance(exc, SluiceError):
                 log.exception("health check of engine %s failed", engine.name)
             healthy, cards = False, {}
+            engine.seen_down = True
             if engine.last_error != message:
                 log.info("engine %s down: %s", engine.name, message)
             engine.last_error = message
         else:
             if healthy and not engine.healthy:
                 log.info("engine %s up, serving %s", engine.name, sorted(cards))
+            if healthy and engine.seen_down:
+                engine.seen_down = False
+                if self.on_restart is not None:
+                    self.on_restart(engine.name)
+            elif not healthy:
+                engine.seen_down = True
             engine.last_error = None
         engine.healthy, engine.cards = healthy, cards if healthy else engine.cards
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)

@@ -1,4 +1,5 @@
-"""Integration fixtures. Simulator fixtures: `start_sim` (factory) and `sim_server`."""
+"""Integration fixtures. Simulator fixtures: `start_sim` (factory) and `sim_server`;
+`start_fake_engine` for scripted answers the simulator never gives."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from simulator import SimConfig, SimServer
+from tests.integration.fake_engine import FakeEngine, Reply
 
 StartSim = Callable[..., Awaitable[str]]
 """`await start_sim(config: SimConfig | None = None) -> base_url`"""
+StartFakeEngine = Callable[[Reply], Awaitable[FakeEngine]]
 
 FAST_SIM = SimConfig(prefill_base_ms=2.0, decode_step_ms=2.0)
 """A quick engine for functional tests: 2 ms prefill, 2 ms per token."""
@@ -40,3 +43,19 @@ async def start_sim() -> AsyncIterator[StartSim]:
 async def sim_server(start_sim: StartSim) -> str:
     """Base URL of one fast simulator (`FAST_SIM`)."""
     return await start_sim(FAST_SIM)
+
+
+@pytest.fixture
+async def start_fake_engine() -> AsyncIterator[StartFakeEngine]:
+    """`await start_fake_engine(reply)`: a started :class:`FakeEngine` (``.url``)."""
+    engines: list[FakeEngine] = []
+
+    async def start(reply: Reply) -> FakeEngine:
+        engine = FakeEngine(reply)
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        await engine.close()

@@ -90,3 +90,16 @@ async def test_only_a_real_restart_forgets_the_engine_cache() -> None:
     engines.prefix_queries["a"] = 12  # the counters started again: a new process
     await pool.scrape()
     assert restarted == ["a"]
+    down = engines.transport.handler
+
+    async def refused(request: MemoryRequest) -> MemoryResponse:
+        if "//a/" in request.url:
+            raise ConnectionRefusedError
+        return await engines.answer(request)
+
+    engines.transport.handler = refused  # a health check finds it down ...
+    await pool.refresh()
+    assert restarted == ["a"]
+    engines.transport.handler = down  # ... and a later one up: it restarted
+    await pool.refresh()
+    assert restarted == ["a", "a"]
