@@ -120,18 +120,25 @@ class Overloaded(SluiceError):
 
 
 class UpstreamRejected(SluiceError):
-    """The engine refused the request with a 4xx; its status and message pass on."""
+    """The engine refused the request with a 4xx; its status, message, ``type``, ``param``
+    and ``code`` pass on as the engine sent them (vLLM's codes are numbers)."""
 
     type = "invalid_request_error"
 
     def __init__(self, message: str, *, status: int, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message, param=param, code=code)
+                 code: str | int | None = None, error_type: str | None = None) -> None:
+        super().__init__(message, param=param)
         self._status = status
+        self.engine_code = code
+        self.error_type = error_type or self.type
 
     @property
     def status_code(self) -> int:
         return self._status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.error_type,
+                          "param": self.param, "code": self.engine_code}}
 
 
 class EngineError(SluiceError):

@@ -32,7 +32,10 @@ def upstream_error(status: int, raw: bytes) -> SluiceError:
     """Translate an engine's error response (vLLM or OpenAI shape) into the tree."""
     if not 400 <= status < 500:
         return EngineError(f"engine error (HTTP {status})")
-    message, param, code = f"the engine rejected the request (HTTP {status})", None, None
+    message = f"the engine rejected the request (HTTP {status})"
+    param: str | None = None
+    code: str | int | None = None
+    error_type: str | None = None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -43,8 +46,13 @@ def upstream_error(status: int, raw: bytes) -> SluiceError:
         if isinstance(err.get("message"), str) and err["message"]:
             message = err["message"][:_MESSAGE_LIMIT]
         param = err.get("param") if isinstance(err.get("param"), str) else None
-        code = err.get("code") if isinstance(err.get("code"), str) else None
-    return UpstreamRejected(message, status=status, param=param, code=code)
+        code = err.get("code")
+        if not isinstance(code, (str, int)) or isinstance(code, bool):
+            code = None
+        if isinstance(err.get("type"), str) and err["type"]:
+            error_type = err["type"][:100]
+    return UpstreamRejected(message, status=status, param=param, code=code,
+                            error_type=error_type)
 
 
 class EngineClient:

@@ -49,14 +49,27 @@ async def test_an_engine_4xx_is_passed_on_and_not_retried(
             "message": "temperature too high", "type": "BadRequestError",
             "param": "temperature", "code": "out_of_range"}}))
 
+    async def vllm_style(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(400, orjson.dumps({"error": {
+            "message": "max_tokens too large", "type": "BadRequestError", "param": None,
+            "code": 400}}))
+
+
     rig.scripts.update(a=bad_request, b=ok, c=ok)
     with pytest.raises(UpstreamRejected) as caught:
         await rig.director.generate(rig.ctx({}))
     error = caught.value
-    assert (error.status_code, error.message, error.param, error.code) == (
+    assert (error.status_code, error.message, error.param, error.engine_code) == (
         422, "temperature too high", "temperature", "out_of_range")
+    assert error.body()["error"]["type"] == "BadRequestError"  # as the engine said
     assert rig.sent_to("b") == []
     assert rig.pool.engines[0].breaker.available()  # the engine did its job
+    rig.scripts.update(a=vllm_style)
+    with pytest.raises(UpstreamRejected) as numeric:
+        await rig.director.generate(rig.ctx({}))
+    assert numeric.value.body() == {"error": {"message": "max_tokens too large",
+                                              "type": "BadRequestError", "param": None,
+                                              "code": 400}}
 
 
 async def test_a_first_token_timeout_is_not_retried(rig_factory: Callable[..., Rig]) -> None:
