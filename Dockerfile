@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY engines engines
+COPY simulator simulator
 COPY adapters adapters
 COPY loadtests loadtests
 RUN pip install --no-cache-dir .

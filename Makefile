@@ -3,14 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 ENGINE_VENV := .venv-engine
+PEER_VENV := .venv-peer
+GRANIAN_DIR := .venv-granian
 CACHE ?= $(HOME)/.cache/sluice
 TEST_LORA := $(CACHE)/adapters/sluice-test-lora
-# Requirements of one optional-dependency group of pyproject.toml (the single source of pins).
+# Requirements of one optional-dependency group of pyproject.toml (the single source of pins),
+# and (pins) one list of its [tool.sluice] table.
 extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['project']['optional-dependencies']['$(1)']))")
-nodeps = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
+pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
-	bench-routing bench-routing-real bench-chaos bench-scale gateway engine model redis clean
+	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers \
+	gateway engine peer granian model redis clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
@@ -32,16 +36,23 @@ e2e: gateway engine model
 	$(VENV)/bin/pytest tests/e2e -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale  ## every benchmark the README reports
+	bench-scale bench-servers bench-workers  ## every benchmark the README reports
 
-bench-relay: gateway  ## gateway vs direct on one simulator engine
+bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
+
+bench-servers: gateway granian  ## inbound server candidates (uvicorn, granian, aiohttp)
+	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_servers.json \
+	  --targets direct,sluice,sluice-granian,proto-uvicorn,proto-granian,proto-aiohttp
+
+bench-workers: gateway  ## relayed tokens/s with 1, 2 and 3 gateway workers
+	$(VENV)/bin/python -m loadtests.workers_bench --out results/workers_bench.json
 
 bench-vllm: gateway engine model  ## the harness against `vllm bench serve` on a real engine
 	$(VENV)/bin/python -m loadtests.vllm_compare --rounds 2 --out results/vllm_compare
 
 bench-sweep: gateway engine model  ## concurrency sweep through the gateway, real engine
-	$(VENV)/bin/sluice bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
+	$(VENV)/bin/sluice-bench run loadtests/scenarios/real_sweep.yaml --stack --no-progress \
 	  --out results/real_sweep
 
 bench-routing: gateway  ## routing strategies on 4 simulator engines (llm-d H100 profile)
@@ -51,13 +62,30 @@ bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM C
 	$(VENV)/bin/python -m loadtests.routing_bench --real --no-progress --out results/routing_real
 
 bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
-	$(VENV)/bin/python -m loadtests.chaos_bench --out results/chaos
+	$(VENV)/bin/python -m loadtests.chaos.bench --out results/chaos
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale
 
 gateway: $(VENV)/.installed
 engine: $(ENGINE_VENV)/.installed
+peer: $(PEER_VENV)/.installed
+granian: $(GRANIAN_DIR)/.installed
+
+# The Rust vLLM Router, in its own virtualenv: only benchmarks run it.
+$(PEER_VENV)/.installed: pyproject.toml
+	@echo "==> peer router environment ($(PEER_VENV))"
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install -q $(call pins,peer-router)
+	$(PEER_VENV)/bin/vllm-router --help >/dev/null
+	touch $@
+
+# granian alone in a folder (pip --target) that the server benchmark adds to PYTHONPATH,
+# so the gateway's environment stays as it is; click is already there, through typer.
+$(GRANIAN_DIR)/.installed: pyproject.toml $(VENV)/.installed
+	@echo "==> granian ($(GRANIAN_DIR))"
+	$(VENV)/bin/pip install -q --no-deps --target $(GRANIAN_DIR) $(call pins,server-candidates)
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> gateway environment ($(VENV))"
@@ -72,7 +100,7 @@ $(ENGINE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(ENGINE_VENV)
 	$(ENGINE_VENV)/bin/pip install --upgrade pip
 	$(ENGINE_VENV)/bin/pip install --progress-bar on $(call extras,engine-cpu)
-	$(ENGINE_VENV)/bin/pip install -q --no-deps $(call nodeps,engine-cpu-no-deps)
+	$(ENGINE_VENV)/bin/pip install -q --no-deps $(call pins,engine-cpu-no-deps)
 	@# torchvision fails to import next to torch 2.13 CPU and vLLM serves text models without it.
 	$(ENGINE_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(ENGINE_VENV)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__)"
@@ -87,4 +115,4 @@ redis:
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
 
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(GRANIAN_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,11 +21,10 @@ from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.server import GatewayServer
 from gateway.settings import Settings, load_settings
-from loadtests.cli import app as bench_app
+from gateway.workers import serve_workers
 
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
-app.add_typer(bench_app, name="bench")
 console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[Path | None, typer.Option(
@@ -34,16 +36,27 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Gateway processes sharing the port (default 1; SLUICE_WORKERS).")] = None,
 ) -> None:
     """Run the gateway (and the engines it manages) until Ctrl-C or SIGTERM."""
-    overrides: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v}
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v}
     settings = load_settings(config, **overrides)
     configure_logging(settings.log_level)
     if not settings.engines and settings.default_engine:
         if not is_prepared(settings.default_model_dir):
             console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
         prepare_default_model(settings.engine_python, settings.default_model_dir)
-    uvloop.run(_serve(settings))
+    if settings.workers == 1:
+        uvloop.run(_serve(settings))
+        return
+    stopped_by, failed = serve_workers(settings, _announce)
+    if failed:
+        raise typer.Exit(1)
+    if stopped_by is not None:  # exit as a single process does: "terminated by SIGTERM"
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.raise_signal(stopped_by)
 
 
 @app.command("prepare-model")
@@ -55,6 +68,17 @@ def prepare_model(
     settings = load_settings(config)
     prepare_default_model(settings.engine_python, settings.default_model_dir, lora)
     console.print(f"model ready: {settings.default_model_dir}")
+
+
+@app.command("bench", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context) -> None:
+    """Load tests: the sluice-bench command (sluice bench --help lists its commands).
+
+    The harness is a package of its own: this process becomes ``python -m loadtests`` with
+    the same arguments, so the gateway never imports it.
+    """
+    os.execv(sys.executable, [sys.executable, "-m", "loadtests", *ctx.args])
 
 
 async def _serve(settings: Settings) -> None:

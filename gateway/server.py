@@ -17,7 +17,8 @@ from starlette.applications import Starlette
 from gateway.drain import Drain
 from gateway.settings import Settings
 
-_BACKSTOP_S = 5.0
+BACKSTOP_S = 5.0
+"""How long after the drain deadline uvicorn itself closes what is still open."""
 
 
 class GatewayServer(uvicorn.Server):
@@ -27,7 +28,7 @@ class GatewayServer(uvicorn.Server):
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
             http="httptools", lifespan="on", log_config=None, access_log=False,
-            timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + _BACKSTOP_S),
+            timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + BACKSTOP_S),
         ))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="gateway processes sharing the port (SO_REUSEPORT); managed engines "
+                    "are started once, by the parent",
+    )
     api_keys: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_answer_bytes: int = Field(
@@ -159,6 +164,13 @@ class Settings(BaseSettings):
             port=self.engine_port,
         )
         return [EngineConfig(name="cpu-0", managed=spec)]
+
+    def for_worker(self, port: int) -> dict[str, Any]:
+        """The settings of one worker process, as plain data: every engine (managed
+        ones included, which the parent runs) as a URL, on the parent's resolved port."""
+        engines = [{"name": e.name, "url": e.base_url} for e in self.resolved_engines()]
+        return {**self.model_dump(mode="json"), "engines": engines, "default_engine": False,
+                "port": port, "workers": 1}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -1,5 +1,5 @@
-"""``python -m loadtests`` is ``sluice bench``."""
+"""``python -m loadtests`` is ``sluice-bench`` (and ``sluice bench``)."""
 
 from loadtests.cli import app
 
-app()
+app(prog_name="sluice-bench")

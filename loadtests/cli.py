@@ -1,8 +1,10 @@
-"""``sluice bench``: run scenarios, sweeps and side-by-side comparisons; compare results.
+"""``sluice-bench``: run scenarios, sweeps and side-by-side comparisons; compare results.
 
-    sluice bench run loadtests/scenarios/sim_smoke.yaml --target sim=http://127.0.0.1:8100
-    sluice bench run loadtests/scenarios/real_sweep.yaml --stack       # starts make run's stack
-    sluice bench compare results/a/result.json results/b/result.json
+    sluice-bench run loadtests/scenarios/sim_smoke.yaml --target sim=http://127.0.0.1:8100
+    sluice-bench run loadtests/scenarios/real_sweep.yaml --stack       # starts make run's stack
+    sluice-bench compare results/a/result.json results/b/result.json
+
+``sluice bench ...`` and ``python -m loadtests ...`` are the same command.
 """
 
 from __future__ import annotations

@@ -7,69 +7,41 @@
             fleet.kill(2)            # SIGKILL engine 2, as a crash
             await fleet.restart(2)   # start it again on the same port, wait for /health
 
-Every process gets its own process group (stopping it stops what it spawned, as vLLM's
-engine core) and SIGTERM if this process dies first; every one is stopped when its
-``async with`` block ends, however it ends. Ports come from ``loadtests.stack.free_port``;
-engine ``i`` keeps its port across restarts.
+Processes start and stop through ``loadtests.launch`` (own process group, SIGTERM if this
+process dies first); every one is stopped when its ``async with`` block ends, however it
+ends. Engine ``i`` keeps its port across restarts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 
-from engines.simulator.config import SimConfig
 from engines.spec import EngineSpec
+from loadtests.launch import HOST, Launch, free_port, kill, launched, spawn, stop_all, wait_ready
 from loadtests.proc import ProcStats, read_stats
-from loadtests.stack import ROOT, free_port
+from simulator.config import SimConfig
 
-HOST = "127.0.0.1"
-STOP_GRACE_S = 20.0
-"""How long a process has between SIGTERM and SIGKILL."""
-_PR_SET_PDEATHSIG = 1
 _SIM_FLAGS = frozenset({"prefix_caching", "hang"})
 """Boolean SimConfig fields, spelled ``--name/--no-name`` on the simulator's command line."""
 
 
-class FleetError(RuntimeError):
-    """A process did not start or did not become ready (its log tail is in the message)."""
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How to start one server process, and where it answers."""
-
-    argv: list[str]
-    url: str
-    log: Path | None = None
-    env: Mapping[str, str | None] | None = None
-    """Changes to the inherited environment; None removes a variable."""
-    ready_path: str = "/health"
-
-
 def sim_command(port: int, fields: Mapping[str, Any]) -> list[str]:
-    """The argv of ``python -m engines.simulator`` with these ``SimConfig`` fields.
+    """The argv of ``python -m simulator`` with these ``SimConfig`` fields.
 
     The fields are validated first (``ValidationError`` for a bad one); only those given
     are passed, so the others keep the simulator's defaults.
     """
     SimConfig.model_validate(fields)
-    argv = [sys.executable, "-m", "engines.simulator", "--host", HOST, "--port", str(port),
+    argv = [sys.executable, "-m", "simulator", "--host", HOST, "--port", str(port),
             "--log-level", "WARNING"]
     for name, value in fields.items():
         option = "--" + name.replace("_", "-")
@@ -119,8 +91,7 @@ class EngineFleet:
         it is gone. Its in-flight requests break."""
         process = self._processes[index]
         if process is not None:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+            kill(process)
         self._processes[index] = None
 
     async def restart(self, index: int) -> None:
@@ -143,13 +114,8 @@ class EngineFleet:
             await self._wait_ready(index)
 
     def stop_all(self) -> None:
-        """SIGTERM every engine, then SIGKILL what is left after ``STOP_GRACE_S``."""
-        running = [p for p in self._processes if p is not None]
-        for process in running:
-            _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for process in running:
-            _reap(process, deadline)
+        """SIGTERM every engine, then SIGKILL what is left after the grace period."""
+        stop_all([p for p in self._processes if p is not None])
         self._processes = [None] * len(self)
 
     async def _start(self, index: int) -> None:
@@ -220,93 +186,10 @@ async def gateway_process(settings: Mapping[str, Any], *, log_dir: Path,
                           name: str = "gateway", all_engines: bool = True,
                           ready_timeout_s: float = 60.0) -> AsyncIterator[GatewayProcess]:
     """Start the gateway (see ``gateway_launch``) and yield it once ready: ``/ready`` is 200
-    and, with ``all_engines``, reports every engine healthy. SIGTERM at the end (SIGKILL
-    after ``STOP_GRACE_S``)."""
+    and, with ``all_engines``, reports every engine healthy. Stopped at the end
+    (``loadtests.launch.stop``)."""
     launch = gateway_launch(settings, log_dir, name)
-    process = spawn(launch)
-    try:
-        await wait_ready(launch, process, ready_timeout_s, all_engines=all_engines)
+    async with launched(launch, ready_timeout_s=ready_timeout_s,
+                        all_engines=all_engines) as process:
         assert launch.log is not None
         yield GatewayProcess(launch.url, process, Path(launch.argv[-1]), launch.log)
-    finally:
-        _signal_group(process, signal.SIGTERM)
-        _reap(process, time.monotonic() + STOP_GRACE_S)
-
-
-def spawn(launch: Launch) -> subprocess.Popen[bytes]:
-    """Start ``launch`` in its own process group, output to its log (or nowhere)."""
-    env = environment(os.environ, launch.env or {})
-    out: Any = subprocess.DEVNULL
-    if launch.log is not None:
-        launch.log.parent.mkdir(parents=True, exist_ok=True)
-        out = launch.log.open("ab")
-    try:
-        return subprocess.Popen(launch.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-    finally:
-        if out is not subprocess.DEVNULL:
-            out.close()
-
-
-def environment(base: Mapping[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
-    """``base`` with ``changes`` applied: a None value removes that variable."""
-    env = dict(base)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-async def wait_ready(launch: Launch, process: subprocess.Popen[bytes], timeout_s: float, *,
-                     all_engines: bool = False) -> None:
-    """Poll ``launch.url + launch.ready_path`` until it answers 200 (and, with
-    ``all_engines``, lists every engine healthy); FleetError if the process exits first
-    or ``timeout_s`` passes."""
-    url = launch.url + launch.ready_path
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise FleetError(f"{launch.argv[:4]} exited with {process.returncode}"
-                                 f"{_tail(launch.log)}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with http.get(url, allow_redirects=False) as response:
-                    body = await response.read()
-                    if response.status == 200 and (not all_engines or all_engines_healthy(body)):
-                        return
-            await asyncio.sleep(0.2)
-    raise FleetError(f"{url} not ready after {timeout_s:.0f} s{_tail(launch.log)}")
-
-
-def all_engines_healthy(ready_body: bytes) -> bool:
-    """Whether the gateway's ``/ready`` body reports every engine healthy."""
-    engines = json.loads(ready_body).get("engines") or []
-    return all(engine.get("healthy") for engine in engines)
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-
-
-def _reap(process: subprocess.Popen[bytes], deadline: float) -> None:
-    try:
-        process.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
-        process.wait()
-
-
-def _tail(log: Path | None) -> str:
-    if log is None or not log.exists():
-        return ""
-    return f" (log {log}):\n" + log.read_text(errors="replace")[-3000:]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -25,8 +25,9 @@ from typing import Any
 import aiohttp
 
 from engines.spec import EngineSpec
-from loadtests.fleet import Launch, vllm_launch
-from loadtests.stack import ENGINE_PYTHON, MODEL_DIR, SERVED_NAME, free_port
+from loadtests.fleet import vllm_launch
+from loadtests.launch import Launch, free_port
+from loadtests.stack import ENGINE_PYTHON, MODEL_DIR, SERVED_NAME
 
 BLOCK_SIZE = 32
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -50,6 +50,39 @@ class RequestRecord:
 
 
 @dataclass(slots=True)
+class StreamRecord:
+    """One chat stream of the chaos test, recorded token by token: what was asked and
+    everything that came back (``loadtests.client.stream_chat`` fills it). Transport
+    failures are short types in ``failure`` (see ``loadtests.client``)."""
+
+    index: int
+    prompt: str
+    max_tokens: int
+    start: float = 0.0
+    end: float | None = None
+    """When ``[DONE]`` (or the failure) arrived; None while it runs."""
+    tokens: list[str] = field(default_factory=list)
+    """The content of every event that carried text, in order (one token each)."""
+    token_times: list[float] = field(default_factory=list)
+    usage_tokens: int | None = None
+    """``completion_tokens`` of the usage event."""
+    role_events: int = 0
+    error_event: str | None = None
+    """The message of an ``{"error": ...}`` event inside the stream."""
+    done: bool = False
+    """``data: [DONE]`` arrived."""
+    failure: str | None = None
+
+    @property
+    def first_token(self) -> float | None:
+        return self.token_times[0] if self.token_times else None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+@dataclass(slots=True)
 class MetricSample:
     """One scraped Prometheus sample (summed over labels) at time ``t``."""
 

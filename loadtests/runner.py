@@ -37,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from loadtests.arrivals import Arrival, ConcurrencyArrival, Pacer, make_pacer, with_level
-from loadtests.client import MetricsScraper, open_session, stream_request
+from loadtests.client import open_session, stream_request
 from loadtests.records import MetricSample, RequestRecord, RunResult
+from loadtests.scrape import MetricsPoller, read_samples
 from loadtests.workloads import Request, RequestSource, Workload
 
 logger = logging.getLogger("loadtests")
@@ -125,7 +126,7 @@ async def run(
         origin = time.perf_counter()
         started_at = datetime.now(UTC).isoformat()
         series: list[MetricSample] = []
-        scraper = MetricsScraper(scrape_urls, origin, series)
+        scraper = MetricsPoller(scrape_urls, origin, read_samples, series)
         scraping = asyncio.create_task(scraper.loop(scrape_interval_s))
         try:
             with _ProgressView(progress, scenario) as view:

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.metrics import summarize
 from loadtests.runner import Scenario, run
+from loadtests.scrape import histogram, read_page
 from loadtests.stack import ENGINE_PYTHON, MODEL_DIR, real_stack
 
 SCENARIO = Path(__file__).parent / "scenarios" / "real_random.yaml"
@@ -63,14 +62,7 @@ def vllm_bench(engine: str, scenario: Scenario, out_dir: Path, name: str) -> dic
 
 def ttft_histogram(engine: str) -> dict[float, float]:
     """The engine's cumulative TTFT bucket counts by upper bound."""
-    text = httpx.get(engine + "/metrics", timeout=10).text
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == TTFT_BUCKETS:
-                le = float(sample.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + sample.value
-    return buckets
+    return histogram(read_page(engine), TTFT_BUCKETS)
 
 
 def histogram_agreement(before: dict[float, float], after: dict[float, float],

@@ -15,7 +15,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.server import GatewayServer
 from gateway.settings import EngineConfig, Settings
-from loadtests.stack import free_port
+from loadtests.launch import free_port
 
 StartGateway = Callable[..., Awaitable[str]]
 
@@ -73,7 +73,7 @@ async def spawn_sim() -> AsyncIterator[Callable[..., Awaitable[SimProcess]]]:
     async def spawn(*args: str) -> SimProcess:
         port = free_port()
         process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
-            [sys.executable, "-m", "engines.simulator", "--port", str(port), *args],
+            [sys.executable, "-m", "simulator", "--port", str(port), *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sim = SimProcess(process, f"http://127.0.0.1:{port}")
         started.append(sim)

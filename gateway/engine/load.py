@@ -50,7 +50,8 @@ def parse_load(raw: bytes) -> EngineLoad:
         if field is None:
             continue
         try:
-            value = float(line.rsplit(b"}", 1)[-1].split()[0])
+            rest = line[line.rindex(b"}") + 1:] if b"}" in line else line[end:]
+            value = float(rest.split()[0])
         except (ValueError, IndexError):
             continue
         if math.isfinite(value):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -18,17 +20,19 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """200 when at least one engine serves a model and the gateway is not draining,
-    else 503, with the status; and the engine list for whoever may see it.
+    else 503, with the status; and, for whoever may see them, which process answered
+    (one of several workers) and the engine list.
 
     A caller with a valid API key sees every engine in full (URL and last error
     included). Without one, the list leaves those two out, and when keys are set and
-    ``observability.open`` is off there is no list at all."""
+    ``observability.open`` is off there is neither pid nor list."""
     pool, drain, settings = request.state.pool, request.state.drain, request.state.settings
     ready = pool.ready and not drain.draining
     status = "draining" if drain.draining else "ready" if ready else "not_ready"
     body: dict[str, object] = {"status": status}
     full = getattr(request.state, "authenticated", False)
     if full or not settings.api_keys or settings.observability.open:
+        body["pid"] = os.getpid()
         body["engines"] = [_engine(e, full=full) for e in pool.engines]
     return Response(orjson.dumps(body), status_code=200 if ready else 503,
                     media_type="application/json")

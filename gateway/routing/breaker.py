@@ -60,6 +60,11 @@ class CircuitBreaker:
         return BreakerState.OPEN
 
     @property
+    def opened_at(self) -> float | None:
+        """The clock reading when the breaker last opened; None while closed."""
+        return self._opened_at
+
+    @property
     def consecutive_failures(self) -> int:
         """Failures since the last success (keeps counting while open, for metrics)."""
         return self._failures

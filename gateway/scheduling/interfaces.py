@@ -23,6 +23,10 @@ class BreakerView(Protocol):
 
     def on_pick(self) -> None: ...
 
+    @property
+    def opened_at(self) -> float | None:
+        """When the breaker last opened (None while closed)."""
+
 
 class Candidate(Protocol):
     """An engine as plugins see it (the pool's ``EngineState`` is one)."""

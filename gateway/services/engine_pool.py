@@ -84,7 +84,9 @@ class EnginePool:
         self._scrape_interval = scrape_interval_s
         self._ready = asyncio.Event()
         self.on_restart: Callable[[str], None] | None = None
-        """Called with an engine's name when it comes back up (its caches are empty)."""
+        """Called with an engine's name when it restarted (its caches are empty): its
+        prefix-cache counters went back. A connection that failed for a moment is not a
+        restart, and forgets nothing."""
 
     @property
     def engines(self) -> list[EngineState]:
@@ -178,8 +180,6 @@ class EnginePool:
         else:
             if healthy and not engine.healthy:
                 log.info("engine %s up, serving %s", engine.name, sorted(cards))
-                if self.on_restart is not None:
-                    self.on_restart(engine.name)
             engine.last_error = None
         engine.healthy, engine.cards = healthy, cards if healthy else engine.cards
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)
@@ -192,12 +192,17 @@ class EnginePool:
     async def _scrape(self, engine: EngineState) -> None:
         try:
             async with asyncio.timeout(max(1.0, 4 * self._scrape_interval)):
-                engine.scraped = await engine.client.load()
+                load = await engine.client.load()
         except (SluiceError, TimeoutError):
             return  # the health check decides about the engine; this scrape is just lost
         except Exception:  # a bad page must not end the scrape loop
             log.exception("load scrape of engine %s failed", engine.name)
             return
+        previous, engine.scraped = engine.scraped, load
+        if load.prefix_queries < previous.prefix_queries:  # counters start again at 0
+            log.info("engine %s restarted: forgetting what it had cached", engine.name)
+            if self.on_restart is not None:
+                self.on_restart(engine.name)
         engine.scraped_at = time.monotonic()
         labels = engine.name
         self._metrics.engine_queue.labels(labels, "running").set(engine.scraped.running)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, StackError, real_stack
+from loadtests.launch import LaunchError
+from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, real_stack
 
 TEST_LORA = CACHE / "adapters" / "sluice-test-lora"
 
@@ -36,5 +37,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
     try:
         with real_stack(tmp_path_factory.mktemp("e2e") / "gateway.log") as running:
             yield running
-    except StackError as exc:
+    except LaunchError as exc:
         pytest.fail(str(exc))

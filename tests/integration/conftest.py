@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from engines.simulator import SimConfig, SimServer
+from simulator import SimConfig, SimServer
 
 StartSim = Callable[..., Awaitable[str]]
 """`await start_sim(config: SimConfig | None = None) -> base_url`"""

@@ -1,4 +1,5 @@
-"""`python -m loadtests` (= `sluice bench`) end to end against a simulator process."""
+"""`python -m loadtests` (= `sluice-bench` = `sluice bench`) end to end against a simulator
+process."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ seed: 3
 """
 
 
-async def bench(*args: str) -> tuple[int, str]:
+async def bench(*args: str, command: tuple[str, ...] = ("loadtests",)) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtests", *args,
+        sys.executable, "-m", *command, *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
@@ -48,6 +49,9 @@ async def test_run_two_targets_then_compare(spawn_sim, tmp_path: Path) -> None:
     code, text = await bench("compare", str(out / "result.json"), str(out / "result.json"))
     assert code == 0, text
     assert "output tok/s" in text
+    alias_code, alias_text = await bench("compare", str(out / "result.json"),
+                                         str(out / "result.json"), command=("gateway", "bench"))
+    assert (alias_code, alias_text) == (code, text)
 
 
 async def test_non_loopback_targets_are_refused(tmp_path: Path) -> None:

@@ -12,11 +12,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from engines.simulator import SimConfig
 from loadtests import runner
 from loadtests.arrivals import ConcurrencyArrival, ConstantArrival, PoissonArrival
-from loadtests.client import open_session, stream_request
-from loadtests.records import RequestRecord, RunResult
+from loadtests.client import open_session, stream_chat, stream_request
+from loadtests.records import RequestRecord, RunResult, StreamRecord
 from loadtests.runner import Scenario, run, sweep
 from loadtests.workloads import (
     LoraMixWorkload,
@@ -24,6 +23,7 @@ from loadtests.workloads import (
     RandomWorkload,
     SharedPrefixWorkload,
 )
+from simulator import SimConfig
 from tests.conftest import StartGateway, free_port
 
 StartSim = Callable[..., Awaitable[str]]
@@ -246,20 +246,43 @@ STREAMS: dict[str, bytes] = {
     "no_done": CHUNK + USAGE,
     "bad_event": CHUNK + b"data: {not json\n\n",
 }
+ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+CHAT_STREAMS: dict[str, bytes] = {
+    **STREAMS,
+    "error_then_done": ROLE + CHUNK + b'data: {"error":{"message":"engine died"}}\n\n'
+                       + b"data: [DONE]\n\n",
+}
+CHAT_ENDINGS: dict[str, tuple[str | None, bool, str | None, int | None]] = {
+    # name: (failure, done, error_event, usage_tokens)
+    "ok": (None, True, None, 2),
+    "stream_error": ("no_done", False, "engine died", None),  # reading goes on past it
+    "no_usage": (None, True, None, None),
+    "no_done": ("no_done", False, None, 2),
+    "bad_event": ("bad_event", False, None, None),
+    "error_then_done": (None, True, "engine died", None),
+}
 
 
 @pytest.fixture
 async def fake_server() -> AsyncIterator[str]:
+    """``POST /<name>`` and ``POST /<name>/v1/chat/completions`` answer
+    ``CHAT_STREAMS[name]``, one write per event; ``/status/<code>/...`` answers that
+    status."""
     async def handle(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == "status":
+            return web.Response(status=int(request.match_info["status"]), text="no")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for part in STREAMS[request.match_info["name"]].split(b"\n\n")[:-1]:
+        for part in CHAT_STREAMS[name].split(b"\n\n")[:-1]:
             await response.write(part + b"\n\n")  # one write per event
         await response.write_eof()
         return response
 
     app = web.Application()
     app.router.add_post("/{name}", handle)
+    app.router.add_post("/{name}/v1/chat/completions", handle)
+    app.router.add_post("/{name}/{status}/v1/chat/completions", handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -291,6 +314,36 @@ async def test_client_maps_stream_endings(fake_server: str, name: str) -> None:
         assert record.ok
     else:
         assert text is None
+
+
+@pytest.mark.parametrize("name", list(CHAT_ENDINGS))
+async def test_chat_client_keeps_every_token_and_reads_past_error_events(
+        fake_server: str, name: str) -> None:
+    record = StreamRecord(0, "hi", 2)
+    async with open_session(4, 5.0) as session:
+        await stream_chat(session, f"{fake_server}/{name}", "m", record,
+                          origin=time.perf_counter(), timeout_s=5.0)
+    failure, done, error_event, usage_tokens = CHAT_ENDINGS[name]
+    assert (record.failure, record.done, record.error_event, record.usage_tokens) == (
+        failure, done, error_event, usage_tokens)
+    assert record.tokens == [" hi"] * CHAT_STREAMS[name].count(CHUNK)
+    assert len(record.token_times) == len(record.tokens)
+    assert record.role_events == (1 if name == "error_then_done" else 0)
+    assert record.end is not None
+    assert record.start <= record.end
+
+
+async def test_chat_client_names_refused_and_failed_requests(fake_server: str) -> None:
+    async with open_session(4, 5.0) as session:
+        refused = StreamRecord(0, "hi", 2)
+        await stream_chat(session, f"{fake_server}/status/503", "m", refused,
+                          origin=time.perf_counter(), timeout_s=5.0)
+        closed = StreamRecord(1, "hi", 2)
+        await stream_chat(session, f"http://127.0.0.1:{free_port()}", "m", closed,
+                          origin=time.perf_counter(), timeout_s=5.0)
+    assert (refused.failure, refused.done, refused.tokens) == ("http_503", False, [])
+    assert (closed.failure, closed.done) == ("connection", False)
+    assert closed.end is not None
 
 
 async def test_run_has_no_leftover_tasks(start_sim: StartSim) -> None:

@@ -1,8 +1,8 @@
 """The chaos test, small: an engine SIGKILLed under load and restarted on the same port.
 
 Three simulator processes (distinct seeds, so every token's engine is known) behind an
-in-process gateway, 24 closed-loop chat streams. ``loadtests.chaos`` runs the timeline,
-``loadtests.chaos_report`` judges it; ``python -m loadtests.chaos_bench`` is the same at
+in-process gateway, 24 closed-loop chat streams. ``loadtests.chaos.run`` runs the timeline,
+``loadtests.chaos.report`` judges it; ``python -m loadtests.chaos.bench`` is the same at
 full scale (300 streams). Health checks every 0.2 s and a 0.5 s breaker keep it short.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.chaos import ChaosPlan, run_chaos
-from loadtests.chaos_report import judge
+from loadtests.chaos.report import judge
+from loadtests.chaos.run import ChaosPlan, run_chaos
 from loadtests.fleet import engine_fleet, sim_launch
 from tests.conftest import StartGateway
 

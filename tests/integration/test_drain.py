@@ -14,8 +14,8 @@ import orjson
 import pytest
 import yaml
 
-from engines.simulator import SimConfig
-from loadtests.stack import free_port
+from loadtests.launch import free_port
+from simulator import SimConfig
 
 Serve = Callable[..., "asyncio.Future[tuple[subprocess.Popen[bytes], str]]"]
 STREAM = {"model": "sim-model", "stream": True, "max_tokens": 30,

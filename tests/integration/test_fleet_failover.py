@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from engines.simulator import SimConfig
+from simulator import SimConfig
 
 QUICK = SimConfig(prefill_base_ms=1, decode_step_ms=2)
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "tell me a story"}]}

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from engines.simulator import SimConfig
+from simulator import SimConfig
 from tests.integration.test_fleet_failover import metric
 
 QUICK = SimConfig(prefill_base_ms=1, decode_step_ms=1)

@@ -6,8 +6,8 @@ import httpx
 import orjson
 import pytest
 
-from engines.simulator import SimConfig
-from loadtests.stack import free_port
+from loadtests.launch import free_port
+from simulator import SimConfig
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

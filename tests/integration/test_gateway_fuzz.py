@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from engines.simulator import SimConfig
+from simulator import SimConfig
 
 KEY = "sk-fuzz-0123456789abcdef"
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from engines.simulator import SimConfig
 from gateway.http10 import HttpToolsProtocol
-from loadtests.stack import free_port
+from loadtests.launch import free_port
+from simulator import SimConfig
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 KEY = "sk-test-0123456789abcdef"

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
-from engines.simulator import SimConfig
+from simulator import SimConfig
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Say hello"}],
         "max_tokens": 8}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.simulator import SimConfig
+from simulator import SimConfig
 
 StartSim = Callable[..., Awaitable[str]]
 FAST_SIM = SimConfig(prefill_base_ms=2.0, decode_step_ms=2.0)  # as the `sim_server` fixture
@@ -411,7 +411,7 @@ async def test_cli_serves_and_crash_exits_the_process(tmp_path: Path) -> None:
     config = tmp_path / "sim.yaml"
     config.write_text("model: cli-model\ncrash_after_tokens: 3\n")
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "engines.simulator", "--port", "0", "--config", str(config)),
+        *(sys.executable, "-m", "simulator", "--port", "0", "--config", str(config)),
         *("--decode-step-ms", "1", "--prefill-base-ms", "1"),
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,

@@ -26,7 +26,6 @@ from loadtests.arrivals import (
     offsets,
     with_level,
 )
-from loadtests.client import parse_metrics
 from loadtests.runner import Scenario, check_loopback, run
 from loadtests.workloads import (
     WORDS,
@@ -371,30 +370,3 @@ def test_scenario_needs_a_bound_and_loads_from_yaml(tmp_path: Path) -> None:
     assert scenario.levels == [1, 2, 4]
     assert scenario.num_requests is None
     assert Scenario.model_validate(scenario.model_dump(mode="json")) == scenario
-
-
-def test_parse_metrics_sums_labels_and_keeps_le() -> None:
-    text = (
-        '# TYPE vllm:num_requests_running gauge\n'
-        'vllm:num_requests_running{engine="0",model_name="a"} 2.0\n'
-        'vllm:num_requests_running{engine="1",model_name="a"} 3.0\n'
-        '# TYPE vllm:time_to_first_token_seconds histogram\n'
-        'vllm:time_to_first_token_seconds_bucket{le="0.5",model_name="a"} 1.0\n'
-        'vllm:time_to_first_token_seconds_bucket{le="0.5",model_name="b"} 2.0\n'
-        'vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="a"} 4.0\n'
-        'vllm:time_to_first_token_seconds_count{model_name="a"} 4.0\n'
-        '# TYPE vllm:prompt_tokens counter\n'
-        'vllm:prompt_tokens_total{model_name="a"} 9.0\n'
-        '# TYPE sluice_time_to_first_token_seconds histogram\n'
-        'sluice_time_to_first_token_seconds_sum{model="a"} 0.25\n'
-        'sluice_time_to_first_token_seconds_created{model="a"} 1.7e9\n'
-    )
-    samples = {s.name: s for s in parse_metrics(text, "http://127.0.0.1:1", 1.5)}
-    assert {n: s.value for n, s in samples.items()} == {
-        "vllm:num_requests_running": 5.0,
-        'vllm:time_to_first_token_seconds_bucket{le="0.5"}': 3.0,
-        'vllm:time_to_first_token_seconds_bucket{le="+Inf"}': 4.0,
-        "vllm:time_to_first_token_seconds_count": 4.0,
-        "sluice_time_to_first_token_seconds_sum": 0.25,
-    }
-    assert {(s.t, s.source) for s in samples.values()} == {(1.5, "http://127.0.0.1:1")}

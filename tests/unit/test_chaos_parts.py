@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from loadtests.chaos_report import Segment, segment
-from loadtests.chaos_watch import Snapshot, first_after, parse_snapshot, traffic_stop
+from loadtests.chaos.report import Segment, segment
+from loadtests.chaos.watch import Snapshot, first_after, parse_snapshot, traffic_stop
 
 A = [" a0", " a1", " a2", " a3", " a4"]
 B = [" b0", " b1", " b2", " b3", " b4"]

@@ -3,20 +3,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
 
-from loadtests.fleet import (
-    all_engines_healthy,
-    environment,
-    gateway_launch,
-    sim_command,
-    vllm_launch,
-)
+from loadtests.fleet import gateway_launch, sim_command, vllm_launch
+from loadtests.launch import environment
 from loadtests.real_engines import ENV, engine_spec, kv_bytes_per_token
 
 SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
@@ -26,7 +20,7 @@ SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_hea
 def test_sim_command_spells_every_given_field_as_an_option() -> None:
     argv = sim_command(18101, {"model": "m", "decode_step_ms": 12, "prefix_caching": False,
                                "hang": True, "crash_after_tokens": None})
-    assert argv[1:3] == ["-m", "engines.simulator"]
+    assert argv[1:3] == ["-m", "simulator"]
     assert argv[argv.index("--port") + 1] == "18101"
     assert argv[argv.index("--model") + 1] == "m"
     assert argv[argv.index("--decode-step-ms") + 1] == "12"
@@ -59,12 +53,6 @@ def test_gateway_launch_keeps_a_given_port(tmp_path: Path) -> None:
     assert gateway_launch({"port": 18000}, tmp_path).url == "http://127.0.0.1:18000"
 
 
-def test_environment_applies_changes_and_removals() -> None:
-    base = {"A": "1", "B": "2"}
-    assert environment(base, {"A": None, "C": "3"}) == {"B": "2", "C": "3"}
-    assert base == {"A": "1", "B": "2"}
-
-
 def test_kv_bytes_per_token_of_smollm2_in_fp32() -> None:
     assert kv_bytes_per_token(SMOLLM2) == 2 * 30 * 3 * 64 * 4 == 46_080
     assert kv_bytes_per_token(SMOLLM2, "bfloat16") == 23_040
@@ -87,13 +75,3 @@ def test_real_engine_is_sized_in_bytes_and_drops_the_gib_variable(tmp_path: Path
 def test_real_engine_must_hold_one_longest_request() -> None:
     with pytest.raises(ValueError, match="max_model_len"):
         engine_spec(1024, 2048, 8, 46_080)
-
-
-def test_all_engines_healthy_reads_the_gateways_ready_body() -> None:
-    def body(*healthy: bool) -> bytes:
-        return json.dumps({"status": "ready",
-                           "engines": [{"name": str(i), "healthy": h}
-                                       for i, h in enumerate(healthy)]}).encode()
-
-    assert all_engines_healthy(body(True, True))
-    assert not all_engines_healthy(body(True, False))

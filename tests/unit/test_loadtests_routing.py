@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from engines.simulator.config import SimConfig
-from engines.simulator.protocol import parse_chat
 from loadtests.arrivals import PoissonArrival
 from loadtests.metrics import PREFIX_HITS, PREFIX_QUERIES
 from loadtests.records import MetricSample, RequestRecord, RunResult
@@ -32,6 +30,8 @@ from loadtests.routing_report import (
 )
 from loadtests.runner import Scenario
 from loadtests.workloads import MultiTurnWorkload, RandomWorkload, Request, RequestSource
+from simulator.config import SimConfig
+from simulator.protocol import parse_chat
 
 A, B = "http://127.0.0.1:1", "http://127.0.0.1:2"
 

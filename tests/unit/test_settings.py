@@ -69,3 +69,21 @@ def test_api_keys_from_the_environment_are_checked(monkeypatch: pytest.MonkeyPat
         Settings()
     monkeypatch.setenv("SLUICE_API_KEYS", '["sk-0123456789abcdef"]')
     assert Settings().api_keys == ["sk-0123456789abcdef"]
+
+
+def test_a_worker_gets_every_engine_as_a_url() -> None:
+    settings = Settings(workers=3, engines=[
+        EngineConfig(name="a", url="http://10.0.0.1:8000/"),
+        {"name": "b", "managed": {"model": "/models/x", "served_name": "x", "port": 8200}}])
+    worker = Settings(**settings.for_worker(port=9001))
+    assert worker.workers == 1
+    assert worker.port == 9001
+    assert [(e.name, e.url) for e in worker.engines] == [
+        ("a", "http://10.0.0.1:8000"), ("b", "http://127.0.0.1:8200")]
+    assert worker.resolved_engines() == worker.engines
+
+
+def test_the_default_engine_is_handed_to_workers_as_a_url() -> None:
+    worker = Settings(**Settings(workers=2).for_worker(port=8000))
+    assert not worker.default_engine
+    assert [e.url for e in worker.engines] == ["http://127.0.0.1:8100"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from engines.simulator.config import SimConfig
-from engines.simulator.engine import RequestState, Scheduler, SimRequest
-from engines.simulator.timemodel import (
+from simulator.config import SimConfig
+from simulator.engine import RequestState, Scheduler, SimRequest
+from simulator.timemodel import (
     PrefixCache,
     batch_slowdown,
     block_hashes,

@@ -16,6 +16,7 @@ from gateway.scheduling import Cycle, Registry, Scheduler
 class Breaker:
     is_open: bool = False
     picks: int = 0
+    opened_at: float | None = None
 
     def available(self) -> bool:
         return not self.is_open

@@ -36,6 +36,21 @@ def test_circuit_keeps_engines_whose_breaker_lets_through() -> None:
     assert [e.name for e in Circuit().filter(request(), engines)] == ["b"]
 
 
+def test_breakers_eject_at_most_the_capped_share_of_a_fleet() -> None:
+    def fleet(opened: list[float | None]) -> list[Engine]:
+        return [Engine(f"e{i}", breaker=Breaker(is_open=at is not None, opened_at=at))
+                for i, at in enumerate(opened)]
+
+    names = [e.name for e in Circuit(50).filter(request(), fleet([3.0, None, 1.0, 2.0]))]
+    assert names == ["e0", "e1"]  # 2 of 4 may be out: the two opened first stay out
+    only = fleet([5.0])
+    assert Circuit(50).filter(request(), only) == []  # at least one may always be out
+    assert [e.name for e in Circuit(100).filter(request(), fleet([1.0, 2.0, None]))] == [
+        "e2"]
+    assert [e.name for e in Circuit(0).filter(request(), fleet([1.0, 2.0, None]))] == [
+        "e1", "e2"]
+
+
 def test_not_tried_leaves_out_the_engines_already_tried() -> None:
     engines = [Engine("a"), Engine("b"), Engine("c")]
     assert [e.name for e in NotTried().filter(request(tried={"a", "c"}), engines)] == ["b"]

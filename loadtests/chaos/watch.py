@@ -1,5 +1,6 @@
 """The gateway's view of one engine during the chaos test: ``/metrics`` polled every few
-tens of milliseconds, and when that engine stopped and restarted getting traffic.
+tens of milliseconds (a ``loadtests.scrape.MetricsPoller`` with ``snapshot_reader``), and
+when that engine stopped and restarted getting traffic.
 
 Every attempt the gateway makes on an engine either holds a lease (counted by
 ``sluice_engine_in_flight{engine}`` while it runs) or fails; a failed one increments
@@ -11,13 +12,10 @@ and when its answer arrived, so each time below comes as that interval.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
+from loadtests.scrape import PageReader, samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +44,23 @@ def parse_snapshot(text: str, engine: str, sent: float, at: float) -> Snapshot:
     values = {"errors": 0.0, "ok": 0.0, "in_flight": 0.0, "up": 0.0, "circuit": 0.0,
               "retries": 0.0, "budget_exhausted": 0.0}
     failovers: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, sample.value
-            if name == "sluice_failovers_total":
-                outcome = labels.get("outcome", "")
-                failovers[outcome] = failovers.get(outcome, 0.0) + value
-            elif name == "sluice_retries_total":
-                values["retries"] += value
-            elif name == "sluice_retry_budget_exhausted_total":
-                values["budget_exhausted"] += value
-            elif labels.get("engine") != engine:
-                continue
-            elif name == "sluice_upstream_errors_total":
-                values["errors"] += value
-            elif name == "sluice_requests_total" and labels.get("status") == "200":
-                values["ok"] += value
-            elif name in _GAUGES:
-                values[_GAUGES[name]] = value
+    for sample in samples(text):
+        name, labels, value = sample.name, sample.labels, sample.value
+        if name == "sluice_failovers_total":
+            outcome = labels.get("outcome", "")
+            failovers[outcome] = failovers.get(outcome, 0.0) + value
+        elif name == "sluice_retries_total":
+            values["retries"] += value
+        elif name == "sluice_retry_budget_exhausted_total":
+            values["budget_exhausted"] += value
+        elif labels.get("engine") != engine:
+            continue
+        elif name == "sluice_upstream_errors_total":
+            values["errors"] += value
+        elif name == "sluice_requests_total" and labels.get("status") == "200":
+            values["ok"] += value
+        elif name in _GAUGES:
+            values[_GAUGES[name]] = value
     return Snapshot(sent, at, failovers=failovers, **values)
 
 
@@ -71,45 +68,12 @@ _GAUGES = {"sluice_engine_in_flight": "in_flight", "sluice_engine_up": "up",
            "sluice_engine_circuit_state": "circuit"}
 
 
-class MetricsWatch:
-    """Scrapes ``<gateway>/metrics`` into ``snapshots`` until cancelled."""
+def snapshot_reader(engine: str) -> PageReader[Snapshot]:
+    """A ``MetricsPoller`` reader keeping one ``Snapshot`` of ``engine`` per page."""
+    def read(url: str, text: str, sent: float, answered: float) -> list[Snapshot]:
+        return [parse_snapshot(text, engine, sent, answered)]
 
-    def __init__(self, gateway_url: str, engine: str, origin: float, interval_s: float) -> None:
-        self._url = gateway_url.rstrip("/") + "/metrics"
-        self._engine = engine
-        self._origin = origin
-        self._interval = interval_s
-        self.snapshots: list[Snapshot] = []
-        self.failures = 0
-        self._scraped = asyncio.Condition()
-
-    async def until(self, predicate: Callable[[Sequence[Snapshot]], bool]) -> None:
-        """Return once ``predicate(snapshots)`` holds (checked after every scrape)."""
-        async with self._scraped:
-            await self._scraped.wait_for(lambda: predicate(self.snapshots))
-
-    async def run(self) -> None:
-        """Scrape now and every ``interval_s`` after the previous answer."""
-        async with aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=1),
-                timeout=aiohttp.ClientTimeout(total=5.0)) as http:
-            while True:
-                await self._scrape(http)
-                await asyncio.sleep(self._interval)
-
-    async def _scrape(self, http: aiohttp.ClientSession) -> None:
-        sent = time.perf_counter() - self._origin
-        try:
-            async with http.get(self._url, allow_redirects=False) as response:
-                response.raise_for_status()
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError):
-            self.failures += 1
-            return
-        at = time.perf_counter() - self._origin
-        self.snapshots.append(parse_snapshot(text, self._engine, sent, at))
-        async with self._scraped:
-            self._scraped.notify_all()
+    return read
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
-from engines.simulator.config import SimConfig
+from simulator.config import SimConfig
 
 
 def blocks_needed(tokens: int, block_size: int) -> int:

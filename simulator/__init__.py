@@ -6,11 +6,11 @@ engine cannot reach, and it injects faults (errors, hangs, slowness, crashes) on
 
     app = create_sim_app(SimConfig(decode_step_ms=5))   # an aiohttp Application
     async with SimServer(SimConfig()) as server: ...    # served on a free port
-    python -m engines.simulator --port 8100 --model my-model
+    sluice-sim --port 8100 --model my-model          # or python -m simulator
 """
 
-from engines.simulator.config import FaultSettings, SimConfig
-from engines.simulator.runner import SimServer, serve
-from engines.simulator.server import create_sim_app
+from simulator.config import FaultSettings, SimConfig
+from simulator.runner import SimServer, serve
+from simulator.server import create_sim_app
 
 __all__ = ["FaultSettings", "SimConfig", "SimServer", "create_sim_app", "serve"]

@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from engines.simulator.config import SimConfig
-from engines.simulator.timemodel import block_hashes
+from simulator.config import SimConfig
+from simulator.timemodel import block_hashes
 
 WORDS: tuple[bytes, ...] = (
     b" the", b" of", b" and", b" to", b" in", b" is", b" was", b" for", b" on", b" are", b" with",

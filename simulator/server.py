@@ -23,10 +23,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from engines.simulator.config import FaultSettings, SimConfig
-from engines.simulator.engine import RequestState, SimEngine, SimRequest
-from engines.simulator.metrics import SimMetrics
-from engines.simulator.protocol import (
+from simulator.config import FaultSettings, SimConfig
+from simulator.engine import RequestState, SimEngine, SimRequest
+from simulator.metrics import SimMetrics
+from simulator.protocol import (
     ChunkEncoder,
     GenerationRequest,
     SimError,
@@ -34,9 +34,9 @@ from engines.simulator.protocol import (
     parse_completion,
     response_body,
 )
-from engines.simulator.streaming import SseStream
+from simulator.streaming import SseStream
 
-logger = logging.getLogger("engines.simulator")
+logger = logging.getLogger("simulator")
 
 Parser = Callable[[object, SimConfig, dict[str, str]], GenerationRequest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

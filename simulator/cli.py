@@ -1,4 +1,4 @@
-"""`python -m engines.simulator`: serve one simulated vLLM engine.
+"""``sluice-sim`` (or ``python -m simulator``): serve one simulated vLLM engine.
 
 Every `SimConfig` field is an option (`--decode-step-ms 5`) or a key of the YAML file given
 with `--config`; options given on the command line win over the file.
@@ -16,8 +16,8 @@ import uvloop
 import yaml
 from pydantic import ValidationError
 
-from engines.simulator.config import SimConfig
-from engines.simulator.runner import serve
+from simulator.config import SimConfig
+from simulator.runner import serve
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -89,7 +89,3 @@ def main(
         raise typer.BadParameter(str(exc)) from exc
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(sim_config, host, port, access_log=access_log))
-
-
-if __name__ == "__main__":
-    app()

@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from engines.simulator.engine import RequestState, SimEngine, SimRequest
-from engines.simulator.protocol import DONE, ChunkEncoder, GenerationRequest
+from simulator.engine import RequestState, SimEngine, SimRequest
+from simulator.protocol import DONE, ChunkEncoder, GenerationRequest
 
-logger = logging.getLogger("engines.simulator")
+logger = logging.getLogger("simulator")
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
 Crash = Callable[[], None]

@@ -1,15 +1,16 @@
 """The chaos benchmark: 3 simulator engines behind the gateway, 300 concurrent chat
 streams, one engine SIGKILLed mid-run and restarted on the same port.
 
-    python -m loadtests.chaos_bench --out results/chaos
+    python -m loadtests.chaos.bench --out results/chaos
 
-Checks, each counted in ``summary.md`` and ``result.json`` (see ``loadtests.chaos_report``
-for how each is measured): (1) no client-visible error for requests without a first token
-at the kill; (2) every stream in flight on the killed engine continued to completion with
-every token in place, or ended with an error event and ``[DONE]``; (3) none hung; (4) the
-dead engine got no traffic later than 1 s after the kill; (5) it got traffic again after
-the restart. The gateway runs as its own process with its default resilience settings
-(health checks every 1 s, breaker open 5 s). Exits 1 when a check fails.
+Checks, each counted in ``summary.md`` and ``result.json`` (see
+``loadtests.chaos.report`` for how each is measured): (1) no client-visible error for
+requests without a first token at the kill; (2) every stream in flight on the killed
+engine continued to completion with every token in place, or ended with an error event
+and ``[DONE]``; (3) none hung; (4) the dead engine got no traffic later than 1 s after
+the kill; (5) it got traffic again after the restart. The gateway runs as its own process
+with its default resilience settings (health checks every 1 s, breaker open 5 s). Exits 1
+when a check fails.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from loadtests.chaos import ChaosPlan, ChaosRun, run_chaos
-from loadtests.chaos_report import PHASES, ChaosReport, judge, percentile
-from loadtests.chaos_watch import Interval
+from loadtests.chaos.report import PHASES, ChaosReport, judge, percentile
+from loadtests.chaos.run import ChaosPlan, ChaosRun, run_chaos
+from loadtests.chaos.watch import Interval
 from loadtests.fleet import engine_fleet, gateway_process, sim_launch
 
 ENGINES = 3

@@ -10,10 +10,10 @@ from typing import Self
 
 from aiohttp import web
 
-from engines.simulator.config import SimConfig
-from engines.simulator.server import create_sim_app
+from simulator.config import SimConfig
+from simulator.server import create_sim_app
 
-logger = logging.getLogger("engines.simulator")
+logger = logging.getLogger("simulator")
 
 
 class SimServer:

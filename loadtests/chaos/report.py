@@ -20,11 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from engines.simulator.config import SimConfig
-from engines.simulator.protocol import WORDS, parse_chat, word_index
-from loadtests.chaos import ChaosRun
-from loadtests.chaos_client import StreamRecord, chat_body
-from loadtests.chaos_watch import (
+from loadtests.chaos.run import ChaosRun
+from loadtests.chaos.watch import (
     Interval,
     Snapshot,
     first_after,
@@ -32,6 +29,10 @@ from loadtests.chaos_watch import (
     last_before,
     traffic_stop,
 )
+from loadtests.client import chat_body
+from loadtests.records import StreamRecord
+from simulator.config import SimConfig
+from simulator.protocol import WORDS, parse_chat, word_index
 
 STOP_BOUND_S = 1.0
 """The killed engine must get no traffic later than this after the kill."""

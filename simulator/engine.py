@@ -17,16 +17,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engines.simulator.config import FaultSettings, SimConfig
-from engines.simulator.metrics import SimMetrics
-from engines.simulator.timemodel import (
+from simulator.config import FaultSettings, SimConfig
+from simulator.metrics import SimMetrics
+from simulator.timemodel import (
     PrefixCache,
     blocks_needed,
     cached_prefix_tokens,
     step_time_ms,
 )
 
-logger = logging.getLogger("engines.simulator")
+logger = logging.getLogger("simulator")
 
 
 class RequestState(enum.Enum):

@@ -4,10 +4,11 @@ SIGKILLed and later restarted on the same port.
 ``streams`` closed-loop workers each send one streamed chat request after another, with
 a fixed ``max_tokens`` drawn per request (the simulator generates exactly that many
 tokens), ramping up over the first second so the streams are at every stage when the
-kill comes. The gateway's ``/metrics`` is scraped alongside (``chaos_watch``). Sending
-stops ``after_restart_s`` after the engine is back, and not before the gateway finished a
-request on it (up to ``return_timeout_s``); every request is bounded by
-``request_timeout_s``, so the run ends by itself. ``chaos_report`` judges the result.
+kill comes. The gateway's ``/metrics`` is scraped alongside (``loadtests.chaos.watch``).
+Sending stops ``after_restart_s`` after the engine is back, and not before the gateway
+finished a request on it (up to ``return_timeout_s``); every request is bounded by
+``request_timeout_s``, so the run ends by itself. ``loadtests.chaos.report`` judges the
+result.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from loadtests.chaos_client import StreamRecord, open_session, stream_chat
-from loadtests.chaos_watch import MetricsWatch, Snapshot, first_after
+from loadtests.chaos.watch import Snapshot, first_after, snapshot_reader
+from loadtests.client import open_session, stream_chat
+from loadtests.records import StreamRecord
+from loadtests.scrape import MetricsPoller
 
 _RAMP_S = 1.0
 _FINAL_SCRAPE_S = 5.0
@@ -87,12 +90,14 @@ async def run_chaos(gateway_url: str, fleet: Fleet, plan: ChaosPlan) -> ChaosRun
     origin = time.perf_counter()
     result = ChaosRun(plan)
     stop = asyncio.Event()
-    watch = MetricsWatch(gateway_url, plan.victim_name, origin, plan.poll_interval_s)
+    snapshots = result.snapshots
 
     def now() -> float:
         return time.perf_counter() - origin
 
-    async with open_session(plan.streams, plan.request_timeout_s) as session:
+    async with (open_session(plan.streams, plan.request_timeout_s) as session,
+                MetricsPoller([gateway_url], origin, snapshot_reader(plan.victim_name),
+                              snapshots) as watch):
         async def worker(number: int) -> None:
             rng = random.Random(plan.seed * 1_000_003 + number)
             await asyncio.sleep(_RAMP_S * number / plan.streams)
@@ -105,7 +110,7 @@ async def run_chaos(gateway_url: str, fleet: Fleet, plan: ChaosPlan) -> ChaosRun
                                   timeout_s=plan.request_timeout_s)
                 turn += 1
 
-        tasks = [asyncio.create_task(watch.run())]
+        tasks = [asyncio.create_task(watch.loop(plan.poll_interval_s))]
         workers = [asyncio.create_task(worker(n)) for n in range(plan.streams)]
         try:
             await asyncio.sleep(plan.kill_at_s)
@@ -117,25 +122,25 @@ async def run_chaos(gateway_url: str, fleet: Fleet, plan: ChaosPlan) -> ChaosRun
             await fleet.restart(plan.victim)
             result.restarted = now()
             await asyncio.sleep(plan.after_restart_s)
-            await _until(watch, lambda snaps: first_after(
-                snaps, result.restarted, busy=False) is not None,
+            await _until(watch, lambda: first_after(
+                snapshots, result.restarted, busy=False) is not None,
                 result.restarted + plan.return_timeout_s - now())
             stop.set()
             result.stopped_sending = now()
             await asyncio.gather(*workers)
             result.ended = now()
-            await _until(watch, lambda snaps: bool(snaps) and snaps[-1].sent >= result.ended,
+            await _until(watch, lambda: bool(snapshots) and snapshots[-1].sent >= result.ended,
                          _FINAL_SCRAPE_S)
         finally:
             stop.set()
             for task in (*tasks, *workers):
                 task.cancel()
             await asyncio.gather(*tasks, *workers, return_exceptions=True)
-    result.snapshots, result.scrape_failures = watch.snapshots, watch.failures
+    result.scrape_failures = sum(watch.failures.values())
     return result
 
 
-async def _until(watch: MetricsWatch, predicate: Callable[[Sequence[Snapshot]], bool],
+async def _until(watch: MetricsPoller[Snapshot], predicate: Callable[[], bool],
                  timeout_s: float) -> None:
     """Wait until a scrape satisfies ``predicate``, or ``timeout_s`` passes."""
     with suppress(TimeoutError):

@@ -1,0 +1,104 @@
+"""`sluice serve --workers 2`: two processes on one port, drained together on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from loadtests.launch import free_port
+from simulator import SimConfig
+
+STREAM = {"model": "sim-model", "stream": True, "max_tokens": 30,
+          "messages": [{"role": "user", "content": "count slowly"}]}
+
+
+@pytest.fixture
+async def two_workers(tmp_path: Path, start_sim) -> AsyncIterator[
+        tuple[subprocess.Popen[bytes], str]]:
+    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=40))  # ~1.2 s stream
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "port": port, "default_engine": False, "access_log": False,
+        "engines": [{"name": "sim", "url": sim}], "resilience": {"drain_timeout_s": 20}}))
+    process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                if len(await _ready_pids(url, 4)) == 2:
+                    break
+                await asyncio.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def _ready_pids(url: str, tries: int) -> set[int]:
+    """The process ids that answered ``/ready`` with 200, one new connection per try."""
+    pids: set[int] = set()
+    for _ in range(tries):
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                response = await http.get(url + "/ready")
+        except httpx.TransportError:
+            continue
+        if response.status_code == 200:
+            pids.add(response.json()["pid"])
+    return pids
+
+
+async def _stream(url: str, started: asyncio.Event | None = None) -> list[str]:
+    """One whole stream's events; ``started`` is set once its first bytes arrived."""
+    body = b""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http, \
+            http.stream("POST", "/v1/chat/completions", json=STREAM) as response:
+        assert response.status_code == 200
+        async for data in response.aiter_bytes():
+            body += data
+            if started is not None:
+                started.set()
+    return [e for e in body.decode().split("\n\n") if e]
+
+
+def _complete(events: list[str]) -> bool:
+    words = [e for e in events if '"content":"' in e and '"content":""' not in e]
+    return events[-1] == "data: [DONE]" and len(words) == 30 \
+        and not [e for e in events if '"error"' in e]
+
+
+async def test_workers_share_the_port_and_serve_streams(two_workers) -> None:
+    process, url = two_workers
+    pids = await _ready_pids(url, 20)
+    assert len(pids) == 2
+    assert process.pid not in pids
+    results = await asyncio.gather(*(_stream(url) for _ in range(6)))
+    assert all(_complete(events) for events in results)
+
+
+async def test_sigterm_drains_every_worker(two_workers) -> None:
+    process, url = two_workers
+    started = [asyncio.Event() for _ in range(6)]
+    streams = [asyncio.create_task(_stream(url, event)) for event in started]
+    async with asyncio.timeout(10):
+        for event in started:
+            await event.wait()
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    assert await _ready_pids(url, 6) == set()  # no worker takes new requests
+    results = await asyncio.gather(*streams)
+    assert all(_complete(events) for events in results)
+    # The parent exits as a single-process gateway does: "terminated by SIGTERM".
+    assert await asyncio.to_thread(process.wait, 15) == -signal.SIGTERM

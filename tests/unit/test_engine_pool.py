@@ -1,0 +1,92 @@
+"""The engine pool's background checks through the in-memory transport."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.engine.client import EngineClient
+from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.errors import EngineUnavailable
+from gateway.metrics import GatewayMetrics
+from gateway.services.engine_pool import EnginePool
+from gateway.settings import EngineConfig, TimeoutSettings
+
+MODELS = orjson.dumps({"object": "list", "data": [{"id": "m", "max_model_len": 64}]})
+
+
+class Engines:
+    """Two scripted engines whose /v1/models and /metrics answers tests change."""
+
+    def __init__(self) -> None:
+        self.models = {"a": MODELS, "b": MODELS}
+        self.prefix_queries = {"a": 0, "b": 0}
+        self.transport = MemoryTransport(self.answer)
+
+    async def answer(self, request: MemoryRequest) -> MemoryResponse:
+        engine, path = request.url.split("//")[1].split("/", 1)
+        if path == "health":
+            return MemoryResponse(200, b"")
+        if path == "v1/models":
+            return MemoryResponse(200, self.models[engine])
+        page = f"vllm:prefix_cache_queries_total {self.prefix_queries[engine]}\n"
+        return MemoryResponse(200, page.encode())
+
+    def pool(self) -> EnginePool:
+        return EnginePool(
+            [EngineConfig(name=n, url=f"http://{n}") for n in ("a", "b")],
+            lambda c: EngineClient(c.name, c.base_url, self.transport, TimeoutSettings()),
+            GatewayMetrics(), health_interval_s=1)
+
+
+async def test_a_malformed_models_answer_marks_only_that_engine_down() -> None:
+    engines = Engines()
+    pool = engines.pool()
+    for bad in (b"{oops", b"[1, 2]", b'{"data": {"id": "m"}}', b'{"data": [{"id": 3}]}'):
+        engines.models["a"] = bad
+        await pool.refresh()  # never raises: the health loop lives on
+        a, b = pool.engines
+        assert b.healthy
+        assert pool.ready
+        if bad == b'{"data": [{"id": 3}]}':
+            assert a.cards == {}  # a card without a string id is skipped
+        else:
+            assert not a.healthy
+            assert a.last_error is not None
+            assert "models" in a.last_error
+    engines.models["a"] = MODELS
+    await pool.refresh()
+    assert pool.engines[0].healthy  # and it comes back
+
+
+async def test_a_failing_health_check_of_any_kind_is_contained() -> None:
+    engines = Engines()
+    pool = engines.pool()
+
+    async def broken(request: MemoryRequest) -> MemoryResponse:
+        if "//a/" in request.url:
+            raise RuntimeError("a bug in a lower layer")
+        return await engines.answer(request)
+
+    engines.transport.handler = broken
+    await pool.refresh()
+    assert [e.healthy for e in pool.engines] == [False, True]
+    assert pool.engines[0].last_error == "health check failed"
+
+
+async def test_only_a_real_restart_forgets_the_engine_cache() -> None:
+    engines = Engines()
+    pool = engines.pool()
+    restarted: list[str] = []
+    pool.on_restart = restarted.append
+    await pool.refresh()
+    engines.prefix_queries["a"] = 500
+    await pool.scrape()
+    pool.mark_down(pool.engines[0], EngineUnavailable("connection reset"))  # a blip
+    await pool.refresh()
+    engines.prefix_queries["a"] = 640
+    await pool.scrape()
+    assert pool.engines[0].healthy
+    assert restarted == []
+    engines.prefix_queries["a"] = 12  # the counters started again: a new process
+    await pool.scrape()
+    assert restarted == ["a"]
