@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from engines.supervisor import EngineProcess
+from gateway.accounting import RefusalAccountingMiddleware
 from gateway.drain import Drain
 from gateway.engine.aiohttp_transport import AiohttpTransport
 from gateway.engine.client import EngineClient
@@ -26,6 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
+from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
 from gateway.routes import health, openai
 from gateway.scheduling import Scheduler
@@ -89,7 +91,10 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
         routes=[*openai.routes, *health.routes],
         middleware=[
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
-            Middleware(AuthMiddleware, api_keys=settings.api_keys),
+            Middleware(RefusalAccountingMiddleware, metrics=metrics,
+                       endpoints={e.path: e.name for e in (CHAT, COMPLETIONS)}),
+            Middleware(AuthMiddleware, api_keys=settings.api_keys,
+                       observability_open=settings.observability.open),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -97,7 +97,10 @@ async def _announce(settings: Settings) -> None:
     base = f"http://{settings.host}:{settings.port}"
     began = time.monotonic()
     next_note = 0.0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+    # /ready lists the engines only to a caller with a key, when keys are configured.
+    headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if settings.api_keys else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2),
+                                     headers=headers) as http:
         while True:
             await asyncio.sleep(1)
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
@@ -107,11 +110,13 @@ async def _announce(settings: Settings) -> None:
                     break
                 waited = time.monotonic() - began
                 if waited >= next_note:
-                    names = ", ".join(e["name"] for e in status["engines"] if not e["healthy"])
+                    names = ", ".join(e["name"] for e in status.get("engines", [])
+                                      if not e["healthy"])
                     console.print(f"waiting for engine(s) {names} to load the model "
                                   f"({waited:.0f} s; logs in {settings.log_dir})")
                     next_note = waited + 10
-    model = next(e["models"][0] for e in status["engines"] if e["healthy"] and e["models"])
+    model = next((e["models"][0] for e in status.get("engines", [])
+                  if e["healthy"] and e["models"]), "MODEL")
     console.rule(f"[bold green]Sluice is ready on {base}")
     console.print(_examples(base, model), markup=False, highlight=False)
     console.rule()

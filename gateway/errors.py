@@ -7,12 +7,15 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
 
     SluiceError                      (500 internal_error)
     ├── InvalidRequest               (400 invalid_request_error)
-    │   └── ContextLengthExceeded    (400, code context_length_exceeded)
+    │   ├── ContextLengthExceeded    (400, code context_length_exceeded)
+    │   └── NestingTooDeep           (400, code nesting_too_deep; param: the field)
     ├── InvalidField                 (422 invalid_request_error)
-    ├── AuthenticationFailed         (401 authentication_error)
+    ├── AuthenticationFailed         (401 authentication_error, WWW-Authenticate)
     ├── PermissionDenied             (403 permission_error)
     ├── ModelNotFound                (404, code model_not_found)
+    ├── MethodNotAllowed             (405, Allow)
     ├── RequestTooLarge              (413)
+    ├── UnsupportedMediaType         (415, code unsupported_media_type)
     ├── Overloaded                   (429, Retry-After)
     ├── UpstreamRejected             (the engine's own 4xx, passed on)
     └── EngineError                  (502 upstream_error)
@@ -81,6 +84,12 @@ class ContextLengthExceeded(InvalidRequest):
     default_code = "context_length_exceeded"
 
 
+class NestingTooDeep(InvalidRequest):
+    """A JSON field nests deeper than the gateway relays; ``param`` names the field."""
+
+    default_code = "nesting_too_deep"
+
+
 class InvalidField(SluiceError):
     status = 422
     type = "invalid_request_error"
@@ -88,9 +97,16 @@ class InvalidField(SluiceError):
 
 
 class AuthenticationFailed(SluiceError):
+    """No valid API key. The challenge header follows RFC 6750: a bare ``Bearer`` when
+    no key was sent, ``error="invalid_token"`` when a wrong one was."""
+
     status = 401
     type = "authentication_error"
     default_code = "invalid_api_key"
+
+    def __init__(self, message: str, *, key_sent: bool = False) -> None:
+        challenge = 'Bearer error="invalid_token"' if key_sent else "Bearer"
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
 
 
 class PermissionDenied(SluiceError):
@@ -104,10 +120,27 @@ class ModelNotFound(SluiceError):
     default_code = "model_not_found"
 
 
+class MethodNotAllowed(SluiceError):
+    status = 405
+    type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message, headers={"Allow": allow})
+
+
 class RequestTooLarge(SluiceError):
     status = 413
     type = "invalid_request_error"
     default_code = "request_too_large"
+
+
+class UnsupportedMediaType(SluiceError):
+    """The body is not declared as JSON (``application/json`` or a ``+json`` type)."""
+
+    status = 415
+    type = "invalid_request_error"
+    default_code = "unsupported_media_type"
 
 
 class Overloaded(SluiceError):

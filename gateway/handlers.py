@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, SluiceError
+from gateway.errors import InvalidRequest, MethodNotAllowed, SluiceError
 
 log = logging.getLogger("sluice.errors")
 
@@ -30,8 +30,13 @@ async def sluice_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown route, wrong method) in the OpenAI shape."""
     assert isinstance(exc, HTTPException)
+    error: SluiceError
     if exc.status_code == 404:
         error = InvalidRequest(f"no route {request.method} {request.url.path}", code="not_found")
+    elif exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}; use {allow}", allow=allow)
     else:
         error = InvalidRequest(str(exc.detail), code=f"http_{exc.status_code}")
     response = error_response(error)

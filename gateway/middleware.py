@@ -19,7 +19,11 @@ from gateway.handlers import error_response
 
 access_log = logging.getLogger("sluice.access")
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/health"})
+"""Never need a key."""
+OBSERVABILITY_PATHS = frozenset({"/ready", "/metrics"})
+"""Need a key when keys are set, unless ``observability.open``; ``/ready`` then still
+answers its status without one (a load balancer's probe has no key)."""
 
 
 class RequestContextMiddleware:
@@ -60,25 +64,38 @@ class RequestContextMiddleware:
 
 
 class AuthMiddleware:
-    """Requires ``Authorization: Bearer <key>`` on API paths when keys are configured."""
+    """Requires ``Authorization: Bearer <key>`` when keys are configured (see
+    :data:`OPEN_PATHS` and :data:`OBSERVABILITY_PATHS` for the exceptions). Records in
+    the request's state whether a valid key came (``authenticated``)."""
 
-    def __init__(self, app: ASGIApp, *, api_keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, *, api_keys: list[str],
+                 observability_open: bool = False) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
+        self.observability_open = observability_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or not self.keys \
-                or scope["path"] in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["authenticated"] = False
+        path = scope["path"]
+        if not self.keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and any(
-                hmac.compare_digest(token.strip().encode(), key) for key in self.keys):
+        token_bytes = token.strip().encode()
+        # Every key is compared (no early exit), so timing says nothing about which.
+        matches = [hmac.compare_digest(token_bytes, key) for key in self.keys]
+        state["authenticated"] = scheme.lower() == "bearer" and any(matches)
+        if state["authenticated"] or path == "/ready" or (
+                self.observability_open and path in OBSERVABILITY_PATHS):
             await self.app(scope, receive, send)
             return
         error = AuthenticationFailed(
-            "missing API key" if not header else "invalid API key")
+            "missing API key" if not header else "invalid API key", key_sent=bool(header))
         await _reject(error, scope, receive, send)
 
 

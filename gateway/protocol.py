@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import InvalidField, InvalidRequest
+from gateway.errors import InvalidField, InvalidRequest, NestingTooDeep, UnsupportedMediaType
 
 
 class _Open(BaseModel):
@@ -63,8 +63,32 @@ class CompletionRequest(GenerationRequest):
 M = TypeVar("M", bound=GenerationRequest)
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of a request body (the body object itself is level 1). Far beyond
+what requests use (tool schemas included), and well under what the gateway can
+re-serialize for the engine (orjson stops at 254 levels; its parser at 1024)."""
+
+
+def check_media_type(content_type: str | None) -> None:
+    """A request body must be declared JSON: ``application/json`` or an
+    ``application/*+json`` type, with no charset but UTF-8. Anything else (notably the
+    types a web page may POST cross-origin without a preflight) is a 415."""
+    media, _, params = (content_type or "").partition(";")
+    kind, _, subtype = media.strip().lower().partition("/")
+    charset = next((value.strip().strip('"').lower()
+                    for name, _, value in (p.partition("=") for p in params.split(";"))
+                    if name.strip().lower() == "charset"), "utf-8")
+    if kind == "application" and (subtype == "json" or subtype.endswith("+json")) \
+            and charset in ("utf-8", "utf8"):
+        return
+    what = f"Content-Type {content_type[:100]!r} is not supported" if content_type \
+        else "the request has no Content-Type"
+    raise UnsupportedMediaType(f"{what}; send the body as application/json")
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """Decode a JSON object body; anything else is a 400."""
+    """Decode a JSON object body; anything else is a 400, and so is a field nested
+    deeper than :data:`MAX_JSON_DEPTH` (``param`` names it)."""
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
@@ -73,7 +97,33 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
+    # Fewer brackets than the limit cannot nest past it: most bodies skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        for name, value in body.items():
+            if _nests_deeper(value, MAX_JSON_DEPTH - 1):
+                raise NestingTooDeep(
+                    f"'{name[:100]}' is nested more than {MAX_JSON_DEPTH} levels deep",
+                    param=name[:100])
     return body
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """Whether ``value`` has containers nested more than ``limit`` levels (iterative:
+    no recursion however deep the input)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +41,22 @@ class PoolSettings(BaseModel):
     max_connections_per_engine: int = Field(default=2048, ge=1)
 
 
+MIN_API_KEY_CHARS = 16
+"""Shortest accepted API key: generated keys are longer; shorter ones are words."""
+
+
+class ObservabilitySettings(BaseModel):
+    """Who may read ``/ready``'s engine list and ``/metrics`` when API keys are set.
+
+    ``open: false`` (the default): without a valid key, ``/ready`` answers its status
+    only and ``/metrics`` is a 401. ``open: true``: both answer anyone (engine URLs and
+    engine error text still only to key holders). ``/health`` is always open."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    open: bool = False
+
+
 class EngineConfig(BaseModel):
     """One engine: either a remote URL or a managed vLLM process."""
 
@@ -67,8 +83,10 @@ class EngineConfig(BaseModel):
 class Settings(BaseSettings):
     """The gateway's whole configuration."""
 
+    # hide_input_in_errors: a start-up error must not print the API keys it rejected.
     model_config = SettingsConfigDict(
-        env_prefix="SLUICE_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="SLUICE_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        hide_input_in_errors=True,
     )
 
     host: str = "127.0.0.1"
@@ -100,8 +118,21 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: list[str]) -> list[str]:
+        for index, key in enumerate(keys):
+            if len(key) < MIN_API_KEY_CHARS:
+                raise ValueError(f"api_keys[{index}] is {len(key)} characters long; an API "
+                                 f"key needs at least {MIN_API_KEY_CHARS}")
+            if not all("!" <= char <= "~" for char in key):
+                raise ValueError(f"api_keys[{index}] has whitespace or non-ASCII characters; "
+                                 "a key must be printable ASCII (it travels in a header)")
+        return keys
 
     @classmethod
     def settings_customise_sources(

@@ -30,17 +30,21 @@ def gateway_apps() -> dict[str, Starlette]:
 @pytest.fixture
 async def start_gateway(gateway_apps: dict[str, Starlette]) -> AsyncIterator[StartGateway]:
     """Start gateways in this event loop: ``await start_gateway(engines=[url, ...], **settings)``
-    returns the base URL. Each runs a real uvicorn server on a free port; all are shut
-    down (lifespan included) at teardown. ``gateway_apps[url]`` is its app."""
+    returns the base URL (``http=`` picks another uvicorn HTTP protocol class). Each runs
+    a real uvicorn server on a free port; all are shut down (lifespan included) at
+    teardown. ``gateway_apps[url]`` is its app."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(engines: list[str] | None = None, **overrides: Any) -> str:
+    async def start(engines: list[str] | None = None, *, http: Any = None,
+                    **overrides: Any) -> str:
         configs = [EngineConfig(name=f"e{i}", url=url) for i, url in enumerate(engines or [])]
         fields: dict[str, Any] = {"port": 0, "default_engine": False, "access_log": False,
                                   "health_interval_s": 0.2, "engines": configs}
         settings = Settings(**{**fields, **overrides})
         app = create_app(settings)
         server = GatewayServer(app, settings, host="127.0.0.1", port=0)
+        if http is not None:  # another uvicorn HTTP protocol class
+            server.config.http = http
         task = asyncio.create_task(server.serve())
         running.append((server, task))
         async with asyncio.timeout(15):

@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.services.engine_pool import EngineState
+
 
 async def health(request: Request) -> Response:
     """The gateway process is alive (says nothing about engines)."""
@@ -18,20 +20,32 @@ async def health(request: Request) -> Response:
 
 async def ready(request: Request) -> Response:
     """200 when at least one engine serves a model and the gateway is not draining,
-    else 503; lists every engine, and says which process answered (one of several
-    workers)."""
-    pool = request.state.pool
-    engines = [
-        {"name": e.name, "url": e.client.base_url, "healthy": e.healthy,
-         "models": sorted(e.cards), "in_flight": e.in_flight, "load": e.load,
-         "circuit": e.breaker.state.value, "error": e.last_error}
-        for e in pool.engines
-    ]
-    ready = pool.ready and not request.state.drain.draining
-    status = "draining" if request.state.drain.draining else "ready" if ready else "not_ready"
-    body = {"status": status, "pid": os.getpid(), "engines": engines}
+    else 503, with the status; and, for whoever may see them, which process answered
+    (one of several workers) and the engine list.
+
+    A caller with a valid API key sees every engine in full (URL and last error
+    included). Without one, the list leaves those two out, and when keys are set and
+    ``observability.open`` is off there is neither pid nor list."""
+    pool, drain, settings = request.state.pool, request.state.drain, request.state.settings
+    ready = pool.ready and not drain.draining
+    status = "draining" if drain.draining else "ready" if ready else "not_ready"
+    body: dict[str, object] = {"status": status}
+    full = getattr(request.state, "authenticated", False)
+    if full or not settings.api_keys or settings.observability.open:
+        body["pid"] = os.getpid()
+        body["engines"] = [_engine(e, full=full) for e in pool.engines]
     return Response(orjson.dumps(body), status_code=200 if ready else 503,
                     media_type="application/json")
+
+
+def _engine(engine: EngineState, *, full: bool) -> dict[str, object]:
+    shown: dict[str, object] = {
+        "name": engine.name, "healthy": engine.healthy, "models": sorted(engine.cards),
+        "in_flight": engine.in_flight, "load": engine.load,
+        "circuit": engine.breaker.state.value}
+    if full:
+        shown |= {"url": engine.client.base_url, "error": engine.last_error}
+    return shown
 
 
 async def metrics(request: Request) -> Response:

@@ -6,13 +6,14 @@ import asyncio
 import time
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.accounting import director_counts
 from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
-from gateway.protocol import parse_body
+from gateway.protocol import check_media_type, parse_body
 from gateway.streaming import ClientWatch, SSEStreamResponse
 
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
@@ -20,10 +21,16 @@ CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
 async def _generate(request: Request, endpoint: Endpoint) -> Response:
     arrived = time.perf_counter()
-    body = parse_body(await request.body())
+    check_media_type(request.headers.get("content-type"))
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        return Response(status_code=CLIENT_CLOSED)
+    body = parse_body(raw)
     ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
                              session_key=request.headers.get("x-session-id"))
     watch = ClientWatch(request.receive)
+    director_counts(request)
     try:
         result = await request.state.director.generate(ctx)
     except asyncio.CancelledError:

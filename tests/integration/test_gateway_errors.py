@@ -65,7 +65,8 @@ async def test_body_over_the_limit_is_413(gateway: str) -> None:
         async def chunked():  # no Content-Length: the limit is enforced while reading
             yield orjson.dumps(big)
 
-        streamed = await http.post("/v1/chat/completions", content=chunked())
+        streamed = await http.post("/v1/chat/completions", content=chunked(),
+                                   headers={"content-type": "application/json"})
     for response in (declared, streamed):
         assert response.status_code == 413
         assert error_of(response)["code"] == "request_too_large"
@@ -164,13 +165,13 @@ async def test_engine_dying_before_the_first_byte_is_retried_elsewhere(
 
 async def test_api_keys(start_sim, start_gateway) -> None:
     sim = await start_sim(SimConfig(decode_step_ms=1, prefill_base_ms=1))
-    gateway = await start_gateway([sim], api_keys=["k1"])
+    gateway = await start_gateway([sim], api_keys=["k1-0123456789abcdef"])
     async with httpx.AsyncClient(base_url=gateway) as http:
         none = await http.post("/v1/chat/completions", json=CHAT)
         wrong = await http.post("/v1/chat/completions", json=CHAT,
-                                headers={"Authorization": "Bearer k2"})
+                                headers={"Authorization": "Bearer k2-0123456789abcdef"})
         right = await http.post("/v1/chat/completions", json=CHAT,
-                                headers={"Authorization": "Bearer k1"})
+                                headers={"Authorization": "Bearer k1-0123456789abcdef"})
         health = await http.get("/health")
     assert none.status_code == wrong.status_code == 401
     assert error_of(none)["type"] == "authentication_error"

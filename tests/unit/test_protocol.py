@@ -1,7 +1,15 @@
+import orjson
 import pytest
 
-from gateway.errors import InvalidField, InvalidRequest
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_body, validate
+from gateway.errors import InvalidField, InvalidRequest, NestingTooDeep, UnsupportedMediaType
+from gateway.protocol import (
+    MAX_JSON_DEPTH,
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_media_type,
+    parse_body,
+    validate,
+)
 
 
 def test_parse_body_accepts_a_json_object() -> None:
@@ -66,3 +74,41 @@ def test_integer_temperature_and_stream_options_are_accepted() -> None:
         "stream": True, "stream_options": {"include_usage": True}})
     assert request.temperature == 0.0
     assert request.wants_usage
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/json; charset=utf-8", "APPLICATION/JSON;CHARSET=\"UTF-8\"",
+    "application/vnd.openai+json", "application/json; charset=utf8; x=y"])
+def test_json_media_types_pass(content_type: str) -> None:
+    check_media_type(content_type)
+
+
+@pytest.mark.parametrize("content_type", [
+    None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+    "application/jsonx", "text/json", "application/json; charset=utf-16", "json"])
+def test_other_media_types_are_415(content_type: str | None) -> None:
+    with pytest.raises(UnsupportedMediaType) as info:
+        check_media_type(content_type)
+    assert info.value.status_code == 415
+    assert info.value.code == "unsupported_media_type"
+
+
+def _deep(field: str, depth: int) -> bytes:
+    return b'{"model": "m", "' + field.encode() + b'": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    assert parse_body(_deep("x", MAX_JSON_DEPTH - 1))["model"] == "m"
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 254, 1023])
+def test_nesting_past_the_limit_names_the_field(depth: int) -> None:
+    with pytest.raises(NestingTooDeep) as info:
+        parse_body(_deep("tools", depth))
+    assert info.value.status_code == 400
+    assert info.value.param == "tools"
+
+
+def test_many_shallow_containers_are_not_too_deep() -> None:
+    raw = orjson.dumps({"model": "m", "prompt": [[1, 2]] * 5000, "x": [{"a": {}}] * 100})
+    assert len(parse_body(raw)["prompt"]) == 5000

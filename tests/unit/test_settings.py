@@ -54,6 +54,23 @@ def test_no_default_engine_when_disabled() -> None:
     assert Settings(default_engine=False).resolved_engines() == []
 
 
+@pytest.mark.parametrize("key", [
+    "", "short-key", "has a space in it!!", "caf\u00e9-0123456789abcdef"])
+def test_unusable_api_keys_are_refused_without_being_printed(key: str) -> None:
+    good = "sk-0123456789abcdef"
+    with pytest.raises(ValidationError, match=r"api_keys\[1\]") as info:
+        Settings(api_keys=[good, key])
+    assert good not in str(info.value)
+
+
+def test_api_keys_from_the_environment_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_API_KEYS", '[""]')
+    with pytest.raises(ValidationError, match="at least 16"):
+        Settings()
+    monkeypatch.setenv("SLUICE_API_KEYS", '["sk-0123456789abcdef"]')
+    assert Settings().api_keys == ["sk-0123456789abcdef"]
+
+
 def test_a_worker_gets_every_engine_as_a_url() -> None:
     settings = Settings(workers=3, engines=[
         EngineConfig(name="a", url="http://10.0.0.1:8000/"),
