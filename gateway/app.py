@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import Receive, Scope, Send
 
 from engines.supervisor import EngineProcess
 from gateway.accounting import RefusalAccountingMiddleware
@@ -34,6 +35,17 @@ from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
+from gateway.streaming import SERVER_SEND
+
+
+class GatewayApp(Starlette):
+    """The Starlette app, leaving the server's own ``send`` in each HTTP scope so that
+    streamed bodies skip the middleware wrappers (see :mod:`gateway.streaming`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, transport: Transport | None = None,
@@ -87,7 +99,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                     max_event_bytes=settings.max_event_bytes),
             }
 
-    app = Starlette(
+    app = GatewayApp(
         routes=[*openai.routes, *health.routes],
         middleware=[
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),

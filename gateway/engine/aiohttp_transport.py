@@ -9,13 +9,18 @@ a broken body -> ``EngineError``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from gateway.engine.transport import StreamTimeouts
+from gateway.engine.watchdog import Watchdog
 from gateway.errors import EngineError, EngineTimeout, EngineUnavailable
 from gateway.settings import PoolSettings, TimeoutSettings
+
+_TOTAL = "the answer took longer than the gateway's total time limit"
+_STALL = "engine stopped sending tokens (timeout)"
 
 
 def _total_timeout(exc: BaseException) -> bool:
@@ -24,49 +29,81 @@ def _total_timeout(exc: BaseException) -> bool:
 
 
 class AiohttpResponse:
-    __slots__ = ("_between_s", "_completed", "_response")
+    """A streamed response: its first read is bounded by aiohttp's socket timer, the
+    reads after it (and the total time) by the transport's :class:`Watchdog`."""
 
-    def __init__(self, response: aiohttp.ClientResponse, between_reads_s: float) -> None:
+    __slots__ = ("_completed", "_expired", "_loop", "_response", "_watchdog",
+                 "between_reads_s", "deadline", "last_read")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeouts: StreamTimeouts,
+                 watchdog: Watchdog, started: float) -> None:
         self._response = response
-        self._between_s = between_reads_s
+        self._watchdog = watchdog
+        self._loop = asyncio.get_running_loop()
         self._completed = False
+        self._expired: str | None = None
+        self.between_reads_s = timeouts.between_reads_s
+        self.deadline = started + timeouts.total_s
+        self.last_read = started
 
     @property
     def status(self) -> int:
         return self._response.status
 
+    def expire(self, reason: str) -> None:
+        self._expired = reason
+        self._response.close()
+
+    def _timeout(self) -> EngineTimeout:
+        if self._expired == "total":
+            return EngineTimeout(_TOTAL, blames_engine=False)
+        return EngineTimeout(_STALL)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
         connection = self._response.connection
-        protocol = connection.protocol if connection is not None else None
         try:
             data = await content.readany()
-            if protocol is not None:  # from now on a stall is measured between reads
-                protocol.read_timeout = self._between_s
-                protocol.start_timeout()
+            if connection is not None:  # later reads: the watchdog, not a timer per read
+                connection.protocol.read_timeout = None  # type: ignore[union-attr]
+            self._watchdog.track(self)
+            loop = self._loop
             while data:
+                self.last_read = loop.time()
                 yield data
                 data = await content.readany()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            if _total_timeout(exc):
-                raise EngineTimeout("the answer took longer than the gateway's total time "
-                                    "limit", blames_engine=False) from exc
-            raise EngineTimeout("engine stopped sending tokens (timeout)") from exc
+            raise EngineTimeout("engine sent no first token in time") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            if self._expired is not None:
+                raise self._timeout() from exc
             raise EngineError(f"engine stream broke: {type(exc).__name__}") from exc
+        finally:
+            self._watchdog.untrack(self)
+        if self._expired is not None:
+            raise self._timeout()
         self._completed = True
 
     async def read(self, limit: int) -> bytes:
         parts: list[bytes] = []
         size = 0
-        async for data in self.chunks():
-            size += len(data)
-            if size > limit:
-                raise EngineError(f"engine answer is larger than {limit} bytes")
-            parts.append(data)
+        try:
+            while data := await self._response.content.readany():
+                size += len(data)
+                if size > limit:
+                    raise EngineError(f"engine answer is larger than {limit} bytes")
+                parts.append(data)
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            if _total_timeout(exc):
+                raise EngineTimeout(_TOTAL, blames_engine=False) from exc
+            raise EngineTimeout(_STALL) from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise EngineError(f"engine answer broke: {type(exc).__name__}") from exc
+        self._completed = True
         return b"".join(parts)
 
     def close(self) -> None:
+        self._watchdog.untrack(self)
         if self._completed:
             self._response.release()
         else:
@@ -89,23 +126,27 @@ class AiohttpTransport:
             auto_decompress=False,
             raise_for_status=False,
         )
+        bound = min(timeouts.between_tokens_s, timeouts.total_s)
+        self._watchdog = Watchdog(interval_s=min(1.0, max(0.01, bound / 10)))
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
                    timeouts: StreamTimeouts, *, streamed: bool) -> AiohttpResponse:
+        # A stream's total bound is the watchdog's (aiohttp's would time every read);
+        # a non-streamed answer comes in one piece, bounded by aiohttp's total.
         timeout = aiohttp.ClientTimeout(
-            total=timeouts.total_s, sock_connect=timeouts.connect_s,
+            total=None if streamed else timeouts.total_s, sock_connect=timeouts.connect_s,
             sock_read=timeouts.first_byte_s if streamed else None)
+        started = asyncio.get_running_loop().time()
         try:
             response = await self._session.post(url, data=payload, headers=headers,
                                                 timeout=timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if _total_timeout(exc) and not streamed:
-                raise EngineTimeout("the answer took longer than the gateway's total time "
-                                    "limit", blames_engine=False) from exc
+                raise EngineTimeout(_TOTAL, blames_engine=False) from exc
             raise EngineTimeout("engine did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
-        return AiohttpResponse(response, timeouts.between_reads_s)
+        return AiohttpResponse(response, timeouts, self._watchdog, started)
 
     async def get(self, url: str) -> tuple[int, bytes]:
         try:
@@ -117,4 +158,5 @@ class AiohttpTransport:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
+        await self._watchdog.aclose()
         await self._session.close()

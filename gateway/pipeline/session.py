@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.drain import Drain
-from gateway.errors import EngineError, ShuttingDown, SluiceError
+from gateway.errors import EngineError, EngineTimeout, ShuttingDown, SluiceError
 from gateway.fleet_settings import ResilienceSettings
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.connector import Attempt, Connector
@@ -119,6 +119,9 @@ class StreamSession:
         self._connector.engine_failed(attempt.engine, cause)
         await attempt.stack.aclose()
         transcript = self.relay.transcript
+        if isinstance(cause, EngineTimeout) and not cause.blames_engine:
+            failovers.labels(ctx.label, "error_event").inc()
+            raise cause  # the request's own time is up: no engine gets more of it
         if transcript.finished and transcript.obstacle is None:
             failovers.labels(ctx.label, "completed").inc()
             return None

@@ -30,6 +30,10 @@ class SSEDecoder:
         self._buf, self._scan, self._skip_lf, self.overflowed = b"", 0, False, False
 
     def feed(self, data: bytes) -> list[bytes]:
+        if (not self._buf and not self._skip_lf and data.startswith(b"data: ")
+                and data.find(b"\n") == len(data) - 2 and data.endswith(b"\n\n")
+                and b"\r" not in data):
+            return [data[6:-2]]  # one whole vLLM event per read: the common case
         if self._skip_lf or b"\r" in data:
             data = self._normalize(data)
         buf = self._buf + data if self._buf else data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import orjson
 
 from simulator import SimConfig
 from tests.conftest import StartGateway
@@ -81,3 +82,23 @@ async def test_a_poison_request_cannot_open_every_breaker(
     states = circuit_states(metrics)
     assert sorted(states.values()).count(1.0) >= 2  # breakers did open ...
     assert [h.status_code for h in healthy] == [200] * 8  # ... yet nothing waits for open_s
+
+
+async def test_a_stream_past_total_s_ends_saying_so_and_is_not_continued(
+        start_sim: StartSim, start_gateway: StartGateway) -> None:
+    sims = [await start_sim(SimConfig(prefill_base_ms=2.0, decode_step_ms=20.0))
+            for _ in range(2)]
+    gateway = await start_gateway(
+        sims, timeouts={"total_s": 0.6},
+        resilience={"breaker": {"failure_threshold": 1, "open_s": 30}})
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+        response = await http.post("/v1/chat/completions", json={
+            **CHAT, "stream": True, "max_tokens": 1000, "ignore_eos": True})
+        metrics = (await http.get("/metrics")).text
+    events = [e for e in response.text.split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    error = orjson.loads(events[-2][6:])["error"]
+    assert error["type"] == "timeout_error"
+    assert "total time limit" in error["message"]
+    assert 'outcome="continued"' not in metrics
+    assert circuit_states(metrics) == {"e0": 0.0, "e1": 0.0}

@@ -146,6 +146,17 @@ def test_multi_line_data_comments_and_other_fields() -> None:
     assert decoder.feed(raw) == [b'{"a":\n1}', b""]
 
 
+@pytest.mark.parametrize(("raw", "payloads"), [
+    (b"data: x\r\n\n", [b"x"]),
+    (b"data: a\rdata: b\n\n", [b"a\nb"]),
+    (b"data: one\n\n", [b"one"]),
+    (b"data: one\n\ndata: two\n\n", [b"one", b"two"]),
+])
+def test_one_event_per_read_fast_path_keeps_sse_semantics(raw: bytes,
+                                                         payloads: list[bytes]) -> None:
+    assert SSEDecoder().feed(raw) == payloads
+
+
 def test_an_endless_event_is_bounded() -> None:
     r = relay(max_event_bytes=1024)
     assert r.feed(TOKEN + b"data: " + b"x" * 600) == [payload(TOKEN_OBJ)]
