@@ -61,11 +61,13 @@ class AiohttpResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        connection = self._response.connection
         try:
             data = await content.readany()
-            if connection is not None:  # later reads: the watchdog, not a timer per read
-                connection.protocol.read_timeout = None  # type: ignore[union-attr]
+            # Later reads: the watchdog, not a timer per read. Only while the connection
+            # is still this response's: a complete answer may have released it already.
+            connection = self._response.connection
+            if connection is not None and connection.protocol is not None:
+                connection.protocol.read_timeout = None
             self._watchdog.track(self)
             loop = self._loop
             while data:

@@ -181,3 +181,40 @@ async def test_client_leaving_before_the_first_token_aborts_too(start_sim,
     assert 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics
     assert 'sluice_client_disconnects_total{model="sim-model"} 1.0' in metrics
 
+
+
+async def test_streams_that_arrive_in_one_piece_under_concurrency(start_gateway) -> None:
+    """An engine that sends a whole short stream in one write after its headers: the
+    first body read already ends it, and the connection goes back to the pool while
+    that read returns."""
+    from aiohttp import web
+
+    from tests.integration.fake_engine import FakeEngine
+
+    chunk = {"id": "c", "object": "chat.completion.chunk",
+             "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}
+    whole = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+
+    async def at_once(request: web.Request, body: dict[str, object]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)  # the headers first, then the whole body at once
+        await asyncio.sleep(0.005)
+        await response.write(whole)
+        await response.write_eof()
+        return response
+
+    engine = FakeEngine(at_once)
+    await engine.start()
+    try:
+        gateway = await start_gateway([engine.url])
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+            async def one() -> httpx.Response:
+                return await http.post("/v1/chat/completions", json={
+                    "model": "sim-model", "stream": True,
+                    "messages": [{"role": "user", "content": "x"}]})
+            for _ in range(3):
+                answers = await asyncio.gather(*(one() for _ in range(40)))
+                assert {a.status_code for a in answers} == {200}
+                assert all(a.text.endswith("data: [DONE]\n\n") for a in answers)
+    finally:
+        await engine.close()
