@@ -11,11 +11,11 @@ import logging
 import time
 import uuid
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import AuthenticationFailed, RequestTooLarge, SluiceError
 from gateway.handlers import error_response
+from gateway.headers import header
 
 access_log = logging.getLogger("sluice.access")
 
@@ -38,7 +38,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = Headers(scope=scope).get("x-request-id") or uuid.uuid4().hex
+        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 0
@@ -84,8 +84,8 @@ class AuthMiddleware:
         if not self.keys or path in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        header = Headers(scope=scope).get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        sent = header(scope, b"authorization") or ""
+        scheme, _, token = sent.partition(" ")
         token_bytes = token.strip().encode()
         # Every key is compared (no early exit), so timing says nothing about which.
         matches = [hmac.compare_digest(token_bytes, key) for key in self.keys]
@@ -95,7 +95,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         error = AuthenticationFailed(
-            "missing API key" if not header else "invalid API key", key_sent=bool(header))
+            "missing API key" if not sent else "invalid API key", key_sent=bool(sent))
         await _reject(error, scope, receive, send)
 
 
@@ -111,7 +111,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await _reject(self._too_large(), scope, receive, send)
             return

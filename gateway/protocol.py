@@ -69,10 +69,15 @@ what requests use (tool schemas included), and well under what the gateway can
 re-serialize for the engine (orjson stops at 254 levels; its parser at 1024)."""
 
 
+_PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8"})
+
+
 def check_media_type(content_type: str | None) -> None:
     """A request body must be declared JSON: ``application/json`` or an
     ``application/*+json`` type, with no charset but UTF-8. Anything else (notably the
     types a web page may POST cross-origin without a preflight) is a 415."""
+    if content_type in _PLAIN_JSON:
+        return
     media, _, params = (content_type or "").partition(";")
     kind, _, subtype = media.strip().lower().partition("/")
     charset = next((value.strip().strip('"').lower()

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.accounting import director_counts
+from gateway.headers import header
 from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
 from gateway.protocol import check_media_type, parse_body
@@ -21,14 +22,14 @@ CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
 async def _generate(request: Request, endpoint: Endpoint) -> Response:
     arrived = time.perf_counter()
-    check_media_type(request.headers.get("content-type"))
+    check_media_type(header(request.scope, b"content-type"))
     try:
         raw = await request.body()
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
     body = parse_body(raw)
     ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
-                             session_key=request.headers.get("x-session-id"))
+                             session_key=header(request.scope, b"x-session-id"))
     watch = ClientWatch(request.receive)
     director_counts(request)
     try:

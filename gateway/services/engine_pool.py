@@ -85,6 +85,8 @@ class EnginePool:
         self._interval = health_interval_s
         self._scrape_interval = scrape_interval_s
         self._ready = asyncio.Event()
+        self._known: set[str] = set()
+        """Every model some engine served since start (metrics label values)."""
         self.on_restart: Callable[[str], None] | None = None
         """Called with an engine's name when it restarted (its caches are empty): a
         health check found it down and a later one up, or its prefix-cache counters went
@@ -112,7 +114,12 @@ class EnginePool:
 
     def model_label(self, model: str) -> str:
         """``model`` if some engine serves (or served) it, else ``unknown``."""
-        return model if any(model in e.cards for e in self._engines) else "unknown"
+        if model in self._known:
+            return model
+        if any(model in e.cards for e in self._engines):
+            self._known.add(model)
+            return model
+        return "unknown"
 
     def max_model_len(self, model: str) -> int | None:
         lengths = [
@@ -191,6 +198,7 @@ class EnginePool:
                 engine.seen_down = True
             engine.last_error = None
         engine.healthy, engine.cards = healthy, cards if healthy else engine.cards
+        self._known.update(cards)
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)
         self._publish_circuit(engine)
 
