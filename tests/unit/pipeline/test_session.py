@@ -177,3 +177,21 @@ async def test_a_client_leaving_mid_stream_releases_everything(
     assert rig.sent_to("a")[0].aborted
     assert await rig.admission.in_flight("m") == 0
     assert rig.sample("sluice_client_disconnects_total", model="m") == 1
+
+
+@pytest.mark.parametrize("after_first_token", [False, True])
+async def test_a_gateway_error_is_not_charged_to_the_engine(
+        rig_factory: Callable[..., Rig], after_first_token: bool) -> None:
+    rig = rig_factory()
+    first = [chunk("", role=True) + chunk("Hi")] if after_first_token else []
+
+    async def fine(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(*first, then=ValueError("a gateway bug")))
+
+    rig.scripts.update(a=fine)
+    ctx = rig.ctx({"stream": True})
+    with pytest.raises(ValueError, match="a gateway bug"):
+        await collect(await rig.director.generate(ctx))
+    assert ctx.outcome.status == "500"
+    assert rig.pool.engines[0].breaker.available()
+    assert rig.sent_to("b") == []  # and not retried elsewhere
