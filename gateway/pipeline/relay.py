@@ -92,6 +92,8 @@ class Relay:
                     continue
                 kept = self._judge(_load(payload), payload)
                 if kept is not None:
+                    if b"\n" in kept:  # an event of several data lines: JSON whitespace
+                        kept = kept.replace(b"\n", b" ")  # (it was valid), sent as one line
                     out.append(kept)
         except EngineError as exc:
             self.fault = exc

@@ -53,10 +53,7 @@ class StreamSession:
         ctx, relay = self.ctx, self.relay
         attempt = await self._connector.open(ctx, orjson.dumps(self._payload), streamed=True)
         try:
-            head = relay.feed(attempt.first)
-            if relay.fault is not None and not head:  # nothing sent: an HTTP error (502)
-                self._connector.engine_failed(attempt.engine, relay.fault)
-                raise relay.fault
+            head = await self._head(attempt)
         except BaseException:
             await attempt.stack.aclose()
             raise
@@ -107,6 +104,26 @@ class StreamSession:
             await attempt.stack.aclose()
             ctx.usage = relay.reported_usage
             await self._on_end(ctx, error)
+
+    async def _head(self, attempt: Attempt) -> list[bytes]:
+        """The first events, read until one is whole (or the stream ended well): the
+        response starts only with them, so an engine that breaks before its first event
+        (a partial or endless one, a page that is not SSE, an early end) is an ordinary
+        HTTP error (502), charged to it."""
+        relay = self.relay
+        try:
+            head = relay.feed(attempt.first)
+            while not head and relay.fault is None and not relay.done:
+                data = await anext(attempt.chunks, None)
+                if data is None:
+                    raise EngineError("engine closed the stream before its first event")
+                head = relay.feed(data)
+            if relay.fault is not None and not head:
+                raise relay.fault
+        except SluiceError as exc:
+            self._connector.engine_failed(attempt.engine, exc)
+            raise
+        return head
 
     async def _recover(self, attempt: Attempt, cause: SluiceError) -> Attempt | None:
         """A new attempt that continues the broken stream, None when nothing was missing

@@ -1,9 +1,11 @@
-"""A scripted engine for what the simulator never does: answer a given 4xx, or end a
-stream without ``data: [DONE]``. It serves ``/health``, ``/v1/models`` and an empty
+"""A scripted engine for what the simulator never does: answer a given 4xx, end a
+stream without ``data: [DONE]``, or send bytes no vLLM would (:func:`raw_reply`). It
+serves ``/health``, ``/v1/models`` (or ``models_body``, verbatim) and an empty
 ``/metrics`` like a vLLM server, and records every generation request it receives."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +20,8 @@ class FakeEngine:
         self.reply = reply
         self.model = model
         self.received: list[dict[str, Any]] = []
+        self.models_body: bytes | None = None
+        """When set, ``/v1/models`` answers these bytes instead of a model list."""
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
@@ -41,6 +45,8 @@ class FakeEngine:
         return web.Response()
 
     async def _models(self, request: web.Request) -> web.Response:
+        if self.models_body is not None:
+            return web.Response(body=self.models_body, content_type="application/json")
         card = {"id": self.model, "object": "model", "owned_by": "vllm", "root": self.model,
                 "parent": None, "max_model_len": 2048}
         return web.json_response({"object": "list", "data": [card]})
@@ -81,3 +87,24 @@ async def send_events(request: web.Request, events: list[bytes]) -> web.StreamRe
         await response.write(event)
     await response.write_eof()
     return response
+
+
+def raw_reply(*writes: bytes, status: int = 200, content_type: str = "text/event-stream",
+              gap_s: float = 0.0, cut: bool = False) -> Reply:
+    """Answer with ``status`` and exactly ``writes``, one write each (``gap_s`` apart,
+    so that they tend to arrive as separate reads), then end the body cleanly, or with
+    ``cut`` drop the connection without ending it."""
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+        await response.prepare(request)
+        for i, data in enumerate(writes):
+            if i and gap_s:
+                await asyncio.sleep(gap_s)
+            await response.write(data)
+        if cut:
+            assert request.transport is not None
+            request.transport.close()
+        else:
+            await response.write_eof()
+        return response
+    return reply

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import orjson
+import pytest
+from aiohttp import web
 
 from simulator import SimConfig
 from tests.conftest import StartGateway
-from tests.integration.conftest import StartSim
+from tests.integration.conftest import StartFakeEngine, StartSim
+from tests.integration.fake_engine import chat_chunk
+from tests.integration.helpers import metric, wait_until
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -102,3 +107,60 @@ async def test_a_stream_past_total_s_ends_saying_so_and_is_not_continued(
     assert "total time limit" in error["message"]
     assert 'outcome="continued"' not in metrics
     assert circuit_states(metrics) == {"e0": 0.0, "e1": 0.0}
+
+
+async def stalls(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """Headers, then (for the request saying ``"user": "between"``) one token, then
+    nothing: the gateway's stall bound has to end it."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    if body.get("user") == "between":
+        await response.write(chat_chunk("c1", "Once", role=True))
+    await asyncio.sleep(30)  # cancelled when the gateway hangs up
+    return response
+
+
+@pytest.mark.parametrize("stall", ["first", "between"])
+async def test_stalls_before_and_between_tokens_count_against_the_engine(
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway,
+        stall: str) -> None:
+    engine = await start_fake_engine(stalls)
+    gateway = await start_gateway(
+        [engine.url], timeouts={"first_token_s": 0.3, "between_tokens_s": 0.3},
+        resilience={"breaker": {"failure_threshold": 1, "open_s": 30}})
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+        response = await http.post("/v1/chat/completions",
+                                   json={**CHAT, "stream": True, "user": stall})
+        metrics = (await http.get("/metrics")).text
+    if stall == "first":
+        assert response.status_code == 504
+        assert response.json()["error"]["type"] == "timeout_error"
+    else:
+        events = [e for e in response.text.split("\n\n") if e]
+        assert events[-1] == "data: [DONE]"
+        assert orjson.loads(events[-2][6:])["error"]["type"] == "timeout_error"
+    assert metric(metrics, 'sluice_upstream_errors_total{engine="e0",kind="EngineTimeout"}') == 1
+    assert circuit_states(metrics) == {"e0": 1.0}
+
+
+async def test_client_disconnects_do_not_count_against_the_engine(
+        start_sim: StartSim, start_gateway: StartGateway) -> None:
+    sim = await start_sim(SimConfig(prefill_base_ms=2.0, decode_step_ms=20.0))
+    gateway = await start_gateway(
+        [sim], resilience={"breaker": {"failure_threshold": 1, "open_s": 30}})
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+        for _ in range(3):
+            async with http.stream("POST", "/v1/chat/completions", json={
+                    **CHAT, "stream": True, "max_tokens": 200, "ignore_eos": True}) as r:
+                assert r.status_code == 200
+                await anext(r.aiter_bytes())  # the first token, then the client leaves
+
+        async def all_gone() -> bool:
+            page = (await http.get("/metrics")).text
+            return metric(page, "sluice_client_disconnects_total") == 3
+        await wait_until(all_gone, "the three disconnects to be counted")
+        metrics = (await http.get("/metrics")).text
+        after = await http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2})
+    assert "sluice_upstream_errors_total{" not in metrics
+    assert circuit_states(metrics) == {"e0": 0.0}
+    assert after.status_code == 200

@@ -146,6 +146,12 @@ def test_multi_line_data_comments_and_other_fields() -> None:
     assert decoder.feed(raw) == [b'{"a":\n1}', b""]
 
 
+def test_an_event_of_several_data_lines_is_forwarded_as_one_line() -> None:
+    r = relay()
+    two_lines = b'data: {"id": "c1", "choices": [{"index": 0,\ndata: "delta": {}}]}\n\n'
+    assert r.feed(two_lines) == [b'{"id": "c1", "choices": [{"index": 0, "delta": {}}]}']
+
+
 @pytest.mark.parametrize(("raw", "payloads"), [
     (b"data: x\r\n\n", [b"x"]),
     (b"data: a\rdata: b\n\n", [b"a\nb"]),

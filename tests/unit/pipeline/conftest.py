@@ -115,7 +115,8 @@ def rig_factory() -> Callable[..., Rig]:
     def make(names: tuple[str, ...] = ("a", "b", "c"), *,
              resilience: dict[str, Any] | None = None,
              timeouts: dict[str, Any] | None = None,
-             admission: AdmissionSettings | None = None) -> Rig:
+             admission: AdmissionSettings | None = None,
+             max_event_bytes: int = 4 * 1024 * 1024) -> Rig:
         scripts: dict[str, Script] = {}
 
         async def handler(request: MemoryRequest) -> MemoryResponse:
@@ -138,7 +139,8 @@ def rig_factory() -> Callable[..., Rig]:
         scheduler = InOrder()
         connector = Connector(pool, scheduler, drain, metrics, settings)
         gate = Admission(admission or AdmissionSettings(), MemoryCounters())
-        director = Director(pool, connector, gate, MemoryCache(), drain, metrics, settings)
+        director = Director(pool, connector, gate, MemoryCache(), drain, metrics, settings,
+                            max_event_bytes=max_event_bytes)
         return Rig(director, pool, scheduler, transport, gate, metrics, connector, scripts)
 
     return make

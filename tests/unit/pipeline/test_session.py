@@ -123,6 +123,43 @@ async def test_a_bad_first_event_is_an_http_error(rig_factory: Callable[..., Rig
     assert await rig.admission.in_flight("m") == 0
 
 
+@pytest.mark.parametrize("reads", [
+    [b'data: {"id": "x", "choi', b"ces"],  # ends before its first event is whole
+    [b"<html>\n\n<body>not SSE</body>\n\n</html>"],  # a page: no event at all
+    [b'data: {"id": "', b"x" * 2048, b"x" * 2048],  # an endless first event
+])
+async def test_a_stream_broken_before_its_first_event_is_an_http_error(
+        rig_factory: Callable[..., Rig], reads: list[bytes]) -> None:
+    rig = rig_factory(max_event_bytes=1024)
+
+    async def broken(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(*reads))
+
+    rig.scripts.update(a=broken)
+    ctx = rig.ctx({"stream": True})
+    with pytest.raises(EngineError):
+        await rig.director.generate(ctx)
+    assert ctx.outcome.status == "502"
+    assert not rig.pool.engines[0].breaker.available()  # charged to the engine
+    assert await rig.admission.in_flight("m") == 0
+
+
+async def test_a_first_event_split_across_reads_is_the_head(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+    first = chunk("", role=True) + chunk("Hi")
+
+    async def split(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(first[:10], first[10:],
+                                          chunk(None, finish="stop") + usage(3, 1) + DONE))
+
+    rig.scripts.update(a=split)
+    result = await rig.director.generate(rig.ctx({"stream": True}))
+    assert not isinstance(result, bytes)
+    assert len(result.head) == 2
+    assert texts(await collect(result)) == "Hi"
+
+
 async def test_a_client_leaving_mid_stream_releases_everything(
         rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory()
@@ -140,3 +177,21 @@ async def test_a_client_leaving_mid_stream_releases_everything(
     assert rig.sent_to("a")[0].aborted
     assert await rig.admission.in_flight("m") == 0
     assert rig.sample("sluice_client_disconnects_total", model="m") == 1
+
+
+@pytest.mark.parametrize("after_first_token", [False, True])
+async def test_a_gateway_error_is_not_charged_to_the_engine(
+        rig_factory: Callable[..., Rig], after_first_token: bool) -> None:
+    rig = rig_factory()
+    first = [chunk("", role=True) + chunk("Hi")] if after_first_token else []
+
+    async def fine(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, slowly(*first, then=ValueError("a gateway bug")))
+
+    rig.scripts.update(a=fine)
+    ctx = rig.ctx({"stream": True})
+    with pytest.raises(ValueError, match="a gateway bug"):
+        await collect(await rig.director.generate(ctx))
+    assert ctx.outcome.status == "500"
+    assert rig.pool.engines[0].breaker.available()
+    assert rig.sent_to("b") == []  # and not retried elsewhere
