@@ -14,9 +14,12 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── PermissionDenied             (403 permission_error)
     ├── ModelNotFound                (404, code model_not_found)
     ├── MethodNotAllowed             (405, Allow)
+    ├── RequestTimeout               (408, code request_timeout; connection closed)
     ├── RequestTooLarge              (413)
     ├── UnsupportedMediaType         (415, code unsupported_media_type)
     ├── Overloaded                   (429, Retry-After)
+    ├── HeadersTooLarge              (431, code headers_too_large; connection closed)
+    ├── TooManyConnections           (503, code too_many_connections; connection closed)
     ├── UpstreamRejected             (the engine's own 4xx, passed on)
     └── EngineError                  (502 upstream_error)
         ├── EngineUnavailable        (503: connect failed, or no engine up)
@@ -129,6 +132,15 @@ class MethodNotAllowed(SluiceError):
         super().__init__(message, headers={"Allow": allow})
 
 
+class RequestTimeout(SluiceError):
+    """A request's head or body did not arrive in time (written by the server's protocol,
+    which then closes the connection)."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class RequestTooLarge(SluiceError):
     status = 413
     type = "invalid_request_error"
@@ -150,6 +162,24 @@ class Overloaded(SluiceError):
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class HeadersTooLarge(SluiceError):
+    """The request line and headers are larger, or more numerous, than the server reads
+    (written by the server's protocol, which then closes the connection)."""
+
+    status = 431
+    type = "invalid_request_error"
+    default_code = "headers_too_large"
+
+
+class TooManyConnections(SluiceError):
+    """Every connection slot holds a request in progress (written by the server's
+    protocol to a new connection, which it then closes)."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "too_many_connections"
 
 
 class UpstreamRejected(SluiceError):

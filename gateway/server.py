@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.drain import Drain
-from gateway.http10 import HttpToolsProtocol
+from gateway.edge import protocol_for
 from gateway.settings import Settings
 
 BACKSTOP_S = 5.0
@@ -28,7 +28,7 @@ class GatewayServer(uvicorn.Server):
         self.drain: Drain = app.state.drain
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
-            http=HttpToolsProtocol, lifespan="on", log_config=None, access_log=False,
+            http=protocol_for(settings.limits), lifespan="on", log_config=None, access_log=False,
             timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + BACKSTOP_S),
         ))
 

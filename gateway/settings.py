@@ -41,6 +41,32 @@ class PoolSettings(BaseModel):
     max_connections_per_engine: int = Field(default=2048, ge=1)
 
 
+class ConnectionLimits(BaseModel):
+    """Bounds on client connections and on how long a request may take to arrive.
+
+    The read timeouts bound the *request* only: a response, streamed or not, may take as
+    long as the upstream timeouts allow. Idle keep-alive connections are closed by
+    uvicorn after its own 5 s."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_connections: int = Field(
+        default=4096, ge=2,
+        description="open client connections per worker; past it a new connection closes "
+                    "the oldest one still waiting for a request head, or is refused (503)")
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024,
+        description="request line and headers together; larger is a 431")
+    max_headers: int = Field(default=100, ge=8, description="header lines; more is a 431")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="the whole request head must arrive within this, counted from the "
+                    "connection's opening or the request's first byte; else 408")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="longest wait for the next byte of a request body; else 408")
+
+
 MIN_API_KEY_CHARS = 16
 """Shortest accepted API key: generated keys are longer; shorter ones are words."""
 
@@ -115,6 +141,7 @@ class Settings(BaseSettings):
     health_interval_s: float = Field(default=1.0, gt=0)
     timeouts: TimeoutSettings = TimeoutSettings()
     pool: PoolSettings = PoolSettings()
+    limits: ConnectionLimits = ConnectionLimits()
     routing: RoutingSettings = RoutingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     admission: AdmissionSettings = AdmissionSettings()

@@ -87,3 +87,10 @@ def test_the_default_engine_is_handed_to_workers_as_a_url() -> None:
     worker = Settings(**Settings(workers=2).for_worker(port=8000))
     assert not worker.default_engine
     assert [e.url for e in worker.engines] == ["http://127.0.0.1:8100"]
+
+
+def test_connection_limits_are_handed_to_workers() -> None:
+    limits = {"max_connections": 64, "max_header_bytes": 8192, "max_headers": 20,
+              "header_timeout_s": 2.5, "body_timeout_s": 4.0}
+    worker = Settings(**Settings(workers=2, limits=limits).for_worker(port=8000))
+    assert worker.limits.model_dump() == limits
