@@ -5,7 +5,8 @@ sends ``session.update`` with ``model``, ``input_audio_buffer.append`` events wi
 base64 audio and ``input_audio_buffer.commit``; a commit (not ``final``) answers with
 one ``transcription.delta`` per chunk appended since the last commit (``" chunk<n>"``,
 echoing nothing of the audio but its count) and a ``transcription.done`` with the whole
-text and usage. Mistakes are ``{"type": "error", "error": <text>, "code": <code>}``
+text and usage. On shutdown every open session is closed with 1012 (service restart),
+as uvicorn closes vLLM's. Mistakes are ``{"type": "error", "error": <text>, "code": <code>}``
 events, as vLLM sends them. ``vllm:websocket_connections_active`` counts open sockets,
 as vLLM's metric of that name does, so tests can see a session end on the engine.
 """
@@ -16,10 +17,10 @@ import base64
 import binascii
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import CollectorRegistry, Gauge
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -29,6 +30,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 class RealtimeState:
     model: str
     active: Gauge
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
 
 REALTIME_STATE = web.AppKey("realtime_state", RealtimeState)
@@ -40,6 +42,12 @@ def add_realtime(app: web.Application, model: str, registry: CollectorRegistry) 
                    "Number of currently active WebSocket connections.", registry=registry)
     app[REALTIME_STATE] = RealtimeState(model, active)
     app.router.add_get("/v1/realtime", realtime)
+    app.on_shutdown.append(_close_all)
+
+
+async def _close_all(app: web.Application) -> None:
+    for ws in list(app[REALTIME_STATE].sockets):
+        await ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"shutting down")
 
 
 async def realtime(request: web.Request) -> web.WebSocketResponse:
@@ -48,6 +56,7 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     state.active.inc()
+    state.sockets.add(ws)
     try:
         await _send(ws, {"type": "session.created", "id": f"sess-{uuid.uuid4().hex}",
                          "created": int(time.time())})
@@ -59,6 +68,7 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
             elif message.type is WSMsgType.BINARY:
                 await _send(ws, _error("Invalid JSON", "invalid_json"))
     finally:
+        state.sockets.discard(ws)
         state.active.dec()
     return ws
 

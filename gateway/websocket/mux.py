@@ -78,9 +78,10 @@ class Multiplexer:
                 param="id", code="duplicate_id")))
             return
         if len(self._tasks) >= self._max_requests:
-            await self._send(Tagged(action.id).error(Overloaded(
-                f"this socket already runs {self._max_requests} requests; wait for one "
-                "to end or open another socket")))
+            refusal = Overloaded(f"this socket already runs {self._max_requests} "
+                                 "requests; wait for one to end or open another socket")
+            refusal.code = "too_many_requests"
+            await self._send(Tagged(action.id).error(refusal))
             return
         self._start(action)
 
