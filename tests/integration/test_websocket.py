@@ -259,3 +259,17 @@ async def test_a_draining_gateway_refuses_new_requests_on_a_socket(
         message = await receive(ws)
     assert message["id"] == "late"
     assert message["error"]["code"] == "shutting_down"
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(
+        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([sim_server], websocket={"ping_interval_s": 0.1,
+                                                           "ping_timeout_s": 0.2})
+    async with client.ws_connect(gateway + "/v1/ws", autoping=False) as ws:
+        while (message := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.PING:
+            pass  # never answered
+        assert message.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1011
+    async with client.ws_connect(gateway + "/v1/ws") as ws:  # autoping answers
+        await ws.send_json({"id": "p", "type": "chat.completions", "body": chat(1)})
+        assert (await until_terminal(ws, {"p"}))[-1]["type"] == "done"
