@@ -200,15 +200,18 @@ class Passthrough:
             self._metrics.ttft.labels(ctx.label).observe(last - ctx.timings.arrived)
             yield head
             itl = self._metrics.itl.labels(ctx.label)
-            async for data in attempt.chunks:
-                now = time.perf_counter()
-                itl.observe(now - last)
-                last = now
-                out = relay.feed(data)
-                if out:
-                    yield out
-                if relay.fault is not None:
-                    raise relay.fault
+            if relay.fault is None:  # (the head's read may have ended on a bad event)
+                async for data in attempt.chunks:
+                    now = time.perf_counter()
+                    itl.observe(now - last)
+                    last = now
+                    out = relay.feed(data)
+                    if out:
+                        yield out
+                    if relay.fault is not None:
+                        break
+            if relay.fault is not None:
+                raise relay.fault
             if not relay.done:
                 raise EngineError("engine closed the stream before it finished")
         except SluiceError as exc:
