@@ -69,9 +69,11 @@ async def test_responses_with_the_openai_client(sim_server: str,
                                       'sluice_tokens_total{kind="completion",model="sim-model"}')
     assert whole.status == "completed"
     assert len(whole.output_text.split()) == 3
-    assert whole.usage is not None and whole.usage.output_tokens == 3
+    assert whole.usage is not None
+    assert whole.usage.output_tokens == 3
     kinds = [event.type for event in events]
-    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.completed"
     assert kinds.count("response.output_text.delta") == 3
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert deltas == whole.output_text  # same prompt, same simulated text
@@ -129,7 +131,8 @@ async def test_tokenize_and_detokenize_are_consistent(sim_server: str,
         chat_tokens = (await http.post("/tokenize", json={
             "model": "sim-model", "messages": chat["messages"]})).json()
         counted = await _requests(http, gateway, "tokenize")
-    assert tokens["count"] == 3 and with_bos["count"] == 4
+    assert tokens["count"] == 3
+    assert with_bos["count"] == 4
     assert text == {"prompt": "the quick fox"}
     assert chat_tokens["count"] == usage["prompt_tokens"]
     assert counted == 3
@@ -174,7 +177,8 @@ async def test_an_endpoint_the_engines_lack_is_404_unsupported_endpoint(
         assert answer.json()["error"]["code"] == "unsupported_endpoint"
         assert path in answer.json()["error"]["message"]
     assert [e["circuit"] for e in ready["engines"]] == ["closed", "closed"]
-    assert errors == 0 and retries == 0
+    assert errors == 0
+    assert retries == 0
 
 
 async def test_a_missing_model_is_not_an_unsupported_endpoint(
@@ -265,7 +269,8 @@ async def test_a_responses_stream_that_breaks_ends_with_an_error_event(
         "error", "engine_error", 1)
     assert error["error"]["message"] == "engine sent an event that is not JSON"
     assert len(blocks) == 2
-    assert errors == 1 and counted == 1
+    assert errors == 1
+    assert counted == 1
     async with _client(gateway) as client:
         stream = await client.responses.create(model="sim-model", input="hi", stream=True)
         with pytest.raises(APIError, match="not JSON"):
