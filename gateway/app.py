@@ -31,7 +31,8 @@ from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
-from gateway.routes import health, openai, ws
+from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
+from gateway.routes import docs, health, openai, passthrough, ws
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
@@ -96,25 +97,29 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 heartbeat_s=settings.websocket.ping_interval_s,
                 max_sockets=settings.websocket.max_realtime_sessions)
             stack.push_async_callback(dialer.aclose)
+            director = Director(
+                pool, connector, Admission(settings.admission, state.counters),
+                state.cache, drain, metrics, settings.resilience,
+                max_event_bytes=settings.max_event_bytes)
             yield {
                 "settings": settings,
                 "metrics": metrics,
                 "pool": pool,
                 "drain": drain,
-                "director": Director(
-                    pool, connector, Admission(settings.admission, state.counters),
-                    state.cache, drain, metrics, settings.resilience,
-                    max_event_bytes=settings.max_event_bytes),
+                "director": director,
+                "passthrough": Passthrough(pool, connector, director, metrics,
+                                           max_event_bytes=settings.max_event_bytes),
                 "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,
                                           retries=settings.resilience.retries),
             }
 
     app = GatewayApp(
-        routes=[*openai.routes, *ws.routes, *health.routes],
+        routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
+                *docs.routes],
         middleware=[
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
             Middleware(RefusalAccountingMiddleware, metrics=metrics,
-                       endpoints={e.path: e.name for e in (CHAT, COMPLETIONS)}),
+                       endpoints={e.path: e.name for e in (CHAT, COMPLETIONS, *ENDPOINTS)}),
             Middleware(AuthMiddleware, api_keys=settings.api_keys,
                        observability_open=settings.observability.open),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),

@@ -13,6 +13,7 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── AuthenticationFailed         (401 authentication_error, WWW-Authenticate)
     ├── PermissionDenied             (403 permission_error)
     ├── ModelNotFound                (404, code model_not_found)
+    ├── UnsupportedEndpoint          (404, code unsupported_endpoint)
     ├── MethodNotAllowed             (405, Allow)
     ├── RequestTimeout               (408, code request_timeout; connection closed)
     ├── RequestTooLarge              (413)
@@ -121,6 +122,15 @@ class ModelNotFound(SluiceError):
     status = 404
     type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class UnsupportedEndpoint(SluiceError):
+    """The model's engines do not serve this endpoint (they answer 404 for its path):
+    an embeddings request to a generation model, say. Not the engine's fault."""
+
+    status = 404
+    type = "invalid_request_error"
+    default_code = "unsupported_endpoint"
 
 
 class MethodNotAllowed(SluiceError):

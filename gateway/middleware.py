@@ -20,8 +20,8 @@ from gateway.websocket.handshake import refuse, subprotocol_key
 
 access_log = logging.getLogger("sluice.access")
 
-OPEN_PATHS = frozenset({"/health"})
-"""Never need a key."""
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
+"""Never need a key (the API description holds nothing about keys or engines)."""
 OBSERVABILITY_PATHS = frozenset({"/ready", "/metrics"})
 """Need a key when keys are set, unless ``observability.open``; ``/ready`` then still
 answers its status without one (a load balancer's probe has no key)."""

@@ -80,6 +80,16 @@ class GenerationRequest:
 def parse_chat(body: Any, config: SimConfig, loras: Collection[str]) -> GenerationRequest:
     """Validate a `/v1/chat/completions` body."""
     body = _object(body)
+    tokens, turns, offset = chat_tokens(body)
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    return _generation(body, config, loras, tokens, turns, max_tokens, offset, chat=True)
+
+
+def chat_tokens(body: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]], int]:
+    """The prompt tokens of a chat body's `messages`, its (role, text) turns, and the
+    word count of a final message being continued (else 0)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad_request("`messages` must be a non-empty list", "messages")
@@ -103,10 +113,7 @@ def parse_chat(body: Any, config: SimConfig, loras: Collection[str]) -> Generati
         offset = len(turns.pop()[1].split())
     if add_generation_prompt:
         tokens += ("<|im_start|>", "assistant", "\n")
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    return _generation(body, config, loras, tokens, turns, max_tokens, offset, chat=True)
+    return tokens, turns, offset
 
 
 def parse_completion(body: Any, config: SimConfig, loras: Collection[str]) -> GenerationRequest:
@@ -248,6 +255,16 @@ class ChunkEncoder:
             self._final_tail = (
                 b'","logprobs":null,"finish_reason":' + finish + b',"stop_reason":null}]}\n\n'
             )
+
+    def opening(self) -> bytes:
+        """What comes before the first token: the role event of a chat stream."""
+        return self.role() if self._request.chat else b""
+
+    def closing(self, completion_tokens: int) -> bytes:
+        """What comes after the last token: the usage event if asked for, `[DONE]`."""
+        if self._request.include_usage:
+            return self.usage(completion_tokens) + DONE
+        return DONE
 
     def role(self) -> bytes:
         """The chat stream's first event: the assistant role with empty content."""

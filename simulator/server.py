@@ -30,17 +30,35 @@ from simulator.protocol import (
     ChunkEncoder,
     GenerationRequest,
     SimError,
+    error_body,
     parse_chat,
     parse_completion,
     response_body,
 )
 from simulator.realtime import add_realtime
-from simulator.streaming import SseStream
+from simulator.responses import ResponsesEncoder, parse_responses
+from simulator.responses import response_body as responses_body
+from simulator.streaming import Encoder, SseStream
+from simulator.tokens import Vocabulary, detokenize, embeddings, tokenize
 
 logger = logging.getLogger("simulator")
 
 Parser = Callable[[object, SimConfig, dict[str, str]], GenerationRequest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class WireFormat:
+    """How one generation endpoint writes its answer: id prefix, stream, whole body."""
+
+    prefix: str
+    encoder: Callable[[GenerationRequest, str, int], Encoder]
+    body: Callable[[GenerationRequest, str, int], bytes]
+
+
+CHAT_FORMAT = WireFormat("chatcmpl-", ChunkEncoder, response_body)
+COMPLETION_FORMAT = WireFormat("cmpl-", ChunkEncoder, response_body)
+RESPONSES_FORMAT = WireFormat("resp_", ResponsesEncoder, responses_body)
 
 
 def exit_process() -> None:
@@ -57,6 +75,7 @@ class SimState:
     engine: SimEngine
     on_crash: Callable[[], None]
     loras: dict[str, str] = field(default_factory=dict)
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
     created: int = field(default_factory=lambda: int(time.time()))
     crashed: bool = False
     rng: random.Random = field(init=False)
@@ -96,6 +115,11 @@ def create_sim_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/embeddings", create_embeddings)
+    app.router.add_post("/tokenize", tokenize_prompt)
+    app.router.add_post("/detokenize", detokenize_tokens)
+    app.router.add_get("/version", version)
     app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
     app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.router.add_get("/sim/faults", get_faults)
@@ -110,6 +134,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except SimError as exc:
         return web.Response(body=exc.body(), status=exc.status, content_type="application/json")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # As vLLM (FastAPI) answers an unknown path or method: reason phrase as message.
+        return web.Response(body=error_body(exc.status, exc.reason, exc.reason),
+                            status=exc.status, content_type="application/json")
 
 
 async def _engine_task(app: web.Application) -> AsyncIterator[None]:
@@ -230,15 +260,56 @@ def _faults(engine: SimEngine) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """`POST /v1/chat/completions`, streamed or not."""
-    return await _generate(request, parse_chat)
+    return await _generate(request, parse_chat, CHAT_FORMAT)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     """`POST /v1/completions`, streamed or not."""
-    return await _generate(request, parse_completion)
+    return await _generate(request, parse_completion, COMPLETION_FORMAT)
 
 
-async def _generate(request: web.Request, parse: Parser) -> web.StreamResponse:
+async def responses(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/responses`, streamed (named events) or not (see `simulator.responses`)."""
+    return await _generate(request, parse_responses, RESPONSES_FORMAT)
+
+
+async def create_embeddings(request: web.Request) -> web.Response:
+    """`POST /v1/embeddings`: deterministic unit vectors (see `simulator.tokens`)."""
+    state, body = await _model_request(request)
+    model = str(body.get("model") or state.config.model)
+    return _raw_json(embeddings(body, model, state.config.seed,
+                                "embd-" + uuid.uuid4().hex, int(time.time())))
+
+
+async def tokenize_prompt(request: web.Request) -> web.Response:
+    """`POST /tokenize`: word-level tokens of a `prompt` or `messages`."""
+    state, body = await _model_request(request)
+    return _raw_json(tokenize(body, state.vocabulary, state.config.max_model_len))
+
+
+async def detokenize_tokens(request: web.Request) -> web.Response:
+    """`POST /detokenize`: the words of `tokens`."""
+    state, body = await _model_request(request)
+    return _raw_json(detokenize(body, state.vocabulary))
+
+
+async def version(request: web.Request) -> web.Response:
+    """`GET /version`, as vLLM answers it."""
+    return _json({"version": "0.0.0+simulator"})
+
+
+async def _model_request(request: web.Request) -> tuple[SimState, dict[str, object]]:
+    """The state and body of a request whose `model`, if given, must be served."""
+    state = request.app[SIM_STATE]
+    body = await _read_json(request)
+    model = body.get("model")
+    if model is not None and model != state.config.model and model not in state.loras:
+        raise SimError(404, "NotFoundError", f"The model `{model}` does not exist.", "model")
+    return state, body
+
+
+async def _generate(request: web.Request, parse: Parser,
+                    wire: WireFormat) -> web.StreamResponse:
     state = request.app[SIM_STATE]
     generation = parse(await _read_json(request), state.config, state.loras)
     error_rate = state.engine.faults.error_rate
@@ -252,19 +323,23 @@ async def _generate(request: web.Request, parse: Parser) -> web.StreamResponse:
         generation.finish_reason,
         stream=generation.stream,
     )
-    request_id = ("chatcmpl-" if generation.chat else "cmpl-") + uuid.uuid4().hex
+    request_id = wire.prefix + uuid.uuid4().hex
     try:
         if generation.stream:
-            encoder = ChunkEncoder(generation, request_id, int(time.time()))
+            encoder = wire.encoder(generation, request_id, int(time.time()))
             stream = SseStream(state.engine, generation, sim_request, encoder)
             return await stream.serve(request, state.crash)
-        return await _respond(state, generation, sim_request, request_id)
+        return await _respond(state, generation, sim_request, request_id, wire)
     finally:
         state.engine.release(sim_request)
 
 
 async def _respond(
-    state: SimState, generation: GenerationRequest, sim_request: SimRequest, request_id: str
+    state: SimState,
+    generation: GenerationRequest,
+    sim_request: SimRequest,
+    request_id: str,
+    wire: WireFormat,
 ) -> web.Response:
     event = sim_request.event
     while not sim_request.done:
@@ -279,7 +354,7 @@ async def _respond(
         return web.Response(status=500)  # never sent: the connection is gone
     engine.tokens_delivered += sim_request.produced
     return web.Response(
-        body=response_body(generation, request_id, int(time.time())),
+        body=wire.body(generation, request_id, int(time.time())),
         content_type="application/json",
     )
 
@@ -292,6 +367,10 @@ async def _read_json(request: web.Request) -> dict[str, object]:
     if not isinstance(body, dict):
         raise SimError(400, "BadRequestError", "request body must be a JSON object")
     return body
+
+
+def _raw_json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def _json(obj: object, status: int = 200) -> web.Response:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 
 from simulator.engine import RequestState, SimEngine, SimRequest
-from simulator.protocol import DONE, ChunkEncoder, GenerationRequest
+from simulator.protocol import GenerationRequest
 
 logger = logging.getLogger("simulator")
 
@@ -25,6 +26,17 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
 Crash = Callable[[], None]
 PUSH_BUFFER_LIMIT = 64 * 1024
 """Above this many unsent bytes on the socket, `push` leaves writing to the handler."""
+
+
+class Encoder(Protocol):
+    """The wire format of one stream's events (chat and completion chunks, or the
+    Responses API's named events)."""
+
+    def opening(self) -> bytes: ...
+
+    def tokens(self, parts: list[bytes], start: int, end: int, final: bool) -> None: ...
+
+    def closing(self, completion_tokens: int) -> bytes: ...
 
 
 class SseStream:
@@ -37,7 +49,7 @@ class SseStream:
         engine: SimEngine,
         generation: GenerationRequest,
         sim_request: SimRequest,
-        encoder: ChunkEncoder,
+        encoder: Encoder,
     ) -> None:
         self._engine = engine
         self._generation = generation
@@ -113,12 +125,10 @@ class SseStream:
                 return
 
     def _events(self, upto: int, final: bool) -> bytes:
-        """The events for tokens `sent..upto-1`; the role first, usage and [DONE] if final."""
+        """The events for tokens `sent..upto-1`; the opening first, the closing if final."""
         encoder, sent = self._encoder, self.sent
-        parts = [encoder.role()] if sent == 0 and self._generation.chat else []
+        parts = [encoder.opening()] if sent == 0 else []
         encoder.tokens(parts, sent, upto, final)
         if final:
-            if self._generation.include_usage:
-                parts.append(encoder.usage(upto))
-            parts.append(DONE)
+            parts.append(encoder.closing(upto))
         return b"".join(parts)

@@ -107,6 +107,17 @@ class EngineClient:
         status, _ = await self._transport.get(self.base_url + "/health")
         return status == 200
 
+    async def get_object(self, path: str) -> dict[str, Any]:
+        """A control ``GET`` (e.g. ``/version``) whose answer must be a JSON object."""
+        raw = await self._get(path)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise EngineError(f"engine's {path} is not JSON") from exc
+        if not isinstance(body, dict):
+            raise EngineError(f"engine's {path} is not a JSON object")
+        return body
+
     async def models(self) -> list[dict[str, Any]]:
         """The model cards of ``/v1/models`` (base model and loaded LoRA adapters)."""
         raw = await self._get("/v1/models")

@@ -18,11 +18,13 @@ from gateway.protocol import ChatCompletionRequest, CompletionRequest, Generatio
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A generation endpoint: its metrics name, the engine path, its request model."""
+    """An endpoint routed to engines: its metrics name, the engine path, and the request
+    model the director validates (passthrough endpoints, which validate only ``model``
+    and ``stream``, leave it at its default: see :mod:`gateway.pipeline.passthrough`)."""
 
     name: str
     path: str
-    model: type[GenerationRequest]
+    model: type[GenerationRequest] = GenerationRequest
 
     @property
     def chat(self) -> bool:

@@ -16,7 +16,8 @@ Reply = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 
 
 class FakeEngine:
-    def __init__(self, reply: Reply, model: str = "sim-model") -> None:
+    def __init__(self, reply: Reply, model: str = "sim-model",
+                 paths: tuple[str, ...] = ()) -> None:
         self.reply = reply
         self.model = model
         self.received: list[dict[str, Any]] = []
@@ -28,6 +29,8 @@ class FakeEngine:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        for path in paths:  # other POST endpoints answered by ``reply`` alike
+            app.router.add_post(path, self._generate)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         self.url = ""
 

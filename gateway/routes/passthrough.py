@@ -1,0 +1,75 @@
+"""Passthrough routes: the rest of vLLM's OpenAI server, routed by the body's ``model``
+(see :mod:`gateway.pipeline.passthrough`); and a model's card, and the engines' version."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.accounting import director_counts
+from gateway.event_stream import EventStreamResponse
+from gateway.headers import header
+from gateway.pipeline.context import Endpoint, RequestContext
+from gateway.pipeline.director import StartedStream
+from gateway.pipeline.passthrough import ENDPOINTS
+from gateway.protocol import check_media_type, parse_body
+from gateway.routes.openai import CLIENT_CLOSED
+from gateway.streaming import ClientWatch
+
+
+async def _forward(request: Request, endpoint: Endpoint) -> Response:
+    arrived = time.perf_counter()
+    check_media_type(header(request.scope, b"content-type"))
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        return Response(status_code=CLIENT_CLOSED)
+    body = parse_body(raw)
+    ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
+                             session_key=header(request.scope, b"x-session-id"))
+    watch = ClientWatch(request.receive)
+    director_counts(request)
+    try:
+        result = await request.state.passthrough.forward(ctx)
+    except asyncio.CancelledError:
+        await watch.close()
+        if watch.absorb_cancel():
+            return Response(status_code=CLIENT_CLOSED)
+        raise
+    except BaseException:
+        await watch.close()
+        raise
+    if isinstance(result, StartedStream):
+        return EventStreamResponse(result.body, watch, head=result.head)
+    await watch.close()
+    return Response(result, media_type="application/json")
+
+
+def _handler(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def forward(request: Request) -> Response:
+        return await _forward(request, endpoint)
+    forward.__name__ = forward.__qualname__ = endpoint.name
+    return forward
+
+
+async def model_card(request: Request) -> Response:
+    card = request.state.passthrough.model_card(request.path_params["model_id"])
+    return Response(orjson.dumps(card), media_type="application/json")
+
+
+async def version(request: Request) -> Response:
+    return Response(orjson.dumps(await request.state.passthrough.version()),
+                    media_type="application/json")
+
+
+routes = [
+    *(Route(e.path, _handler(e), methods=["POST"]) for e in ENDPOINTS),
+    Route("/v1/models/{model_id:path}", model_card, methods=["GET"]),
+    Route("/version", version, methods=["GET"]),
+]
