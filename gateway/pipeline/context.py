@@ -83,7 +83,9 @@ class RequestContext:
     id: str
     endpoint: Endpoint
     body: dict[str, Any]
-    """The request body as the client sent it (decoded JSON object)."""
+    """The request body as the client sent it (decoded JSON object), but for the fields
+    the director resolves: a left-out ``model`` filled in, integral float budgets
+    (``3.0``) written as integers."""
     principal: str | None = None
     """Who sent it: an API key's id, or None when the gateway runs without keys."""
     session_key: str | None = None
@@ -127,4 +129,4 @@ class RequestContext:
 
     @property
     def stream(self) -> bool:
-        return self.request is not None and self.request.stream
+        return self.request is not None and bool(self.request.stream)

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.drain import Drain
-from gateway.errors import ContextLengthExceeded, EngineError, Overloaded, ShuttingDown, SluiceError
+from gateway.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidField,
+    Overloaded,
+    ShuttingDown,
+    SluiceError,
+)
 from gateway.fleet_settings import ResilienceSettings
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
@@ -33,6 +40,8 @@ from gateway.services.engine_pool import EnginePool
 from gateway.stores import CachedResponse, ResponseCache
 
 log = logging.getLogger("sluice.director")
+
+_BUDGETS = ("max_tokens", "max_completion_tokens")
 
 FinishHook = Callable[[RequestContext], Awaitable[None]]
 """Runs once when a request has ended, with its context complete (outcome, usage)."""
@@ -66,6 +75,7 @@ class Director:
 
     async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
+        self.default_model(ctx)
         ctx.label = self._pool.model_label(ctx.requested_model)
         self._metrics.in_flight.labels(ctx.label).inc()
         try:
@@ -87,6 +97,14 @@ class Director:
         if self._drain.draining:
             raise ShuttingDown()
 
+    def default_model(self, ctx: RequestContext) -> None:
+        """A request without a model is for the one model served, when there is exactly
+        one (as vLLM serves its only model); the engines are asked for it by name."""
+        if ctx.body.get("model") in (None, ""):
+            served = self._pool.base_models()
+            if len(served) == 1:
+                ctx.requested_model = ctx.model = ctx.body["model"] = served.pop()
+
     def authenticate(self, ctx: RequestContext) -> None:
         """Who may ask for what. The API-key middleware has already identified the
         principal; per-key model permissions will be checked here."""
@@ -95,7 +113,14 @@ class Director:
         """Validate what the gateway acts on, and map the requested name to the model
         the engines serve (the identity until aliases and versions exist)."""
         ctx.request = validate(ctx.endpoint.model, ctx.body)
+        if not ctx.request.model:
+            raise InvalidField("you must provide a model parameter (it may be left out only "
+                               "when the engines serve exactly one model)", param="model",
+                               code="missing_required_parameter")
         ctx.model = ctx.requested_model
+        for name in _BUDGETS:  # acted on as integers: continuations shrink them
+            if type(ctx.body.get(name)) is float:
+                ctx.body[name] = getattr(ctx.request, name)
         budget, limit = ctx.request.output_budget, self._pool.max_model_len(ctx.model)
         if budget is not None and limit is not None and budget > limit:
             raise ContextLengthExceeded(

@@ -1,0 +1,89 @@
+"""What vLLM's own server accepts and refuses, the gateway accepts and refuses alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from simulator import SimConfig
+from tests.conftest import StartGateway
+from tests.integration.conftest import StartSim
+
+CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+QUICK = SimConfig(decode_step_ms=1, prefill_base_ms=1)
+
+
+@pytest.fixture
+async def gateway(start_sim: StartSim, start_gateway: StartGateway) -> str:
+    return await start_gateway([await start_sim(QUICK)])
+
+
+@pytest.mark.parametrize("fields", [
+    {"n": None},
+    {"stream": None},
+    {"stream_options": None},
+    {"max_tokens": 3.0},
+    {"seed": 1.0},
+    {"messages": [{"role": "ipython", "content": "x"}, {"role": "user", "content": "hi"}]},
+    {"messages": [{"role": "any string at all", "content": "hi"}]},
+    {"model": None},
+    {"model": ""},
+], ids=lambda fields: ",".join(fields))
+async def test_what_vllm_accepts_is_answered(gateway: str, fields: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        response = await http.post("/v1/chat/completions", json={**CHAT, **fields})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "sim-model"
+    assert body["usage"]["completion_tokens"] == (3 if "max_tokens" in fields else 4)
+
+
+async def test_a_missing_model_is_the_one_model_served(gateway: str) -> None:
+    request = {k: v for k, v in CHAT.items() if k != "model"}
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        chat = await http.post("/v1/chat/completions", json={**request, "stream": True})
+        completion = await http.post("/v1/completions",
+                                     json={"prompt": "once upon", "max_tokens": 2})
+        metrics = (await http.get("/metrics")).text
+    assert chat.status_code == completion.status_code == 200
+    assert chat.text.endswith("data: [DONE]\n\n")
+    assert completion.json()["model"] == "sim-model"
+    assert 'endpoint="chat",engine="e0",model="sim-model",status="200"} 1.0' in metrics
+
+
+async def test_a_missing_model_with_several_served_is_400(start_sim: StartSim,
+                                                          start_gateway: StartGateway) -> None:
+    one = await start_sim(QUICK)
+    other = await start_sim(QUICK.model_copy(update={"model": "other-model"}))
+    gateway = await start_gateway([one, other])
+    request = {k: v for k, v in CHAT.items() if k != "model"}
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        response = await http.post("/v1/chat/completions", json=request)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("model", "missing_required_parameter")
+
+
+async def test_the_sdk_raises_bad_request_for_an_invalid_field(gateway: str) -> None:
+    client = AsyncOpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "hi"}],
+            max_tokens=0)
+    assert info.value.status_code == 400
+    assert info.value.param == "max_tokens"
+    assert info.value.code == "invalid_value"
+    await client.close()
+
+
+async def test_what_the_engine_refuses_is_its_own_400(gateway: str) -> None:
+    """The gateway does not judge fields it does not act on; the engine does."""
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        response = await http.post("/v1/chat/completions", json={
+            **CHAT, "stream_options": {"include_usage": True}})  # without stream: true
+    assert response.status_code == 400
+    assert "stream" in response.json()["error"]["message"].lower()
