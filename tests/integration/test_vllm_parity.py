@@ -7,14 +7,19 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aiohttp import web
 from openai import AsyncOpenAI
 
 from simulator import SimConfig
 from tests.conftest import StartGateway
-from tests.integration.conftest import StartSim
+from tests.integration.conftest import StartFakeEngine, StartSim
+from tests.integration.fake_engine import chat_chunk, error_reply, send_events
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 QUICK = SimConfig(decode_step_ms=1, prefill_base_ms=1)
+FIRST = {"routing": {"default": {"strategy": "round_robin"}}}
+"""Round-robin starts at the first engine."""
+DONE = b"data: [DONE]\n\n"
 
 
 @pytest.fixture
@@ -87,3 +92,48 @@ async def test_what_the_engine_refuses_is_its_own_400(gateway: str) -> None:
             **CHAT, "stream_options": {"include_usage": True}})  # without stream: true
     assert response.status_code == 400
     assert "stream" in response.json()["error"]["message"].lower()
+
+
+async def test_the_request_id_goes_to_every_engine_attempt(
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
+    async def answer(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"id": "x", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"},
+             "finish_reason": "stop"}]})
+
+    failing = await start_fake_engine(error_reply(503, {"message": "overloaded"}))
+    serving = await start_fake_engine(answer)
+    gateway = await start_gateway([failing.url, serving.url], **FIRST)
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        retried = await http.post("/v1/chat/completions", json=CHAT,
+                                  headers={"X-Request-Id": "client-id-1"})
+        own = await http.post("/v1/chat/completions", json=CHAT)
+    assert retried.status_code == own.status_code == 200
+    assert retried.headers["x-request-id"] == "client-id-1"
+    # The failed attempt and its retry elsewhere carry the client's id ...
+    assert failing.headers[0]["x-request-id"] == serving.headers[0]["x-request-id"] \
+        == "client-id-1"
+    # ... or, when it sent none, the gateway's own, the one the client is told.
+    generated = own.headers["x-request-id"]
+    assert serving.headers[1]["x-request-id"] == generated
+    assert {h["x-request-id"] for h in failing.headers[1:]} <= {generated}
+
+
+async def test_a_continuation_carries_the_same_request_id(
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
+    async def cut_short(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if body.get("continue_final_message"):
+            return await send_events(request, [
+                chat_chunk("chatcmpl-2", " two", finish_reason="length"), DONE])
+        return await send_events(request, [chat_chunk("chatcmpl-1", None, role=True),
+                                           chat_chunk("chatcmpl-1", " one")])
+
+    engines = [await start_fake_engine(cut_short) for _ in range(2)]
+    gateway = await start_gateway([e.url for e in engines], **FIRST)
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        response = await http.post("/v1/chat/completions", json={**CHAT, "stream": True},
+                                   headers={"X-Request-Id": "client-id-2"})
+    assert response.text.endswith(DONE.decode())
+    assert "error" not in response.text
+    assert [len(e.headers) for e in engines] == [1, 1]
+    assert [e.headers[0]["x-request-id"] for e in engines] == ["client-id-2"] * 2
