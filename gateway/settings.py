@@ -83,6 +83,20 @@ class ObservabilitySettings(BaseModel):
     open: bool = False
 
 
+class StreamingSettings(BaseModel):
+    """How streamed answers are sent to clients."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keepalive_s: float = Field(
+        default=0.0, ge=0,
+        description="when > 0, a stream's headers go out once it is admitted and a "
+                    "': ping' comment every keepalive_s until its first token, so that a "
+                    "proxy's idle timeout does not cut a long queue wait. Off by default: "
+                    "a failure before the first token can then no longer be an HTTP error "
+                    "status (it is a 200 with an error event), and vLLM sends no pings")
+
+
 class EngineConfig(BaseModel):
     """One engine: either a remote URL or a managed vLLM process."""
 
@@ -146,6 +160,7 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = ResilienceSettings()
     admission: AdmissionSettings = AdmissionSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    streaming: StreamingSettings = StreamingSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 

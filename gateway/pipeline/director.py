@@ -54,6 +54,9 @@ class StartedStream:
 
     head: list[bytes]
     body: AsyncGenerator[list[bytes], None]
+    waiting: bool = False
+    """The head is not known yet (the request started early, see
+    :attr:`RequestContext.start_early`): the body's next events are the head."""
 
 
 class Director:
@@ -201,7 +204,7 @@ class Director:
                                 forward_usage=ctx.request.wants_usage,
                                 max_event_bytes=self._max_event_bytes)
         body = session.run()
-        return StartedStream(await anext(body), body)
+        return StartedStream(await anext(body), body, waiting=ctx.start_early)
 
     async def finish(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Close the request's books once: release admission, record the outcome, run
