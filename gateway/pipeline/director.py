@@ -199,6 +199,8 @@ class Director:
         payload["stream_options"] = {**(ctx.body.get("stream_options") or {}),
                                      "include_usage": True}
         assert ctx.request is not None
+        # With no engine up there is no wait to keep alive: the 503 comes at once.
+        ctx.start_early = ctx.start_early and ctx.admitted
         session = StreamSession(ctx, payload, self._connector, self._drain, self._metrics,
                                 self._settings, self.finish,
                                 forward_usage=ctx.request.wants_usage,

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 from openai import AsyncOpenAI
 
+from loadtests.launch import free_port
 from simulator import SimConfig
 from tests.conftest import StartGateway
 from tests.integration.conftest import StartFakeEngine, StartSim
@@ -177,3 +178,11 @@ async def test_the_sdk_reads_a_stream_with_pings(start_sim: StartSim,
     pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
     await client.close()
     assert len([p for p in pieces if p]) == 5
+
+
+async def test_keepalive_with_no_engine_up_is_still_a_503(start_gateway: StartGateway) -> None:
+    gateway = await start_gateway([f"http://127.0.0.1:{free_port()}"], **KEEPALIVE)
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
+        response = await http.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_healthy_engine"
