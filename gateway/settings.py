@@ -106,8 +106,7 @@ class CorsSettings(BaseModel):
     allowed_origins: list[str] | None = Field(
         default=None,
         description="exact origins (https://app.example) or '*' for any. Unset: '*' when "
-                    "no API keys are configured (as vLLM's --allowed-origins), none when "
-                    "they are")
+                    "no API keys are configured, none when they are")
     allowed_headers: list[str] = Field(
         default=["authorization", "content-type", "x-request-id", "x-session-id",
                  "x-stainless-*"],
