@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from engines.supervisor import EngineProcess
 from gateway.accounting import RefusalAccountingMiddleware
+from gateway.cors import CORSMiddleware
 from gateway.drain import Drain
 from gateway.engine.aiohttp_transport import AiohttpTransport
 from gateway.engine.client import EngineClient
@@ -117,6 +118,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
         routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
                 *docs.routes],
         middleware=[
+            Middleware(CORSMiddleware, allowed_origins=settings.cors_origins,
+                       allowed_headers=settings.cors.allowed_headers,
+                       max_age_s=settings.cors.max_age_s),
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
             Middleware(RefusalAccountingMiddleware, metrics=metrics,
                        endpoints={e.path: e.name for e in (CHAT, COMPLETIONS, *ENDPOINTS)}),

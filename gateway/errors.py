@@ -8,8 +8,8 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     SluiceError                      (500 internal_error)
     ├── InvalidRequest               (400 invalid_request_error)
     │   ├── ContextLengthExceeded    (400, code context_length_exceeded)
-    │   └── NestingTooDeep           (400, code nesting_too_deep; param: the field)
-    ├── InvalidField                 (422 invalid_request_error)
+    │   ├── NestingTooDeep           (400, code nesting_too_deep; param: the field)
+    │   └── InvalidField             (400, param: the field; code: what is wrong)
     ├── AuthenticationFailed         (401 authentication_error, WWW-Authenticate)
     ├── PermissionDenied             (403 permission_error)
     ├── ModelNotFound                (404, code model_not_found)
@@ -94,9 +94,10 @@ class NestingTooDeep(InvalidRequest):
     default_code = "nesting_too_deep"
 
 
-class InvalidField(SluiceError):
-    status = 422
-    type = "invalid_request_error"
+class InvalidField(InvalidRequest):
+    """A field the gateway acts on is missing, of the wrong type or out of range; 400 as
+    OpenAI and vLLM answer it (the SDKs raise ``BadRequestError``)."""
+
     default_code = "invalid_value"
 
 

@@ -1,15 +1,21 @@
 """OpenAI request models: what Sluice validates before a request reaches an engine.
 
-Only the fields the gateway acts on are typed; every other field (tools, logprobs,
-vLLM's extra sampling parameters, ...) is kept as sent and forwarded unchanged.
+Only the fields the gateway acts on are typed (the model, ``stream`` and its options,
+the output budget, the prompt text); every other field (sampling parameters, tools,
+logprobs, vLLM's extras, ...) is kept as sent and left to the engine, which answers its
+own 400 for what it refuses. What vLLM accepts passes here too: ``null`` for optional
+fields, integral floats such as ``3.0`` for integers, any string as a message role, no
+``model`` (the director fills in the one model served). A field that fails is a 400
+naming it in ``param``, as OpenAI and vLLM answer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from gateway.errors import InvalidField, InvalidRequest, NestingTooDeep, UnsupportedMediaType
 
@@ -18,29 +24,40 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
 
+def _integral(value: object) -> object:
+    """``3.0`` as ``3`` (vLLM's lax validation takes integral floats); others unchanged."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+"""A JSON integer, or a float with no fractional part."""
+
+
 class ChatMessage(_Open):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: str
     content: str | list[dict[str, Any]] | None = None
 
 
 class StreamOptions(_Open):
-    include_usage: bool = False
+    include_usage: bool | None = None
 
 
 class GenerationRequest(_Open):
-    model: str = Field(min_length=1)
-    stream: bool = False
+    model: str | None = None
+    """None (or empty): the one model served, when there is exactly one."""
+    stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1, le=16)
-    seed: int | None = None
-    user: str | None = None
+    max_tokens: Integer | None = Field(default=None, ge=1)
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self.stream)
 
     @property
     def wants_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
 
     @property
     def output_budget(self) -> int | None:
@@ -49,7 +66,7 @@ class GenerationRequest(_Open):
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: Integer | None = Field(default=None, ge=1)
 
     @property
     def output_budget(self) -> int | None:
@@ -132,11 +149,38 @@ def _nests_deeper(value: object, limit: int) -> bool:
 
 
 def validate(model: type[M], body: dict[str, Any]) -> M:
-    """Validate ``body`` into ``model``; the first problem becomes a 422 naming the field."""
+    """Validate ``body`` into ``model``; the first problem becomes a 400 naming the field
+    (``param``) and saying what is wrong with it (``code``)."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        param = _param(body, first)
         raise InvalidField(f"{param}: {first['msg']}" if param else first["msg"],
-                           param=param) from exc
+                           param=param, code=_code(first["type"])) from exc
+
+
+def _param(body: dict[str, Any], error: ErrorDetails) -> str | None:
+    """The path of the failing field as it is in the body (``messages.0.role``): pydantic's
+    location without the union member it tried last (``content.str``)."""
+    parts: list[str] = []
+    node: Any = body
+    loc = error["loc"]
+    for index, part in enumerate(loc):
+        inside = (part in node if isinstance(node, dict) else
+                  isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if inside:
+            node = node[part]
+        elif not (index == len(loc) - 1 and error["type"] == "missing"):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
+def _code(error_type: str) -> str:
+    """OpenAI's codes for a bad field: missing, of the wrong type, or a bad value."""
+    if error_type == "missing":
+        return "missing_required_parameter"
+    if error_type.endswith(("_type", "_parsing")) or error_type == "int_from_float":
+        return "invalid_type"
+    return "invalid_value"

@@ -5,6 +5,7 @@ Nested fields use ``__`` in the environment: ``SLUICE_TIMEOUTS__FIRST_TOKEN_S=30
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,53 @@ class ObservabilitySettings(BaseModel):
     open: bool = False
 
 
+class StreamingSettings(BaseModel):
+    """How streamed answers are sent to clients."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keepalive_s: float = Field(
+        default=0.0, ge=0,
+        description="when > 0, a stream's headers go out once it is admitted and a "
+                    "': ping' comment every keepalive_s until its first token, so that a "
+                    "proxy's idle timeout does not cut a long queue wait. Off by default: "
+                    "a failure before the first token can then no longer be an HTTP error "
+                    "status (it is a 200 with an error event), and vLLM sends no pings")
+
+
+class CorsSettings(BaseModel):
+    """Which web pages (origins) may call the gateway from a browser."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_origins: list[str] | None = Field(
+        default=None,
+        description="exact origins (https://app.example) or '*' for any. Unset: '*' when "
+                    "no API keys are configured, none when they are")
+    allowed_headers: list[str] = Field(
+        default=["authorization", "content-type", "x-request-id", "x-session-id",
+                 "x-stainless-*"],
+        description="request headers a page may send; 'prefix*' allows every header "
+                    "starting with prefix (x-stainless-*: the OpenAI SDKs' own headers)")
+    max_age_s: int = Field(default=600, ge=0, description="how long a browser may keep a "
+                                                           "preflight's answer")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str] | None) -> list[str] | None:
+        if origins is None:
+            return None
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"cors.allowed_origins: {origin[:100]!r} is not an origin; "
+                                 "write scheme://host[:port], no path or trailing slash, "
+                                 "or '*'")
+        return [origin.lower() for origin in origins]
+
+
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+")
+
+
 class EngineConfig(BaseModel):
     """One engine: either a remote URL or a managed vLLM process."""
 
@@ -174,6 +222,8 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = ResilienceSettings()
     admission: AdmissionSettings = AdmissionSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    streaming: StreamingSettings = StreamingSettings()
+    cors: CorsSettings = CorsSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 
@@ -199,6 +249,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """The origins allowed: as configured, else any without API keys and none with."""
+        if self.cors.allowed_origins is not None:
+            return self.cors.allowed_origins
+        return [] if self.api_keys else ["*"]
 
     @property
     def default_model_dir(self) -> Path:

@@ -12,6 +12,12 @@ headers and note the status); the body chunks that follow go straight to the ser
 own ``send`` when the app left it in the scope (:data:`SERVER_SEND`): no middleware
 rewrites a streamed body, and skipping their wrappers was measured to save about 8 % of
 the gateway's CPU per relayed chunk.
+
+SSE keep-alive: a stream that started before its head was known (``keepalive_s`` > 0)
+gets a ``: ping`` comment every ``keepalive_s`` while it waits for that head, so that a
+proxy's idle timeout does not cut a long queue wait. Only that wait is watched (its events
+are awaited in a task, raced against the interval); the events after the head go the
+usual way, with nothing added per chunk.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
+PING = b": ping\n\n"
 SERVER_SEND = "sluice.server_send"
 """Scope key of the server's own ``send`` (set by the app, see :mod:`gateway.app`)."""
 SSE_HEADERS = [
@@ -65,24 +72,35 @@ class ClientWatch:
 
 
 class SSEStreamResponse(Response):
-    """Sends ``head`` then ``body``; stops and closes the body when the client leaves."""
+    """Sends ``head`` then ``body``; stops and closes the body when the client leaves.
+    ``headers`` are added to the SSE ones. With ``keepalive_s`` the body's first events
+    may take long: a ping goes out every ``keepalive_s`` until they come."""
 
     def __init__(self, body: AsyncGenerator[list[bytes], None], watch: ClientWatch, *,
-                 head: list[bytes] | None = None, status_code: int = 200) -> None:
+                 head: list[bytes] | None = None, status_code: int = 200,
+                 headers: list[tuple[bytes, bytes]] | None = None,
+                 keepalive_s: float = 0.0) -> None:
         self.background = None
         self.body_iterator = body
         self.watch = watch
         self.head = head or []
         self.status_code = status_code
+        self.extra_headers = headers or []
+        self.keepalive_s = keepalive_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": SSE_HEADERS})
+                        "headers": [*SSE_HEADERS, *self.extra_headers]})
             send = scope.get(SERVER_SEND, send)
             if self.head:
                 await send({"type": "http.response.body", "body": sse_frame(self.head),
                             "more_body": True})
+            if self.keepalive_s:
+                first = await self._pinging(send)
+                if first:
+                    await send({"type": "http.response.body", "body": sse_frame(first),
+                                "more_body": True})
             async for events in self.body_iterator:
                 if events:
                     await send({"type": "http.response.body", "body": sse_frame(events),
@@ -94,6 +112,26 @@ class SSEStreamResponse(Response):
         finally:
             await self.watch.close()
             await self.body_iterator.aclose()
+
+    async def _pinging(self, send: Send) -> list[bytes] | None:
+        """The body's next events (None when it ended), with a ping every
+        ``keepalive_s`` while they take. Leaving early cancels the wait for them."""
+        async def next_events() -> list[bytes] | None:
+            return await anext(self.body_iterator, None)
+
+        pending = asyncio.create_task(next_events())
+        try:
+            while True:
+                done, _ = await asyncio.wait((pending,), timeout=self.keepalive_s)
+                if done:
+                    return pending.result()
+                await send({"type": "http.response.body", "body": PING, "more_body": True})
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait((pending,))
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: the request's error is already told
 
 
 def sse_frame(payloads: list[bytes]) -> bytes:

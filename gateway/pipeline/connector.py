@@ -8,6 +8,11 @@ request that trips an engine bug would otherwise take every engine's breaker wit
 Retries go to engines not yet tried, after a jittered exponential backoff, and only
 while the retry budget allows; continuations of broken streams draw from the same
 budget, so one dead engine cannot set off a storm of them.
+
+Every attempt carries the request's id as ``X-Request-Id`` (vLLM takes it as its own
+request id, so engine logs and the gateway's name the same request); a retry or a
+continuation carries the same id, to another engine (vLLM refuses an id only while it
+runs the same one itself).
 """
 
 from __future__ import annotations
@@ -149,7 +154,8 @@ class Connector:
         try:
             stack.enter_context(self._pool.lease(engine))
             response = await stack.enter_async_context(
-                engine.client.open(ctx.endpoint.path, payload, streamed=streamed))
+                engine.client.open(ctx.endpoint.path, payload, streamed=streamed,
+                                   headers={"X-Request-Id": ctx.id}))
             if ctx.timings.connected is None:
                 ctx.timings.connected = time.perf_counter()
             token = self._drain.register(response.close)

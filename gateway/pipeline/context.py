@@ -68,6 +68,22 @@ class Timings:
     """The first output bytes arrived from an engine."""
     finished: float | None = None
 
+    def server_timing(self) -> str:
+        """The phases before the first byte as a ``Server-Timing`` value, each from the
+        end of the one before, in milliseconds (``admit;dur=0.1, sched;dur=0.2, ...``):
+        ``admit`` (arrival to admitted), ``sched`` (to the engine picked), ``connect`` (to
+        the engine's response headers), ``ttfb`` (to its first output bytes). Phases not
+        reached yet are left out."""
+        parts: list[str] = []
+        start = self.arrived
+        for name, end in (("admit", self.admitted), ("sched", self.scheduled),
+                          ("connect", self.connected), ("ttfb", self.first_byte)):
+            if end is None:
+                break
+            parts.append(f"{name};dur={(end - start) * 1000:.1f}")
+            start = end
+        return ", ".join(parts)
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -85,7 +101,9 @@ class RequestContext:
     id: str
     endpoint: Endpoint
     body: dict[str, Any]
-    """The request body as the client sent it (decoded JSON object)."""
+    """The request body as the client sent it (decoded JSON object), but for the fields
+    the director resolves: a left-out ``model`` filled in, integral float budgets
+    (``3.0``) written as integers."""
     principal: str | None = None
     """Who sent it: an API key's id, or None when the gateway runs without keys."""
     session_key: str | None = None
@@ -110,6 +128,10 @@ class RequestContext:
     outcome: Outcome = field(default_factory=Outcome)
     admitted: bool = False
     finished: bool = False
+    start_early: bool = False
+    """A stream's response starts once the request is admitted, before the engine's
+    first event (SSE keep-alive); a failure before that event then ends the stream with
+    an error event instead of an HTTP error status."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-request data that plugins compute once and share (e.g. prompt block hashes),
     keyed by the plugin's name."""
@@ -129,4 +151,4 @@ class RequestContext:
 
     @property
     def stream(self) -> bool:
-        return self.request is not None and self.request.stream
+        return self.request is not None and bool(self.request.stream)

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.drain import Drain
-from gateway.errors import ContextLengthExceeded, EngineError, Overloaded, ShuttingDown, SluiceError
+from gateway.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidField,
+    Overloaded,
+    ShuttingDown,
+    SluiceError,
+)
 from gateway.fleet_settings import ResilienceSettings
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
@@ -34,6 +41,8 @@ from gateway.stores import CachedResponse, ResponseCache
 
 log = logging.getLogger("sluice.director")
 
+_BUDGETS = ("max_tokens", "max_completion_tokens")
+
 FinishHook = Callable[[RequestContext], Awaitable[None]]
 """Runs once when a request has ended, with its context complete (outcome, usage)."""
 
@@ -45,6 +54,9 @@ class StartedStream:
 
     head: list[bytes]
     body: AsyncGenerator[list[bytes], None]
+    waiting: bool = False
+    """The head is not known yet (the request started early, see
+    :attr:`RequestContext.start_early`): the body's next events are the head."""
 
 
 class Director:
@@ -66,6 +78,7 @@ class Director:
 
     async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
+        self.default_model(ctx)
         ctx.label = self._pool.model_label(ctx.requested_model)
         self._metrics.in_flight.labels(ctx.label).inc()
         try:
@@ -87,6 +100,14 @@ class Director:
         if self._drain.draining:
             raise ShuttingDown()
 
+    def default_model(self, ctx: RequestContext) -> None:
+        """A request without a model is for the one model served, when there is exactly
+        one (as vLLM serves its only model); the engines are asked for it by name."""
+        if ctx.body.get("model") in (None, ""):
+            served = self._pool.base_models()
+            if len(served) == 1:
+                ctx.requested_model = ctx.model = ctx.body["model"] = served.pop()
+
     def authenticate(self, ctx: RequestContext) -> None:
         """Who may ask for what. The API-key middleware has already identified the
         principal; per-key model permissions will be checked here."""
@@ -95,7 +116,14 @@ class Director:
         """Validate what the gateway acts on, and map the requested name to the model
         the engines serve (the identity until aliases and versions exist)."""
         ctx.request = validate(ctx.endpoint.model, ctx.body)
+        if not ctx.request.model:
+            raise InvalidField("you must provide a model parameter (it may be left out only "
+                               "when the engines serve exactly one model)", param="model",
+                               code="missing_required_parameter")
         ctx.model = ctx.requested_model
+        for name in _BUDGETS:  # acted on as integers: continuations shrink them
+            if type(ctx.body.get(name)) is float:
+                ctx.body[name] = getattr(ctx.request, name)
         budget, limit = ctx.request.output_budget, self._pool.max_model_len(ctx.model)
         if budget is not None and limit is not None and budget > limit:
             raise ContextLengthExceeded(
@@ -171,12 +199,14 @@ class Director:
         payload["stream_options"] = {**(ctx.body.get("stream_options") or {}),
                                      "include_usage": True}
         assert ctx.request is not None
+        # With no engine up there is no wait to keep alive: the 503 comes at once.
+        ctx.start_early = ctx.start_early and ctx.admitted
         session = StreamSession(ctx, payload, self._connector, self._drain, self._metrics,
                                 self._settings, self.finish,
                                 forward_usage=ctx.request.wants_usage,
                                 max_event_bytes=self._max_event_bytes)
         body = session.run()
-        return StartedStream(await anext(body), body)
+        return StartedStream(await anext(body), body, waiting=ctx.start_early)
 
     async def finish(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Close the request's books once: release admission, record the outcome, run

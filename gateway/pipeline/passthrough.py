@@ -128,7 +128,7 @@ class Passthrough:
 
     def resolve(self, ctx: RequestContext) -> None:
         """The model the request goes to: the body's, or the only one served. Raises a
-        422 naming ``model`` (or ``stream``) for a value of the wrong type."""
+        400 naming ``model`` (or ``stream``) for a value of the wrong type."""
         model = ctx.body.get("model")
         if model is None:
             bases = sorted({card["id"] for card in self._pool.models()

@@ -5,8 +5,10 @@ the engine breaks after the first byte it continues the answer on another engine
 the transcript (:mod:`.failover`), or ends it with one error event. It yields lists of
 event payloads (JSON bytes): the route frames them, as SSE today and as WebSocket
 messages alike. The first yield is the head (possibly empty); errors before it are
-ordinary HTTP errors. When the session ends, however it ends, its upstream is closed
-and ``on_end`` runs once with the context filled in.
+ordinary HTTP errors. A request that starts early (SSE keep-alive) first yields an empty
+list at once, then the head; errors before the head are then an error event too. When
+the session ends, however it ends, its upstream is closed and ``on_end`` runs once with
+the context filled in.
 """
 
 from __future__ import annotations
@@ -51,12 +53,19 @@ class StreamSession:
     async def run(self) -> Events:
         """Open the stream and yield its events (see the module docstring)."""
         ctx, relay = self.ctx, self.relay
-        attempt = await self._connector.open(ctx, orjson.dumps(self._payload), streamed=True)
-        try:
-            head = await self._head(attempt)
-        except BaseException:
-            await attempt.stack.aclose()
-            raise
+        if ctx.start_early:
+            try:
+                yield []  # the response starts now; the head comes next
+                attempt, head = await self._open()
+            except SluiceError as exc:  # the client has the headers: an error event
+                await self._on_end(ctx, exc)
+                yield [exc.to_json()]
+                return
+            except BaseException as exc:
+                await self._on_end(ctx, exc)
+                raise
+        else:
+            attempt, head = await self._open()
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
@@ -104,6 +113,16 @@ class StreamSession:
             await attempt.stack.aclose()
             ctx.usage = relay.reported_usage
             await self._on_end(ctx, error)
+
+    async def _open(self) -> tuple[Attempt, list[bytes]]:
+        """An attempt (with the connector's retries) and its head."""
+        attempt = await self._connector.open(self.ctx, orjson.dumps(self._payload),
+                                             streamed=True)
+        try:
+            return attempt, await self._head(attempt)
+        except BaseException:
+            await attempt.stack.aclose()
+            raise
 
     async def _head(self, attempt: Attempt) -> list[bytes]:
         """The first events, read until one is whole (or the stream ended well): the

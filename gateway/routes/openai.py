@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.accounting import director_counts
+from gateway.errors import SluiceError
 from gateway.headers import header
 from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
@@ -30,6 +31,8 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     body = parse_body(raw)
     ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
                              session_key=header(request.scope, b"x-session-id"))
+    keepalive_s = request.state.settings.streaming.keepalive_s
+    ctx.start_early = keepalive_s > 0
     watch = ClientWatch(request.receive)
     director_counts(request)
     try:
@@ -39,13 +42,33 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
         if watch.absorb_cancel():
             return Response(status_code=CLIENT_CLOSED)
         raise
+    except SluiceError as exc:
+        await watch.close()
+        exc.headers.update(_generation_headers(ctx))
+        raise
     except BaseException:
         await watch.close()
         raise
+    headers = _generation_headers(ctx)
     if isinstance(result, StartedStream):
-        return SSEStreamResponse(result.body, watch, head=result.head)
+        return SSEStreamResponse(
+            result.body, watch, head=result.head,
+            headers=[(k.encode(), v.encode()) for k, v in headers.items()],
+            keepalive_s=keepalive_s if result.waiting else 0.0)
     await watch.close()
-    return Response(result, media_type="application/json")
+    return Response(result, media_type="application/json", headers=headers)
+
+
+def _generation_headers(ctx: RequestContext) -> dict[str, str]:
+    """``Server-Timing`` (the phases before the first byte, as far as they went) and
+    ``x-sluice-engine`` (the engine that answered, once one was picked)."""
+    headers: dict[str, str] = {}
+    timing = ctx.timings.server_timing()
+    if timing:
+        headers["server-timing"] = timing
+    if ctx.engine != "none":
+        headers["x-sluice-engine"] = ctx.engine
+    return headers
 
 
 async def chat_completions(request: Request) -> Response:

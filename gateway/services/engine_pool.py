@@ -112,6 +112,11 @@ class EnginePool:
                     seen.setdefault(model_id, card)
         return list(seen.values())
 
+    def base_models(self) -> set[str]:
+        """The base models (not LoRA adapters) the engines serve, or served when last up."""
+        return {model_id for e in self._engines for model_id, card in e.cards.items()
+                if card.get("parent") is None}
+
     def model_label(self, model: str) -> str:
         """``model`` if some engine serves (or served) it, else ``unknown``."""
         if model in self._known:

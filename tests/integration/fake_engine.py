@@ -1,7 +1,8 @@
 """A scripted engine for what the simulator never does: answer a given 4xx, end a
 stream without ``data: [DONE]``, or send bytes no vLLM would (:func:`raw_reply`). It
 serves ``/health``, ``/v1/models`` (or ``models_body``, verbatim) and an empty
-``/metrics`` like a vLLM server, and records every generation request it receives."""
+``/metrics`` like a vLLM server, and records every generation request it receives
+(body and headers)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class FakeEngine:
         self.reply = reply
         self.model = model
         self.received: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        """The headers (names in lower case) of each generation request received, in order."""
         self.models_body: bytes | None = None
         """When set, ``/v1/models`` answers these bytes instead of a model list."""
         app = web.Application()
@@ -60,6 +63,7 @@ class FakeEngine:
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         self.received.append(body)
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
         return await self.reply(request, body)
 
 

@@ -39,26 +39,52 @@ def test_output_budget_prefers_max_completion_tokens() -> None:
     assert request.output_budget == 20
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": "m", "messages": []}, "messages"),
-    ({"model": "m"}, "messages"),
-    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-    ({"model": "m", "messages": "hello"}, "messages"),
-    ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ({"model": "m", "messages": []}, "messages", "invalid_value"),
+    ({"model": "m"}, "messages", "missing_required_parameter"),
+    ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, "model", "invalid_type"),
+    ({"model": "m", "messages": "hello"}, "messages", "invalid_type"),
+    ({"model": "m", "messages": [{"role": 1, "content": "x"}]}, "messages.0.role",
+     "invalid_type"),
+    ({"model": "m", "messages": [{"content": "x"}]}, "messages.0.role",
+     "missing_required_parameter"),
+    ({"model": "m", "messages": [{"role": "user", "content": 5}]}, "messages.0.content",
+     "invalid_type"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
-     "max_tokens"),
-    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
-     "temperature"),
+     "max_tokens", "invalid_value"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2.5},
+     "max_tokens", "invalid_type"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"},
+     "max_tokens", "invalid_type"),
     ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"},
-     "stream"),
+     "stream", "invalid_type"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}],
+      "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage",
+     "invalid_type"),
 ])
-def test_invalid_chat_fields_are_422_naming_the_field(body: dict[str, object],
-                                                      param: str) -> None:
+def test_invalid_chat_fields_are_400_naming_the_field(body: dict[str, object], param: str,
+                                                      code: str) -> None:
     with pytest.raises(InvalidField) as info:
         validate(ChatCompletionRequest, body)
-    assert info.value.status_code == 422
+    assert isinstance(info.value, InvalidRequest)
+    assert info.value.status_code == 400
     assert info.value.param == param
+    assert info.value.code == code
     assert param in info.value.message
+
+
+def test_what_vllm_accepts_is_accepted() -> None:
+    request = validate(ChatCompletionRequest, {
+        "messages": [{"role": "ipython", "content": "x"}, {"role": "robot"}],
+        "n": None, "stream": None, "stream_options": None, "max_tokens": 3.0, "seed": 1.0,
+        "max_completion_tokens": None, "temperature": "hot"})
+    assert request.model is None
+    assert not request.stream
+    assert request.max_tokens == 3
+    assert type(request.max_tokens) is int
+    assert request.output_budget == 3
+    # Fields the gateway does not act on are the engine's to judge, as sent.
+    assert request.model_extra == {"n": None, "seed": 1.0, "temperature": "hot"}
 
 
 def test_completion_request_needs_a_prompt() -> None:

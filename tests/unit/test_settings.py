@@ -94,3 +94,25 @@ def test_connection_limits_are_handed_to_workers() -> None:
               "header_timeout_s": 2.5, "body_timeout_s": 4.0}
     worker = Settings(**Settings(workers=2, limits=limits).for_worker(port=8000))
     assert worker.limits.model_dump() == limits
+
+
+def test_cors_origins_default_to_any_only_without_api_keys() -> None:
+    assert Settings().cors_origins == ["*"]
+    assert Settings(api_keys=["k" * 20]).cors_origins == []
+    configured = Settings(api_keys=["k" * 20],
+                          cors={"allowed_origins": ["https://App.example:8443"]})
+    assert configured.cors_origins == ["https://app.example:8443"]
+    assert Settings(cors={"allowed_origins": []}).cors_origins == []
+
+
+@pytest.mark.parametrize("origin", ["app.example", "https://app.example/", "https://a.b/c",
+                                    "https://a b", "**"])
+def test_a_cors_origin_must_be_scheme_and_host(origin: str) -> None:
+    with pytest.raises(ValidationError, match="is not an origin"):
+        Settings(cors={"allowed_origins": [origin]})
+
+
+def test_keepalive_is_off_by_default() -> None:
+    assert Settings().streaming.keepalive_s == 0
+    with pytest.raises(ValidationError):
+        Settings(streaming={"keepalive_s": -1})

@@ -38,6 +38,8 @@ async def test_a_failed_engine_is_retried_on_the_next(rig_factory: Callable[...,
     assert not rig.pool.engines[0].breaker.available()
     assert rig.sample("sluice_retries_total", model="m") == 1
     assert await rig.admission.in_flight("m") == 0
+    # vLLM takes X-Request-Id as its request id: every attempt carries the same one.
+    assert [r.headers["X-Request-Id"] for r in rig.transport.requests] == ["req-1"] * 2
 
 
 async def test_an_engine_4xx_is_passed_on_and_not_retried(

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.engine.memory import MemoryRequest, MemoryResponse
 from gateway.errors import EngineError
+from gateway.pipeline.director import StartedStream
 from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, slowly, usage
 
 
@@ -195,3 +196,55 @@ async def test_a_gateway_error_is_not_charged_to_the_engine(
     assert ctx.outcome.status == "500"
     assert rig.pool.engines[0].breaker.available()
     assert rig.sent_to("b") == []  # and not retried elsewhere
+
+
+async def test_an_early_start_yields_at_once_then_the_head(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+
+    async def engine(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(200, [chunk("", role=True) + chunk("Hi"),
+                                    chunk(None, finish="stop") + usage(4, 1) + DONE])
+
+    rig.scripts.update(a=engine)
+    ctx = rig.ctx({"stream": True})
+    ctx.start_early = True
+    result = await rig.director.generate(ctx)
+    assert isinstance(result, StartedStream)
+    assert (result.head, result.waiting) == ([], True)
+    assert rig.transport.requests == []  # nothing asked of an engine yet
+    assert ctx.timings.admitted is not None
+    assert ctx.timings.scheduled is None
+    assert texts(await collect(result)) == "Hi"
+    assert ctx.outcome.status == "200"
+
+
+async def test_an_early_start_that_fails_before_the_head_ends_with_an_error_event(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(("a",))
+
+    async def five_hundred(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(500, b"oops")
+
+    rig.scripts.update(a=five_hundred)
+    ctx = rig.ctx({"stream": True})
+    ctx.start_early = True
+    events = await collect(await rig.director.generate(ctx))
+    assert events == [{"error": {"message": "engine error (HTTP 500)",
+                                 "type": "upstream_error", "param": None,
+                                 "code": "engine_error"}}]
+    assert ctx.outcome.status == "502"
+    assert await rig.admission.in_flight("m") == 0
+
+
+async def test_an_early_start_closed_before_the_head_is_a_disconnect(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+    ctx = rig.ctx({"stream": True})
+    ctx.start_early = True
+    result = await rig.director.generate(ctx)
+    assert isinstance(result, StartedStream)
+    await result.body.aclose()  # the client left before the engine was asked
+    assert (ctx.outcome.status, ctx.outcome.client_left) == ("499", True)
+    assert await rig.admission.in_flight("m") == 0
+    assert rig.sample("sluice_requests_in_flight", model="m") == 0
