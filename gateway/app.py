@@ -25,12 +25,17 @@ from gateway.engine.client import EngineClient
 from gateway.engine.transport import Transport
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from gateway.middleware import (
+    OPEN_PATHS,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+)
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
-from gateway.routes import health, openai
+from gateway.routes import health, openai, playground
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
@@ -99,14 +104,16 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                     max_event_bytes=settings.max_event_bytes),
             }
 
+    page = playground.routes() if settings.playground else []
     app = GatewayApp(
-        routes=[*openai.routes, *health.routes],
+        routes=[*openai.routes, *health.routes, *page],
         middleware=[
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
             Middleware(RefusalAccountingMiddleware, metrics=metrics,
                        endpoints={e.path: e.name for e in (CHAT, COMPLETIONS)}),
             Middleware(AuthMiddleware, api_keys=settings.api_keys,
-                       observability_open=settings.observability.open),
+                       observability_open=settings.observability.open,
+                       open_paths=OPEN_PATHS | (playground.PATHS if page else frozenset())),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
