@@ -207,7 +207,7 @@ async function streamSse(run, body) {
     signal: run.controller.signal,
   });
   showEngine(response.headers.get("x-sluice-engine"), response.headers.get("x-request-id"));
-  showServerTiming(response.headers.get("server-timing"));
+  showServerTiming(response.headers.get("server-timing") || "");
   if (!response.ok) {
     throw new Error(await errorMessage(response));
   }
@@ -344,6 +344,10 @@ async function send(prompt) {
     stream_options: { include_usage: true },
     max_tokens: Number($("max-tokens").value) || 256,
   };
+  const temperature = $("temperature").value;
+  if (temperature !== "") {
+    body.temperature = Number(temperature);
+  }
   try {
     await (transport === "ws" ? streamWs(run, body) : streamSse(run, body));
     if (run.firstAt !== null) {
