@@ -1,5 +1,5 @@
 """The playground: a chat page at ``/`` with its script and style sheet, shipped as
-package data (``gateway/playground/``) and read once when the app is built."""
+package data (``gateway/static/playground/``) and read once when the app is built."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ HEADERS = {
 
 def routes() -> list[Route]:
     """A GET route for each playground file."""
-    folder = files("gateway") / "playground"
+    folder = files("gateway") / "static" / "playground"
     return [_route(path, (folder / name).read_bytes(), media_type)
             for path, (name, media_type) in ASSETS.items()]
 
@@ -38,4 +38,5 @@ def routes() -> list[Route]:
 def _route(path: str, content: bytes, media_type: str) -> Route:
     async def serve(request: Request) -> Response:
         return Response(content, media_type=media_type, headers=HEADERS)
-    return Route(path, serve, methods=["GET"], name=f"playground:{path}")
+    return Route(path, serve, methods=["GET"], name=f"playground:{path}",
+                 include_in_schema=False)

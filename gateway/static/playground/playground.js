@@ -295,7 +295,10 @@ function onSocketMessage(socket, event) {
   try {
     if (message.type === "chunk") {
       onChunk(run, typeof message.data === "string" ? JSON.parse(message.data) : message.data);
-    } else if (message.type === "done") {
+    } else if (message.type === "done" || message.type === "cancelled") {
+      if (message.usage) {
+        run.usage = message.usage;
+      }
       run.finish(null);
     } else if (message.type === "error") {
       const error = message.error || message.data || {};
