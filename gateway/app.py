@@ -23,6 +23,7 @@ from gateway.drain import Drain
 from gateway.engine.aiohttp_transport import AiohttpTransport
 from gateway.engine.client import EngineClient
 from gateway.engine.transport import Transport
+from gateway.engine.ws_transport import WebSocketDialer
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
@@ -35,12 +36,13 @@ from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
-from gateway.routes import health, openai, playground
+from gateway.routes import health, openai, playground, ws
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.streaming import SERVER_SEND
+from gateway.websocket.realtime import RealtimeRelay
 
 
 class GatewayApp(Starlette):
@@ -93,6 +95,12 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                (pool.run_scrapes, "load-scrapes")):
                 stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
             stack.callback(drain.cancel)
+            dialer = WebSocketDialer(
+                connect_s=settings.timeouts.connect_s,
+                max_message_bytes=settings.websocket.max_message_bytes,
+                heartbeat_s=settings.websocket.ping_interval_s,
+                max_sockets=settings.websocket.max_realtime_sessions)
+            stack.push_async_callback(dialer.aclose)
             yield {
                 "settings": settings,
                 "metrics": metrics,
@@ -102,11 +110,13 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                     pool, connector, Admission(settings.admission, state.counters),
                     state.cache, drain, metrics, settings.resilience,
                     max_event_bytes=settings.max_event_bytes),
+                "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,
+                                          retries=settings.resilience.retries),
             }
 
     page = playground.routes() if settings.playground else []
     app = GatewayApp(
-        routes=[*openai.routes, *health.routes, *page],
+        routes=[*openai.routes, *ws.routes, *health.routes, *page],
         middleware=[
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
             Middleware(RefusalAccountingMiddleware, metrics=metrics,

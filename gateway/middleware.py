@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import AuthenticationFailed, RequestTooLarge, SluiceError
 from gateway.handlers import error_response
 from gateway.headers import header
+from gateway.websocket.handshake import refuse, subprotocol_key
 
 access_log = logging.getLogger("sluice.access")
 
@@ -64,10 +65,11 @@ class RequestContextMiddleware:
 
 
 class AuthMiddleware:
-    """Requires ``Authorization: Bearer <key>`` when keys are configured (the
-    exceptions: ``open_paths``, by default :data:`OPEN_PATHS`, and
-    :data:`OBSERVABILITY_PATHS`). Records in the request's state whether a valid key
-    came (``authenticated``)."""
+    """Requires ``Authorization: Bearer <key>`` when keys are configured (a WebSocket
+    may send it as a ``bearer.<key>`` subprotocol instead, see
+    :mod:`gateway.websocket.handshake`; the exceptions: ``open_paths``, by default
+    :data:`OPEN_PATHS`, and :data:`OBSERVABILITY_PATHS`). Records in the request's state
+    whether a valid key came (``authenticated``)."""
 
     def __init__(self, app: ASGIApp, *, api_keys: list[str],
                  observability_open: bool = False,
@@ -89,6 +91,10 @@ class AuthMiddleware:
             return
         sent = header(scope, b"authorization") or ""
         scheme, _, token = sent.partition(" ")
+        if not sent and scope["type"] == "websocket":
+            offered = subprotocol_key(scope)  # browsers: Sec-WebSocket-Protocol
+            if offered is not None:
+                sent, scheme, token = "subprotocol", "bearer", offered
         token_bytes = token.strip().encode()
         # Every key is compared (no early exit), so timing says nothing about which.
         matches = [hmac.compare_digest(token_bytes, key) for key in self.keys]
@@ -99,6 +105,9 @@ class AuthMiddleware:
             return
         error = AuthenticationFailed(
             "missing API key" if not sent else "invalid API key", key_sent=bool(sent))
+        if scope["type"] == "websocket":
+            await refuse(error, scope, receive, send)
+            return
         await _reject(error, scope, receive, send)
 
 

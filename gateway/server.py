@@ -26,9 +26,12 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, app: Starlette, settings: Settings, *, host: str | None = None,
                  port: int | None = None) -> None:
         self.drain: Drain = app.state.drain
+        ws = settings.websocket
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
             http=protocol_for(settings.limits), lifespan="on", log_config=None, access_log=False,
+            ws_max_size=ws.max_message_bytes, ws_ping_interval=ws.ping_interval_s,
+            ws_ping_timeout=ws.ping_timeout_s,
             timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + BACKSTOP_S),
         ))
 

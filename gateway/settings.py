@@ -67,6 +67,33 @@ class ConnectionLimits(BaseModel):
         description="longest wait for the next byte of a request body; else 408")
 
 
+class WebSocketSettings(BaseModel):
+    """Bounds of the WebSocket routes (``/v1/ws`` and the ``/v1/realtime`` relay).
+
+    ``max_message_bytes`` and the ping settings go to the server (uvicorn): a client
+    message larger than the limit closes its socket with 1009, and a peer that does not
+    answer a ping within ``ping_timeout_s`` is closed with 1011."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="largest WebSocket message from a client or an engine")
+    max_requests_per_socket: int = Field(
+        default=16, ge=1, description="requests in flight on one /v1/ws socket")
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    ping_timeout_s: float = Field(default=20.0, gt=0)
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="without API keys, browser origins (besides the gateway's own) "
+                    "that may open a WebSocket; '*' allows any")
+    max_realtime_sessions: int = Field(
+        default=256, ge=1, description="/v1/realtime sessions relayed at once (per worker)")
+    realtime_first_message_s: float = Field(
+        default=10.0, gt=0,
+        description="without ?model=, the wait for the session.update naming the model")
+
+
 MIN_API_KEY_CHARS = 16
 """Shortest accepted API key: generated keys are longer; shorter ones are words."""
 
@@ -142,6 +169,7 @@ class Settings(BaseSettings):
     timeouts: TimeoutSettings = TimeoutSettings()
     pool: PoolSettings = PoolSettings()
     limits: ConnectionLimits = ConnectionLimits()
+    websocket: WebSocketSettings = WebSocketSettings()
     routing: RoutingSettings = RoutingSettings()
     resilience: ResilienceSettings = ResilienceSettings()
     admission: AdmissionSettings = AdmissionSettings()

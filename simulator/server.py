@@ -34,6 +34,7 @@ from simulator.protocol import (
     parse_completion,
     response_body,
 )
+from simulator.realtime import add_realtime
 from simulator.streaming import SseStream
 
 logger = logging.getLogger("simulator")
@@ -98,6 +99,7 @@ def create_sim_app(
     app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
     app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.router.add_get("/sim/faults", get_faults)
+    add_realtime(app, config.model, engine.metrics.registry)
     app.router.add_post("/sim/faults", set_faults)
     return app
 

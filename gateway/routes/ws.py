@@ -1,0 +1,68 @@
+"""WebSocket routes: ``/v1/ws`` (multiplexed generation requests) and ``/v1/realtime``
+(vLLM's realtime API, relayed to one engine)."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.headers import header
+from gateway.settings import Settings
+from gateway.websocket.handshake import chosen_subprotocol, origin_refusal, refuse
+from gateway.websocket.mux import Multiplexer, SocketClosed
+from gateway.websocket.realtime import RealtimeRelay
+
+
+async def _admitted(websocket: WebSocket, settings: Settings) -> bool:
+    """Refuse a browser handshake from a foreign origin (see the handshake module)."""
+    refusal = origin_refusal(websocket.scope, keys_set=bool(settings.api_keys),
+                             allowed=settings.websocket.allowed_origins)
+    if refusal is None:
+        return True
+    await refuse(refusal, websocket.scope, websocket.receive, websocket.send)
+    return False
+
+
+async def requests_socket(websocket: WebSocket) -> None:
+    settings: Settings = websocket.state.settings
+    if not await _admitted(websocket, settings):
+        return
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
+
+    async def send(message: bytes) -> None:
+        try:
+            await websocket.send({"type": "websocket.send", "text": message.decode()})
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            raise SocketClosed from exc
+
+    mux = Multiplexer(websocket.state.director, send, socket_id=uuid.uuid4().hex[:12],
+                      max_requests=settings.websocket.max_requests_per_socket,
+                      session_key=header(websocket.scope, b"x-session-id"))
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await mux.text(message["text"])
+            else:
+                await mux.binary()
+    except SocketClosed:
+        return
+    finally:
+        await mux.close()
+
+
+async def realtime_socket(websocket: WebSocket) -> None:
+    if not await _admitted(websocket, websocket.state.settings):
+        return
+    relay: RealtimeRelay = websocket.state.realtime
+    await relay.serve(websocket)
+
+
+routes = [
+    WebSocketRoute("/v1/ws", requests_socket),
+    WebSocketRoute("/v1/realtime", realtime_socket),
+]

@@ -1,0 +1,108 @@
+"""The /v1/ws message protocol, the handshake helpers and the realtime relay's pure parts."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.engine.ws_transport import sendable_close_code
+from gateway.errors import InvalidField
+from gateway.pipeline.context import CHAT, COMPLETIONS
+from gateway.websocket.handshake import chosen_subprotocol, origin_refusal, subprotocol_key
+from gateway.websocket.messages import (
+    Cancel,
+    FrameError,
+    Start,
+    Tagged,
+    is_error_event,
+    read_frame,
+)
+from gateway.websocket.realtime import model_of
+
+
+def test_a_request_frame_starts_a_stream() -> None:
+    frame = '{"id": "r1", "type": "chat.completions", "body": {"model": "m", "stream": false}}'
+    assert read_frame(frame) == Start("r1", CHAT, {"model": "m", "stream": True})
+    frame = '{"id": "r2", "type": "completions", "body": {"prompt": "x"}}'
+    assert read_frame(frame) == Start("r2", COMPLETIONS, {"prompt": "x", "stream": True})
+    assert read_frame('{"id": "r1", "type": "cancel"}') == Cancel("r1")
+
+
+@pytest.mark.parametrize(("frame", "request_id", "code"), [
+    ("", None, "invalid_message"),
+    ("{", None, "invalid_message"),
+    ('"text"', None, "invalid_message"),
+    ('{"type": "cancel"}', None, "invalid_message"),
+    ('{"id": "", "type": "cancel"}', None, "invalid_message"),
+    ('{"id": "' + "x" * 129 + '", "type": "cancel"}', None, "invalid_message"),
+    ('{"id": "a", "type": "nope"}', None, "unknown_type"),
+    ('{"id": "a", "type": null}', None, "unknown_type"),
+    ('{"id": "a", "type": "completions"}', "a", "invalid_message"),
+    ('{"id": "a", "type": "completions", "body": "x"}', "a", "invalid_message"),
+    ('{"id": "a", "type": "completions", "body": ' + "[" * 70 + "]" * 70 + "}",
+     None, "invalid_message"),
+])
+def test_frames_that_start_nothing(frame: str, request_id: str | None, code: str) -> None:
+    with pytest.raises(FrameError) as caught:
+        read_frame(frame)
+    assert caught.value.request_id == request_id
+    assert caught.value.code == code
+    assert caught.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_messages_are_tagged_without_re_encoding_the_chunk() -> None:
+    tagged = Tagged('a"b')
+    chunk = b'{"choices": [ {"delta": {}} ] }'
+    assert tagged.chunk(chunk) == b'{"id":"a\\"b","type":"chunk","data":' + chunk + b"}"
+    assert orjson.loads(tagged.chunk(chunk))["data"] == orjson.loads(chunk)
+    assert orjson.loads(tagged.done(None)) == {"id": 'a"b', "type": "done"}
+    assert orjson.loads(tagged.done({"prompt_tokens": 1})) == {
+        "id": 'a"b', "type": "done", "usage": {"prompt_tokens": 1}}
+    assert orjson.loads(tagged.cancelled()) == {"id": 'a"b', "type": "cancelled"}
+    error = InvalidField("bad", param="x")
+    assert orjson.loads(Tagged(None).error(error)) == {"id": None, "type": "error",
+                                                       **error.body()}
+    assert is_error_event(error.to_json())
+    assert not is_error_event(b'{"id": "x", "error": null}')
+
+
+def test_subprotocols_carry_a_key_and_only_sluice_is_chosen() -> None:
+    scope = {"subprotocols": ["sluice", "bearer.sk-1234"]}
+    assert subprotocol_key(scope) == "sk-1234"
+    assert chosen_subprotocol(scope) == "sluice"
+    assert chosen_subprotocol({"subprotocols": ["bearer.sk-1234"]}) is None
+    assert subprotocol_key({"subprotocols": []}) is None
+
+
+def _scope(origin: str | None, host: str = "127.0.0.1:8000") -> dict[str, object]:
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return {"headers": headers}
+
+
+def test_foreign_origins_are_refused_only_without_keys() -> None:
+    assert origin_refusal(_scope(None), keys_set=False, allowed=[]) is None
+    assert origin_refusal(_scope("http://127.0.0.1:8000"), keys_set=False, allowed=[]) is None
+    refusal = origin_refusal(_scope("http://evil.example"), keys_set=False, allowed=[])
+    assert refusal is not None
+    assert refusal.status_code == 403
+    assert origin_refusal(_scope("http://evil.example"), keys_set=True, allowed=[]) is None
+    assert origin_refusal(_scope("http://a.example"), keys_set=False,
+                          allowed=["http://a.example"]) is None
+    assert origin_refusal(_scope("http://b.example"), keys_set=False, allowed=["*"]) is None
+
+
+def test_realtime_model_comes_from_a_session_update() -> None:
+    assert model_of({"type": "session.update", "model": "m"}) == "m"
+    assert model_of({"type": "session.update", "session": {"model": "m"}}) == "m"
+    assert model_of({"type": "session.update", "model": ""}) is None
+    assert model_of({"type": "input_audio_buffer.commit", "model": "m"}) is None
+    assert model_of(["session.update"]) is None
+
+
+@pytest.mark.parametrize(("code", "sent"), [
+    (1000, 1000), (1001, 1001), (4000, 4000), (1005, 1014), (1006, 1014), (None, 1014),
+    (999, 1014), (5000, 1014)])
+def test_only_sendable_close_codes_pass_on(code: int | None, sent: int) -> None:
+    assert sendable_close_code(code, 1014) == sent
