@@ -58,6 +58,16 @@ async def test_models_then_an_answer_over_sse(page: Page, start_sim, start_gatew
     assert await page.get_attribute("#tokens", "data-value") == "12"
     assert await page.get_attribute("#tps", "data-value")
     await expect(page.locator("#status")).to_have_text("done")
+    # The engine and the Server-Timing breakdown, where the gateway sends them.
+    async with httpx.AsyncClient(timeout=10) as http:
+        sent = (await http.post(gateway + "/v1/chat/completions", json={
+            "model": "sim-model", "max_tokens": 1, "stream": True,
+            "messages": [{"role": "user", "content": "x"}]})).headers
+    if "x-sluice-engine" in sent:
+        await expect(page.locator("#engine")).to_have_text(sent["x-sluice-engine"])
+    if "server-timing" in sent:
+        await expect(page.locator("#server-timing")).to_have_attribute("data-value",
+                                                                       re.compile(r"\w"))
 
 
 async def test_stop_aborts_the_stream_and_frees_the_engine(page: Page, start_sim,
