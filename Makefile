@@ -5,6 +5,7 @@ VENV := .venv
 ENGINE_VENV := .venv-engine
 PEER_VENV := .venv-peer
 GRANIAN_DIR := .venv-granian
+NODE_CLIENTS := tests/clients/node
 CACHE ?= $(HOME)/.cache/sluice
 TEST_LORA := $(CACHE)/adapters/sluice-test-lora
 # Requirements of one optional-dependency group of pyproject.toml (the single source of pins),
@@ -14,12 +15,12 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers \
-	gateway engine peer granian model redis clean
+	gateway engine peer granian model redis chromium node-clients browser clients clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
 
-test: gateway engine redis model lint  ## every test layer; .ci/run calls exactly this
+test: gateway engine redis model chromium node-clients lint  ## every test layer; .ci/run calls exactly this
 	$(VENV)/bin/pytest tests -ra
 
 lint: gateway
@@ -34,6 +35,12 @@ integration: gateway redis
 
 e2e: gateway engine model
 	$(VENV)/bin/pytest tests/e2e -ra
+
+browser: gateway engine model chromium  ## headless Chromium: the playground and a cross-origin page
+	$(VENV)/bin/pytest tests/browser -m browser -ra
+
+clients: gateway node-clients  ## the Python and npm openai SDKs through the gateway
+	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
 	bench-scale bench-servers bench-workers  ## every benchmark the README reports
@@ -114,5 +121,23 @@ redis:
 	  (apt-get update -qq && apt-get install -y -qq redis-server) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
 
+# The browser tests drive the system Chromium (Playwright's own download is not used).
+chromium:
+	@command -v chromium >/dev/null || { echo "==> installing chromium"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium); }
+
+# The npm openai package for the Node client tests, exactly as package-lock.json pins it.
+node-clients: $(NODE_CLIENTS)/node_modules/.installed
+
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package-lock.json
+	@command -v npm >/dev/null || { echo "==> installing nodejs and npm"; \
+	  (apt-get update -qq && apt-get install -y -qq nodejs npm) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq nodejs npm); }
+	@echo "==> npm packages for the Node client tests ($(NODE_CLIENTS))"
+	cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(GRANIAN_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(GRANIAN_DIR) $(NODE_CLIENTS)/node_modules \
+	  .mypy_cache .ruff_cache .pytest_cache

@@ -27,13 +27,18 @@ from gateway.engine.transport import Transport
 from gateway.engine.ws_transport import WebSocketDialer
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import AuthMiddleware, BodyLimitMiddleware, RequestContextMiddleware
+from gateway.middleware import (
+    OPEN_PATHS,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    RequestContextMiddleware,
+)
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
 from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
-from gateway.routes import docs, health, openai, passthrough, ws
+from gateway.routes import docs, health, openai, passthrough, playground, ws
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
@@ -114,9 +119,10 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                           retries=settings.resilience.retries),
             }
 
+    page = playground.routes() if settings.playground else []
     app = GatewayApp(
         routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
-                *docs.routes],
+                *docs.routes, *page],
         middleware=[
             Middleware(CORSMiddleware, allowed_origins=settings.cors_origins,
                        allowed_headers=settings.cors.allowed_headers,
@@ -125,7 +131,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             Middleware(RefusalAccountingMiddleware, metrics=metrics,
                        endpoints={e.path: e.name for e in (CHAT, COMPLETIONS, *ENDPOINTS)}),
             Middleware(AuthMiddleware, api_keys=settings.api_keys,
-                       observability_open=settings.observability.open),
+                       observability_open=settings.observability.open,
+                       open_paths=OPEN_PATHS | (playground.PATHS if page else frozenset())),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -67,15 +67,17 @@ class RequestContextMiddleware:
 class AuthMiddleware:
     """Requires ``Authorization: Bearer <key>`` when keys are configured (a WebSocket
     may send it as a ``bearer.<key>`` subprotocol instead, see
-    :mod:`gateway.websocket.handshake`; see
-    :data:`OPEN_PATHS` and :data:`OBSERVABILITY_PATHS` for the exceptions). Records in
-    the request's state whether a valid key came (``authenticated``)."""
+    :mod:`gateway.websocket.handshake`; the exceptions: ``open_paths``, by default
+    :data:`OPEN_PATHS`, and :data:`OBSERVABILITY_PATHS`). Records in the request's state
+    whether a valid key came (``authenticated``)."""
 
     def __init__(self, app: ASGIApp, *, api_keys: list[str],
-                 observability_open: bool = False) -> None:
+                 observability_open: bool = False,
+                 open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
         self.observability_open = observability_open
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -84,7 +86,7 @@ class AuthMiddleware:
         state = scope.setdefault("state", {})
         state["authenticated"] = False
         path = scope["path"]
-        if not self.keys or path in OPEN_PATHS:
+        if not self.keys or path in self.open_paths:
             await self.app(scope, receive, send)
             return
         sent = header(scope, b"authorization") or ""

@@ -88,6 +88,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/openapi.json"): Operation("This document", "operations"),
     ("get", "/docs"): Operation("This document, readable (HTML)", "operations",
                                 response="Text"),
+    ("get", "/"): Operation("The playground: a chat page (HTML)", "playground",
+                            response="Text"),
+    ("get", "/playground/playground.js"): Operation("The playground's script", "playground",
+                                                    response="Text"),
+    ("get", "/playground/playground.css"): Operation("The playground's style sheet",
+                                                     "playground", response="Text"),
 }
 
 

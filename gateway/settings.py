@@ -226,6 +226,8 @@ class Settings(BaseSettings):
     cors: CorsSettings = CorsSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    playground: bool = Field(
+        default=True, description="serve the chat playground page at / (open without a key)")
 
     @field_validator("api_keys")
     @classmethod

@@ -1,11 +1,15 @@
-"""Fixtures shared by every test layer: a real gateway on an ephemeral port."""
+"""Fixtures shared by every test layer: a real gateway on an ephemeral port, simulator
+processes, and the real stack (``sluice serve`` with a vLLM CPU engine) that the e2e and
+browser tests share, started once per session."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +20,8 @@ from starlette.applications import Starlette
 from gateway.app import create_app
 from gateway.server import GatewayServer
 from gateway.settings import EngineConfig, Settings
-from loadtests.launch import free_port
+from loadtests.launch import LaunchError, free_port
+from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, real_stack
 
 StartGateway = Callable[..., Awaitable[str]]
 
@@ -102,3 +107,31 @@ async def spawn_sim() -> AsyncIterator[Callable[..., Awaitable[SimProcess]]]:
     for sim in started:
         if sim.process.poll() is None:
             sim.kill()
+
+
+TEST_LORA = CACHE / "adapters" / "sluice-test-lora"
+
+
+def _require(path: Path, how: str) -> None:
+    if path.exists():
+        return
+    message = f"{path} is missing: {how}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStack]:
+    """The gateway and its managed engine, started once for the whole session; stopping
+    the gateway must stop the engine (checked at teardown). The engine virtualenv and the
+    default model come from ``make engine model`` (``make test`` runs both); without them
+    the tests that use it are skipped locally and fail in CI."""
+    _require(ENGINE_PYTHON, "run `make engine`")
+    _require(MODEL_DIR / ".sluice-ready", "run `make model`")
+    _require(TEST_LORA / ".sluice-ready", "run `make model`")
+    try:
+        with real_stack(tmp_path_factory.mktemp("e2e") / "gateway.log") as running:
+            yield running
+    except LaunchError as exc:
+        pytest.fail(str(exc))
