@@ -26,6 +26,7 @@ from gateway.engine.client import EngineClient
 from gateway.engine.transport import Transport
 from gateway.engine.ws_transport import WebSocketDialer
 from gateway.handlers import EXCEPTION_HANDLERS
+from gateway.keys import KeyService, memory_keys
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     OPEN_PATHS,
@@ -38,7 +39,7 @@ from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
 from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
-from gateway.routes import docs, health, openai, passthrough, playground, ws
+from gateway.routes import admin, docs, health, openai, passthrough, playground, ws
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
@@ -58,11 +59,12 @@ class GatewayApp(Starlette):
 
 
 def create_app(settings: Settings, *, transport: Transport | None = None,
-               stores: Stores | None = None) -> Starlette:
+               stores: Stores | None = None, keys: KeyService | None = None) -> Starlette:
     """A gateway app for ``settings``. Nothing starts until its lifespan runs.
 
     ``transport`` replaces the aiohttp engine transport (tests pass an in-memory one);
-    ``stores`` replaces the in-memory state stores. ``app.state.drain`` is what a
+    ``stores`` replaces the in-memory state stores, ``keys`` the in-memory key store and
+    rate limiter. ``app.state.drain`` is what a
     server calls on SIGTERM (see :mod:`gateway.server`)."""
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics)  # a bad profile fails here, early
@@ -91,6 +93,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                               breaker=settings.resilience.breaker)
             pool.on_restart = scheduler.engine_restarted
             state = stores or memory_stores()
+            key_service = keys or memory_keys()
             connector = Connector(pool, scheduler, drain, metrics, settings.resilience)
             await pool.refresh()
             for loop, name in ((pool.run_health_checks, "health-checks"),
@@ -106,13 +109,14 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             director = Director(
                 pool, connector, Admission(settings.admission, state.counters),
                 state.cache, drain, metrics, settings.resilience,
-                max_event_bytes=settings.max_event_bytes)
+                max_event_bytes=settings.max_event_bytes, keys=key_service)
             yield {
                 "settings": settings,
                 "metrics": metrics,
                 "pool": pool,
                 "drain": drain,
                 "director": director,
+                "keys": key_service,
                 "passthrough": Passthrough(pool, connector, director, metrics,
                                            max_event_bytes=settings.max_event_bytes),
                 "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,
@@ -120,9 +124,10 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             }
 
     page = playground.routes() if settings.playground else []
+    admin_routes = admin.routes if settings.admin.enabled else []
     app = GatewayApp(
         routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
-                *docs.routes, *page],
+                *docs.routes, *page, *admin_routes],
         middleware=[
             Middleware(CORSMiddleware, allowed_origins=settings.cors_origins,
                        allowed_headers=settings.cors.allowed_headers,
@@ -131,6 +136,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             Middleware(RefusalAccountingMiddleware, metrics=metrics,
                        endpoints={e.path: e.name for e in (CHAT, COMPLETIONS, *ENDPOINTS)}),
             Middleware(AuthMiddleware, api_keys=settings.api_keys,
+                       managed_keys=settings.admin.enabled,
                        observability_open=settings.observability.open,
                        open_paths=OPEN_PATHS | (playground.PATHS if page else frozenset())),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),

@@ -13,12 +13,14 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── AuthenticationFailed         (401 authentication_error, WWW-Authenticate)
     ├── PermissionDenied             (403 permission_error)
     ├── ModelNotFound                (404, code model_not_found)
+    ├── KeyNotFound                  (404, code key_not_found: admin API)
     ├── UnsupportedEndpoint          (404, code unsupported_endpoint)
     ├── MethodNotAllowed             (405, Allow)
     ├── RequestTimeout               (408, code request_timeout; connection closed)
     ├── RequestTooLarge              (413)
     ├── UnsupportedMediaType         (415, code unsupported_media_type)
     ├── Overloaded                   (429, Retry-After)
+    │   └── RateLimited              (429, code rate_limit_exceeded: a key's RPM/TPM)
     ├── HeadersTooLarge              (431, code headers_too_large; connection closed)
     ├── TooManyConnections           (503, code too_many_connections; connection closed)
     ├── UpstreamRejected             (the engine's own 4xx, passed on)
@@ -125,6 +127,12 @@ class ModelNotFound(SluiceError):
     default_code = "model_not_found"
 
 
+class KeyNotFound(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "key_not_found"
+
+
 class UnsupportedEndpoint(SluiceError):
     """The model's engines do not serve this endpoint (they answer 404 for its path):
     an embeddings request to a generation model, say. Not the engine's fault."""
@@ -173,6 +181,17 @@ class Overloaded(SluiceError):
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class RateLimited(Overloaded):
+    """An API key's requests (``limit="rpm"``) or tokens (``"tpm"``) per minute are
+    spent; ``Retry-After`` says when the sliding window frees enough."""
+
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, retry_after_s: int) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.limit = limit
 
 
 class HeadersTooLarge(SluiceError):

@@ -79,6 +79,12 @@ class GatewayMetrics:
         self.admission_rejections = Counter(
             "sluice_admission_rejections", "Requests refused with 429: the model's fleet is full.",
             ["model"], registry=r)
+        self.key_requests = Counter(
+            "sluice_key_requests", "Generation requests per API key (operator-made ids: "
+            "static-<n> or a managed key's id), by status.", ["key_id", "status"], registry=r)
+        self.key_tokens = Counter(
+            "sluice_key_tokens", "Tokens (prompt + completion) streamed per API key.",
+            ["key_id"], registry=r)
         self.draining = Gauge(
             "sluice_draining", "1 while the gateway drains before shutting down.", registry=r)
 

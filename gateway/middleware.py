@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import AuthenticationFailed, RequestTooLarge, SluiceError
 from gateway.handlers import error_response
 from gateway.headers import header
+from gateway.keys import ApiKey, KeyService
 from gateway.websocket.handshake import refuse, subprotocol_key
 
 access_log = logging.getLogger("sluice.access")
@@ -25,6 +26,9 @@ OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
 OBSERVABILITY_PATHS = frozenset({"/ready", "/metrics"})
 """Need a key when keys are set, unless ``observability.open``; ``/ready`` then still
 answers its status without one (a load balancer's probe has no key)."""
+ADMIN_PREFIX = "/admin/"
+"""The admin API checks its own token (see :mod:`gateway.routes.admin`); API keys do
+not open it."""
 
 
 class RequestContextMiddleware:
@@ -61,6 +65,7 @@ class RequestContextMiddleware:
                         "request_id": request_id, "method": scope["method"],
                         "path": scope["path"], "status": status or 500,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "key_id": scope["state"].get("principal"),
                     })
 
 
@@ -68,14 +73,21 @@ class AuthMiddleware:
     """Requires ``Authorization: Bearer <key>`` when keys are configured (a WebSocket
     may send it as a ``bearer.<key>`` subprotocol instead, see
     :mod:`gateway.websocket.handshake`; the exceptions: ``open_paths``, by default
-    :data:`OPEN_PATHS`, and :data:`OBSERVABILITY_PATHS`). Records in the request's state
-    whether a valid key came (``authenticated``)."""
+    :data:`OPEN_PATHS`, :data:`OBSERVABILITY_PATHS` and the admin API).
 
-    def __init__(self, app: ASGIApp, *, api_keys: list[str],
+    A key is one of the static ``api_keys`` (principal ``static-<index>``) or a managed
+    key of the key service in the lifespan state (``keys``; principal: its id; a revoked
+    one is refused). Records in the request's state whether a valid key came
+    (``authenticated``), its ``principal`` and, for a managed key, its record
+    (``api_key``)."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: list[str], managed_keys: bool = False,
                  observability_open: bool = False,
                  open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.keys = [k.encode() for k in api_keys]
+        self.required = bool(api_keys) or managed_keys
+        self.managed = managed_keys
         self.observability_open = observability_open
         self.open_paths = open_paths
 
@@ -85,8 +97,9 @@ class AuthMiddleware:
             return
         state = scope.setdefault("state", {})
         state["authenticated"] = False
+        state["principal"] = state["api_key"] = None
         path = scope["path"]
-        if not self.keys or path in self.open_paths:
+        if not self.required or path in self.open_paths or path.startswith(ADMIN_PREFIX):
             await self.app(scope, receive, send)
             return
         sent = header(scope, b"authorization") or ""
@@ -95,20 +108,43 @@ class AuthMiddleware:
             offered = subprotocol_key(scope)  # browsers: Sec-WebSocket-Protocol
             if offered is not None:
                 sent, scheme, token = "subprotocol", "bearer", offered
-        token_bytes = token.strip().encode()
-        # Every key is compared (no early exit), so timing says nothing about which.
-        matches = [hmac.compare_digest(token_bytes, key) for key in self.keys]
-        state["authenticated"] = scheme.lower() == "bearer" and any(matches)
+        token = token.strip()
+        refusal = "missing API key" if not sent else "invalid API key"
+        if scheme.lower() == "bearer" and token:
+            principal, key = await self._identify(token, state.get("keys"))
+            if key is not None and key.revoked:
+                refusal = "API key has been revoked"
+            elif principal is not None:
+                state.update(authenticated=True, principal=principal, api_key=key)
         if state["authenticated"] or path == "/ready" or (
                 self.observability_open and path in OBSERVABILITY_PATHS):
             await self.app(scope, receive, send)
             return
-        error = AuthenticationFailed(
-            "missing API key" if not sent else "invalid API key", key_sent=bool(sent))
+        error = AuthenticationFailed(refusal, key_sent=bool(sent))
         if scope["type"] == "websocket":
             await refuse(error, scope, receive, send)
             return
         await _reject(error, scope, receive, send)
+
+    async def _identify(self, token: str,
+                        service: KeyService | None) -> tuple[str | None, ApiKey | None]:
+        """The principal a token is, and its managed record (None for a static key)."""
+        token_bytes = token.encode()
+        # Every static key is compared (no early exit), so timing says nothing about which.
+        matches = [hmac.compare_digest(token_bytes, key) for key in self.keys]
+        if any(matches):
+            return f"static-{matches.index(True)}", None
+        if self.managed and service is not None:
+            key = await service.identify(token)
+            if key is not None:
+                return key.id, key
+        return None, None
+
+
+def caller(scope: Scope) -> tuple[str | None, ApiKey | None]:
+    """The principal and managed key :class:`AuthMiddleware` found for a request."""
+    state = scope.get("state", {})
+    return state.get("principal"), state.get("api_key")
 
 
 class BodyLimitMiddleware:

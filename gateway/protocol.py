@@ -77,7 +77,7 @@ class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
-M = TypeVar("M", bound=GenerationRequest)
+M = TypeVar("M", bound=BaseModel)
 
 
 MAX_JSON_DEPTH = 64

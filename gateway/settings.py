@@ -9,7 +9,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -97,6 +104,41 @@ class WebSocketSettings(BaseModel):
 
 MIN_API_KEY_CHARS = 16
 """Shortest accepted API key: generated keys are longer; shorter ones are words."""
+
+
+MIN_ADMIN_TOKEN_CHARS = 32
+"""Shortest accepted admin token: it can mint keys, so it must not be guessable."""
+
+
+class AdminSettings(BaseModel):
+    """The admin API (``/admin/keys``: create, list and revoke managed API keys).
+
+    Without ``token`` the admin routes do not exist (404) and only the static
+    ``api_keys`` authenticate. With it, authentication is on even while ``api_keys`` is
+    empty: every key then comes from the admin API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: SecretStr | None = Field(
+        default=None, description="sent as Authorization: Bearer <token> to /admin/*")
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"admin.token is {len(value)} characters long; it needs at "
+                             f"least {MIN_ADMIN_TOKEN_CHARS}")
+        if not all("!" <= char <= "~" for char in value):
+            raise ValueError("admin.token has whitespace or non-ASCII characters; it must "
+                             "be printable ASCII (it travels in a header)")
+        return token
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
 
 
 class ObservabilitySettings(BaseModel):
@@ -222,6 +264,7 @@ class Settings(BaseSettings):
     resilience: ResilienceSettings = ResilienceSettings()
     admission: AdmissionSettings = AdmissionSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    admin: AdminSettings = AdminSettings()
     streaming: StreamingSettings = StreamingSettings()
     cors: CorsSettings = CorsSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -241,6 +284,19 @@ class Settings(BaseSettings):
                                  "a key must be printable ASCII (it travels in a header)")
         return keys
 
+    @model_validator(mode="after")
+    def _keys_shared(self) -> Settings:
+        if self.admin.enabled and self.workers > 1:
+            raise ValueError("admin.token with workers > 1: managed keys and their limits "
+                             "live in each process's memory, so the workers would not "
+                             "share them; run one worker")
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        """Requests need a key: static ``api_keys`` are set, or managed keys are on."""
+        return bool(self.api_keys) or self.admin.enabled
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -257,7 +313,7 @@ class Settings(BaseSettings):
         """The origins allowed: as configured, else any without API keys and none with."""
         if self.cors.allowed_origins is not None:
             return self.cors.allowed_origins
-        return [] if self.api_keys else ["*"]
+        return [] if self.auth_required else ["*"]
 
     @property
     def default_model_dir(self) -> Path:
@@ -283,8 +339,10 @@ class Settings(BaseSettings):
         """The settings of one worker process, as plain data: every engine (managed
         ones included, which the parent runs) as a URL, on the parent's resolved port."""
         engines = [{"name": e.name, "url": e.base_url} for e in self.resolved_engines()]
+        token = self.admin.token
+        admin = {"token": None if token is None else token.get_secret_value()}
         return {**self.model_dump(mode="json"), "engines": engines, "default_engine": False,
-                "port": port, "workers": 1}
+                "port": port, "workers": 1, "admin": admin}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

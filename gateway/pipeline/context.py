@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.keys import ApiKey
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
 
 
@@ -105,7 +106,10 @@ class RequestContext:
     the director resolves: a left-out ``model`` filled in, integral float budgets
     (``3.0``) written as integers."""
     principal: str | None = None
-    """Who sent it: an API key's id, or None when the gateway runs without keys."""
+    """Who sent it: an API key's id (``static-<n>`` for the static keys), or None when
+    the gateway runs without keys."""
+    key: ApiKey | None = None
+    """The managed key it came with (models allowed, limits); None for a static key."""
     session_key: str | None = None
     """Session affinity key (``x-session-id`` header, else the body's ``user``)."""
     requested_model: str = ""
@@ -125,6 +129,9 @@ class RequestContext:
     """The engine of the latest attempt."""
     timings: Timings = field(default_factory=Timings)
     usage: Usage | None = None
+    streamed_tokens: int = 0
+    """Output events a stream delivered (one token each as vLLM streams): what a stream
+    cut before its usage event is charged."""
     outcome: Outcome = field(default_factory=Outcome)
     admitted: bool = False
     finished: bool = False
@@ -139,15 +146,22 @@ class RequestContext:
     @classmethod
     def new(cls, request_id: str, endpoint: Endpoint, body: dict[str, Any], *,
             session_key: str | None = None, principal: str | None = None,
-            arrived: float | None = None) -> RequestContext:
+            key: ApiKey | None = None, arrived: float | None = None) -> RequestContext:
         model = body.get("model")
         user = body.get("user")
-        ctx = cls(request_id, endpoint, body, principal=principal,
+        ctx = cls(request_id, endpoint, body, principal=principal, key=key,
                   session_key=session_key or (user if isinstance(user, str) else None))
         ctx.requested_model = ctx.model = model if isinstance(model, str) else ""
         if arrived is not None:
             ctx.timings.arrived = arrived
         return ctx
+
+    @property
+    def tokens(self) -> int:
+        """Tokens this request used: its usage, or what a cut stream delivered."""
+        if self.usage is not None:
+            return self.usage.prompt_tokens + self.usage.completion_tokens
+        return self.streamed_tokens
 
     @property
     def stream(self) -> bool:

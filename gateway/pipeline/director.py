@@ -1,13 +1,14 @@
 """The director: one generation request's steps, in order, in one readable function.
 
-    authenticate -> resolve -> cache lookup -> admit -> schedule + open upstream
-    (the connector, with its retries) -> stream (the stream session) -> finish hooks
+    authenticate -> resolve -> limit -> cache lookup -> admit -> schedule + open
+    upstream (the connector, with its retries) -> stream (the stream session) -> finish
+    hooks
 
 Each step reads and writes the request's :class:`RequestContext` and is small enough to
 test alone. Resolve is the identity today (no aliases or versions yet), the cache step
 finds nothing unless a cache policy says a request may be answered from the store, and
-the finish hooks are metrics and a debug log line; later features fill these steps in
-rather than adding branches around them.
+the finish hooks are metrics, a key's token charge and a debug log line; later features
+fill these steps in rather than adding branches around them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from gateway.errors import (
     EngineError,
     InvalidField,
     Overloaded,
+    PermissionDenied,
     ShuttingDown,
     SluiceError,
 )
 from gateway.fleet_settings import ResilienceSettings
+from gateway.keys import KeyService
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
@@ -65,7 +68,7 @@ class Director:
     def __init__(self, pool: EnginePool, connector: Connector, admission: Admission,
                  cache: ResponseCache, drain: Drain, metrics: GatewayMetrics,
                  settings: ResilienceSettings, *, max_event_bytes: int = 4 * 1024 * 1024,
-                 hooks: Sequence[FinishHook] = ()) -> None:
+                 keys: KeyService | None = None, hooks: Sequence[FinishHook] = ()) -> None:
         self._pool = pool
         self._connector = connector
         self._admission = admission
@@ -74,7 +77,8 @@ class Director:
         self._metrics = metrics
         self._settings = settings
         self._max_event_bytes = max_event_bytes
-        self._hooks = (self._record_metrics, self._log, *hooks)
+        self._keys = keys
+        self._hooks = (self._record_metrics, self._account_key, self._log, *hooks)
 
     async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
@@ -85,6 +89,7 @@ class Director:
             self.check_open()
             self.authenticate(ctx)
             self.resolve(ctx)
+            await self.limit(ctx)
             cached = await self.lookup(ctx)
             if cached is not None:
                 return await self.replay(ctx, cached)
@@ -110,7 +115,19 @@ class Director:
 
     def authenticate(self, ctx: RequestContext) -> None:
         """Who may ask for what. The API-key middleware has already identified the
-        principal; per-key model permissions will be checked here."""
+        principal; a managed key may be limited to some models (the names clients send,
+        aliases included): any other is a 403 naming it."""
+        key = ctx.key
+        if key is not None and not key.allows(ctx.requested_model):
+            raise PermissionDenied(
+                f"key {key.id} may not use model '{ctx.requested_model}'", param="model",
+                code="model_not_allowed")
+
+    async def limit(self, ctx: RequestContext) -> None:
+        """Count the request against its key's requests and tokens per minute (429
+        with ``Retry-After`` when either is spent)."""
+        if ctx.key is not None and self._keys is not None:
+            await self._keys.admit(ctx.key)
 
     def resolve(self, ctx: RequestContext) -> None:
         """Validate what the gateway acts on, and map the requested name to the model
@@ -243,8 +260,20 @@ class Director:
             m.tokens.labels(label, "prompt").inc(ctx.usage.prompt_tokens)
             m.tokens.labels(label, "completion").inc(ctx.usage.completion_tokens)
 
+    async def _account_key(self, ctx: RequestContext) -> None:
+        """Per-key metrics, and the tokens streamed charged to the key's TPM window."""
+        if ctx.principal is None:
+            return
+        tokens = ctx.tokens
+        self._metrics.key_requests.labels(ctx.principal, ctx.outcome.status).inc()
+        if tokens:
+            self._metrics.key_tokens.labels(ctx.principal).inc(tokens)
+        if ctx.key is not None and self._keys is not None:
+            await self._keys.charge(ctx.key, tokens)
+
     async def _log(self, ctx: RequestContext) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("request %s %s model=%s engine=%s attempts=%d continuations=%d "
-                      "status=%s", ctx.id, ctx.endpoint.name, ctx.model, ctx.engine,
-                      ctx.attempts, ctx.continuations, ctx.outcome.status)
+            log.debug("request %s %s key=%s model=%s engine=%s attempts=%d "
+                      "continuations=%d status=%s", ctx.id, ctx.endpoint.name,
+                      ctx.principal, ctx.model, ctx.engine, ctx.attempts,
+                      ctx.continuations, ctx.outcome.status)

@@ -95,6 +95,7 @@ class Passthrough:
                 raise invalid
             self._director.check_open()
             self._director.authenticate(ctx)
+            await self._director.limit(ctx)
             await self._director.admit(ctx)
             if self.streamed(ctx):
                 body = self._stream(ctx)

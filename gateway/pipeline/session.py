@@ -112,6 +112,7 @@ class StreamSession:
         finally:
             await attempt.stack.aclose()
             ctx.usage = relay.reported_usage
+            ctx.streamed_tokens = relay.transcript.tokens
             await self._on_end(ctx, error)
 
     async def _open(self) -> tuple[Attempt, list[bytes]]:

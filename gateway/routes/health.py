@@ -31,7 +31,7 @@ async def ready(request: Request) -> Response:
     status = "draining" if drain.draining else "ready" if ready else "not_ready"
     body: dict[str, object] = {"status": status}
     full = getattr(request.state, "authenticated", False)
-    if full or not settings.api_keys or settings.observability.open:
+    if full or not settings.auth_required or settings.observability.open:
         body["pid"] = os.getpid()
         body["engines"] = [_engine(e, full=full) for e in pool.engines]
     return Response(orjson.dumps(body), status_code=200 if ready else 503,

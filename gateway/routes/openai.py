@@ -13,6 +13,7 @@ from starlette.routing import Route
 from gateway.accounting import director_counts
 from gateway.errors import SluiceError
 from gateway.headers import header
+from gateway.middleware import caller
 from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
 from gateway.protocol import check_media_type, parse_body
@@ -29,8 +30,10 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
     body = parse_body(raw)
+    principal, key = caller(request.scope)
     ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
-                             session_key=header(request.scope, b"x-session-id"))
+                             session_key=header(request.scope, b"x-session-id"),
+                             principal=principal, key=key)
     keepalive_s = request.state.settings.streaming.keepalive_s
     ctx.start_early = keepalive_s > 0
     watch = ClientWatch(request.receive)

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from gateway.accounting import director_counts
 from gateway.event_stream import EventStreamResponse
 from gateway.headers import header
+from gateway.middleware import caller
 from gateway.pipeline.context import Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
 from gateway.pipeline.passthrough import ENDPOINTS
@@ -31,8 +32,10 @@ async def _forward(request: Request, endpoint: Endpoint) -> Response:
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
     body = parse_body(raw)
+    principal, key = caller(request.scope)
     ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
-                             session_key=header(request.scope, b"x-session-id"))
+                             session_key=header(request.scope, b"x-session-id"),
+                             principal=principal, key=key)
     watch = ClientWatch(request.receive)
     director_counts(request)
     try:

@@ -9,6 +9,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.headers import header
+from gateway.middleware import caller
 from gateway.settings import Settings
 from gateway.websocket.handshake import chosen_subprotocol, origin_refusal, refuse
 from gateway.websocket.mux import Multiplexer, SocketClosed
@@ -17,7 +18,7 @@ from gateway.websocket.realtime import RealtimeRelay
 
 async def _admitted(websocket: WebSocket, settings: Settings) -> bool:
     """Refuse a browser handshake from a foreign origin (see the handshake module)."""
-    refusal = origin_refusal(websocket.scope, keys_set=bool(settings.api_keys),
+    refusal = origin_refusal(websocket.scope, keys_set=settings.auth_required,
                              allowed=settings.websocket.allowed_origins)
     if refusal is None:
         return True
@@ -37,9 +38,11 @@ async def requests_socket(websocket: WebSocket) -> None:
         except (WebSocketDisconnect, OSError, RuntimeError) as exc:
             raise SocketClosed from exc
 
+    principal, key = caller(websocket.scope)
     mux = Multiplexer(websocket.state.director, send, socket_id=uuid.uuid4().hex[:12],
                       max_requests=settings.websocket.max_requests_per_socket,
-                      session_key=header(websocket.scope, b"x-session-id"))
+                      session_key=header(websocket.scope, b"x-session-id"),
+                      principal=principal, key=key)
     try:
         while True:
             message = await websocket.receive()

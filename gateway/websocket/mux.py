@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 
 from gateway.errors import Overloaded, SluiceError
+from gateway.keys import ApiKey
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.director import Director, StartedStream
 from gateway.websocket.messages import (
@@ -47,8 +48,11 @@ class Multiplexer:
     """The requests of one socket (see the module docstring)."""
 
     def __init__(self, director: Director, send: Send, *, socket_id: str,
-                 max_requests: int, session_key: str | None = None) -> None:
+                 max_requests: int, session_key: str | None = None,
+                 principal: str | None = None, key: ApiKey | None = None) -> None:
         self._director = director
+        self._principal = principal
+        self._key = key
         self._send = send
         self._socket_id = socket_id
         self._max_requests = max_requests
@@ -111,7 +115,8 @@ class Multiplexer:
     async def _run(self, start: Start) -> None:
         tagged = Tagged(start.id)
         ctx = RequestContext.new(f"{self._socket_id}-{next(self._serial)}", start.endpoint,
-                                 start.body, session_key=self._session_key)
+                                 start.body, session_key=self._session_key,
+                                 principal=self._principal, key=self._key)
         try:
             await self._stream(ctx, tagged)
         except asyncio.CancelledError:

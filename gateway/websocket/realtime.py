@@ -49,9 +49,12 @@ from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
     Overloaded,
+    PermissionDenied,
     SluiceError,
     UpstreamRejected,
 )
+from gateway.keys import ApiKey
+from gateway.middleware import caller
 from gateway.pipeline.connector import Scheduler
 from gateway.pipeline.context import Endpoint, RequestContext
 from gateway.protocol import GenerationRequest
@@ -117,11 +120,12 @@ class RealtimeRelay:
     async def _serve(self, websocket: WebSocket) -> None:
         scope = websocket.scope
         query = scope.get("query_string", b"").decode("latin-1")
+        _, key = caller(scope)
         model = websocket.query_params.get("model")
         first: str | None = None
         if model:
             try:
-                upstream = await self._open(model, query)
+                upstream = await self._open(model, query, key)
             except SluiceError as exc:
                 await refuse(exc, scope, websocket.receive, websocket.send)
                 return
@@ -133,7 +137,7 @@ class RealtimeRelay:
                 return
             first, model = opening
             try:
-                upstream = await self._open(model, query)
+                upstream = await self._open(model, query, key)
             except SluiceError as exc:
                 await self._fail(websocket, exc)
                 return
@@ -169,9 +173,13 @@ class RealtimeRelay:
             return None
         return text, model
 
-    async def _open(self, model: str, query: str) -> Upstream:
+    async def _open(self, model: str, query: str, key: ApiKey | None) -> Upstream:
         """A socket to an engine serving ``model``; engines that cannot be reached are
-        marked down and the next one tried (``retries`` more at most)."""
+        marked down and the next one tried (``retries`` more at most). A managed key
+        not allowed the model is refused (403), as the director refuses it."""
+        if key is not None and not key.allows(model):
+            raise PermissionDenied(f"key {key.id} may not use model '{model}'",
+                                   param="model", code="model_not_allowed")
         ctx = RequestContext.new(f"rt-{uuid.uuid4().hex[:12]}", REALTIME, {"model": model})
         ctx.label = self._pool.model_label(model)
         last: SluiceError | None = None

@@ -1,0 +1,78 @@
+"""The admin API: create, list and revoke managed API keys (``/admin/keys``).
+
+Mounted only when ``admin.token`` is set; every call needs ``Authorization: Bearer
+<admin token>`` (API keys do not open it). A new key is in the creation answer once and
+nowhere else: stores keep its digest, and no log line carries it.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.errors import AuthenticationFailed
+from gateway.headers import header
+from gateway.keys import KeyService
+from gateway.protocol import check_media_type, parse_body, validate
+
+
+class KeyRequest(BaseModel):
+    """``POST /admin/keys``: a key's name, the models it may use (none listed: all),
+    and its limits per minute (left out: unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] = Field(default_factory=list, max_length=1000)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
+def _service(request: Request) -> KeyService:
+    """The key service, once the caller has shown the admin token."""
+    sent = header(request.scope, b"authorization") or ""
+    scheme, _, token = sent.partition(" ")
+    expected: bytes = request.state.settings.admin.token.get_secret_value().encode()
+    if not (scheme.lower() == "bearer"
+            and hmac.compare_digest(token.strip().encode(), expected)):
+        raise AuthenticationFailed("missing admin token" if not sent else
+                                   "invalid admin token", key_sent=bool(sent))
+    keys: KeyService = request.state.keys
+    return keys
+
+
+def _json(content: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code,
+                    media_type="application/json")
+
+
+async def create_key(request: Request) -> Response:
+    keys = _service(request)
+    check_media_type(header(request.scope, b"content-type"))
+    spec = validate(KeyRequest, parse_body(await request.body()))
+    new = await keys.create(spec.name, models=tuple(spec.models), rpm=spec.rpm,
+                            tpm=spec.tpm)
+    return _json({**new.record.public(), "key": new.secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> Response:
+    keys = _service(request)
+    return _json({"object": "list", "data": [key.public() for key in await keys.list()]})
+
+
+async def revoke_key(request: Request) -> Response:
+    keys = _service(request)
+    revoked = await keys.revoke(request.path_params["key_id"])
+    return _json(revoked.public())
+
+
+routes = [
+    Route("/admin/keys", create_key, methods=["POST"]),
+    Route("/admin/keys", list_keys, methods=["GET"]),
+    Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+]
