@@ -116,3 +116,19 @@ def test_keepalive_is_off_by_default() -> None:
     assert Settings().streaming.keepalive_s == 0
     with pytest.raises(ValidationError):
         Settings(streaming={"keepalive_s": -1})
+
+
+def test_admin_token_must_be_long_printable_and_single_worker() -> None:
+    with pytest.raises(ValidationError, match=r"admin\.token is 10 characters") as info:
+        Settings(admin={"token": "short-word"})
+    assert "short-word" not in str(info.value)
+    with pytest.raises(ValidationError, match="printable ASCII"):
+        Settings(admin={"token": "x" * 31 + " "})
+    with pytest.raises(ValidationError, match="workers > 1"):
+        Settings(admin={"token": "t" * 32}, workers=2)
+    settings = Settings(admin={"token": "t" * 32})
+    assert settings.admin.enabled
+    assert settings.auth_required
+    assert "t" * 32 not in repr(settings)
+    assert settings.cors_origins == []
+    assert not Settings().auth_required
