@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, KeyRequest
 
 _REF = "#/components/schemas/{model}"
 _CONVERTER = re.compile(r"{([^}:]+):[^}]+}")
@@ -88,6 +88,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/openapi.json"): Operation("This document", "operations"),
     ("get", "/docs"): Operation("This document, readable (HTML)", "operations",
                                 response="Text"),
+    ("post", "/admin/keys"): Operation(
+        "Create an API key; the answer holds the key, shown this once (admin token; only "
+        "with admin.token set)", "admin", "KeyRequest", "NewApiKey"),
+    ("get", "/admin/keys"): Operation("Every API key, without secrets (admin token)",
+                                      "admin", response="ApiKeyList"),
+    ("delete", "/admin/keys/{key_id}"): Operation("Revoke an API key (admin token)", "admin",
+                                                  response="ApiKey"),
     ("get", "/"): Operation("The playground: a chat page (HTML)", "playground",
                             response="Text"),
     ("get", "/playground/playground.js"): Operation("The playground's script", "playground",
@@ -158,7 +165,7 @@ def _operation(method: str, path: str, *, websocket: bool) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (ChatCompletionRequest, CompletionRequest):
+    for model in (ChatCompletionRequest, CompletionRequest, KeyRequest):
         schemas |= _model_schema(model)
     usage = {"type": "object", "properties": {
         "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
@@ -168,6 +175,13 @@ def _schemas() -> dict[str, Any]:
         "message": {"type": "object", "properties": {
             "role": {"type": "string"}, "content": {"type": ["string", "null"]}}},
         "text": {"type": "string"}}}
+
+    api_key: dict[str, Any] = {"type": "object", "properties": {
+        "id": {"type": "string"}, "object": {"const": "api_key"}, "name": {"type": "string"},
+        "models": {"type": "array", "items": {"type": "string"}},
+        "rpm": {"type": ["integer", "null"]}, "tpm": {"type": ["integer", "null"]},
+        "created": {"type": "integer"}, "revoked": {"type": "boolean"},
+        "revoked_at": {"type": ["integer", "null"]}}}
 
     def answer(kind: str) -> dict[str, Any]:
         return {"type": "object", "required": ["id", "object", "model", "choices"],
@@ -201,6 +215,11 @@ def _schemas() -> dict[str, Any]:
                           "properties": {"model": {"type": "string"}}},
         "Engine": {**_OBJECT, "description": "The engine's answer, as vLLM sends it."},
         "Status": {**_OBJECT, "properties": {"status": {"type": "string"}}},
+        "ApiKey": api_key,
+        "NewApiKey": {**api_key, "properties": {**api_key["properties"], "key": {
+            "type": "string", "description": "The key itself; never shown again"}}},
+        "ApiKeyList": {"type": "object", "properties": {
+            "object": {"const": "list"}, "data": {"type": "array", "items": _ref("ApiKey")}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["message", "type", "param", "code"],
             "properties": {"message": {"type": "string"}, "type": {"type": "string"},

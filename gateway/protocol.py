@@ -184,3 +184,15 @@ def _code(error_type: str) -> str:
     if error_type.endswith(("_type", "_parsing")) or error_type == "int_from_float":
         return "invalid_type"
     return "invalid_value"
+
+
+class KeyRequest(BaseModel):
+    """``POST /admin/keys``: a key's name, the models it may use (none listed: all),
+    and its limits per minute (left out: unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] = Field(default_factory=list, max_length=1000)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,19 +17,7 @@ from starlette.routing import Route
 from gateway.errors import AuthenticationFailed
 from gateway.headers import header
 from gateway.keys import KeyService
-from gateway.protocol import check_media_type, parse_body, validate
-
-
-class KeyRequest(BaseModel):
-    """``POST /admin/keys``: a key's name, the models it may use (none listed: all),
-    and its limits per minute (left out: unlimited)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    models: list[str] = Field(default_factory=list, max_length=1000)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+from gateway.protocol import KeyRequest, check_media_type, parse_body, validate
 
 
 def _service(request: Request) -> KeyService:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import re
 
+import aiohttp
 import httpx
 import openai
 import pytest
@@ -192,3 +193,22 @@ async def test_logs_carry_the_key_id_never_the_key(start_sim, start_gateway,
     assert [getattr(r, "key_id", None) for r in lines] == [created["id"]]
     logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     assert str(created["key"]) not in logged
+
+
+async def test_websocket_requests_carry_the_key(start_sim, start_gateway) -> None:
+    gateway = await keyed_gateway(start_sim, start_gateway)
+    created = await create_key(gateway, models=["other-model"], rpm=1)
+    auth = {"Authorization": f"Bearer {created['key']}"}
+    async with aiohttp.ClientSession() as session, \
+            session.ws_connect(gateway + "/v1/ws", headers=auth) as ws:
+        await ws.send_json({"id": "r1", "type": "chat.completions",
+                            "body": {**CHAT, "stream": True}})
+        async with asyncio.timeout(10):
+            answer = await ws.receive_json()
+    assert answer["type"] == "error"
+    assert answer["error"]["code"] == "model_not_allowed"
+    async with httpx.AsyncClient(base_url=gateway, headers=auth) as http:
+        counted = await gateway_metric(
+            http, gateway, f'sluice_key_requests_total{{key_id="{created["id"]}",'
+                           'status="403"}')
+    assert counted == 1

@@ -16,7 +16,7 @@ from tests.conftest import StartGateway
 async def test_every_route_is_in_the_openapi_document(
         sim_server: str, start_gateway: StartGateway,
         gateway_apps: dict[str, Starlette]) -> None:
-    gateway = await start_gateway([sim_server])
+    gateway = await start_gateway([sim_server], admin={"token": "a" * 32})  # admin routes too
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         spec = (await http.get("/openapi.json")).json()
     routes = [r for r in gateway_apps[gateway].routes if isinstance(r, Route | WebSocketRoute)]
