@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -155,7 +156,8 @@ class AiohttpTransport:
             async with self._session.get(url) as response:
                 return response.status, await response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise EngineTimeout(f"GET {url} timed out") from exc
+            # The path only: the message may reach a client (``/version``).
+            raise EngineTimeout(f"GET {urlsplit(url).path} timed out") from exc
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
 
