@@ -241,6 +241,29 @@ async def test_an_engine_slow_to_answer_version_is_a_504_that_names_no_engine_ad
     assert "127.0.0.1" not in version.text
 
 
+async def test_an_endless_version_answer_is_cut_at_a_bound(
+        start_gateway: StartGateway) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"version": "')
+        for _ in range(40):  # 40 MiB: more than any control answer may be
+            await response.write(b"x" * (1 << 20))
+        await response.write(b'"}')
+        return response
+
+    engine = FakeEngine(error_reply(404, {"message": "Not Found"}), gets={"/version": endless})
+    await engine.start()
+    try:
+        gateway = await start_gateway([engine.url])
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+            version = await http.get("/version")
+    finally:
+        await engine.close()
+    assert version.status_code == 502
+    assert version.json()["error"]["code"] == "engine_error"
+
+
 async def test_a_5xx_before_the_first_byte_is_retried_on_another_engine(
         start_engine: StartEngine, start_gateway: StartGateway) -> None:
     async def good(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
