@@ -210,7 +210,8 @@ class Director:
 
     async def finish(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Close the request's books once: release admission, record the outcome, run
-        the finish hooks (each isolated: one failing hook never skips the others)."""
+        the finish hooks (each isolated: a failing release or hook never skips the
+        others, nor fails the request)."""
         if ctx.finished:
             return
         ctx.finished = True
@@ -223,7 +224,10 @@ class Director:
         elif error is not None:
             ctx.outcome.status = "500"
         if ctx.admitted:
-            await self._admission.leave(ctx.model)
+            try:
+                await self._admission.leave(ctx.model)
+            except Exception:  # a store outage must not fail an answer already made
+                log.exception("request %s: admission of %s not released", ctx.id, ctx.model)
         for hook in self._hooks:
             try:
                 await hook(ctx)
