@@ -125,7 +125,11 @@ class RealtimeRelay:
             except SluiceError as exc:
                 await refuse(exc, scope, websocket.receive, websocket.send)
                 return
-            await websocket.accept(subprotocol=chosen_subprotocol(scope))
+            try:
+                await websocket.accept(subprotocol=chosen_subprotocol(scope))
+            except BaseException:
+                await upstream.socket.close()
+                raise
         else:
             await websocket.accept(subprotocol=chosen_subprotocol(scope))
             opening = await self._first_message(websocket)
