@@ -200,6 +200,9 @@ class RealtimeRelay:
             except SluiceError as exc:
                 self._pool.record_failure(engine, exc)
                 raise
+            except BaseException:  # no verdict on the engine (cancelled): free its probe
+                engine.breaker.release()
+                raise
             self._pool.record_success(engine)
             log.debug("realtime session for %s on %s", model, engine.name)
             return Upstream(engine, socket)

@@ -11,6 +11,7 @@ from gateway.engine.client import EngineClient
 from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
 from gateway.engine.ws_transport import Closed
 from gateway.metrics import GatewayMetrics
+from gateway.routing.breaker import CircuitBreaker
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, TimeoutSettings, WebSocketSettings
 from gateway.websocket.realtime import RealtimeRelay
@@ -97,3 +98,19 @@ async def test_a_session_cancelled_while_its_handshake_is_answered_closes_the_en
     await asyncio.gather(session, return_exceptions=True)
     assert [socket.closed for socket in dialer.sockets] == [True]
     assert (relay.sessions, pool.engines[0].in_flight) == (0, 0)
+
+
+async def test_a_half_open_probe_cancelled_while_dialing_lets_the_next_probe_through(
+        ) -> None:
+    dialer = Dialer(hang=True)
+    relay, pool = relay_for(dialer)
+    now = [0.0]
+    breaker = CircuitBreaker(1, 10.0, clock=lambda: now[0])
+    breaker.record_failure()
+    now[0] = 11.0  # half-open: the next pick is the probe
+    pool.engines[0].breaker = breaker
+    session = asyncio.create_task(relay.serve(ClientSide()))  # type: ignore[arg-type]
+    await dialer.dialing.wait()
+    session.cancel()
+    await asyncio.gather(session, return_exceptions=True)
+    assert breaker.available()
