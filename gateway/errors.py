@@ -74,10 +74,6 @@ class SluiceError(Exception):
     def to_json(self) -> bytes:
         return orjson.dumps(self.body())
 
-    def sse_event(self) -> bytes:
-        """The error as one SSE event, for streams that already started."""
-        return b"data: " + self.to_json() + b"\n\n"
-
 
 class InvalidRequest(SluiceError):
     status = 400
