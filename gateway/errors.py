@@ -21,6 +21,7 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── Overloaded                   (429, Retry-After)
     ├── HeadersTooLarge              (431, code headers_too_large; connection closed)
     ├── TooManyConnections           (503, code too_many_connections; connection closed)
+    ├── ShuttingDown                 (503, code shutting_down; Retry-After, connection closed)
     ├── UpstreamRejected             (the engine's own 4xx, passed on)
     └── EngineError                  (502 upstream_error)
         ├── EngineUnavailable        (503: connect failed, or no engine up)
