@@ -36,7 +36,7 @@ from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import RequestContext, Usage
 from gateway.pipeline.session import StreamSession
 from gateway.protocol import validate
-from gateway.services.engine_pool import EnginePool
+from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.stores import CachedResponse, ResponseCache
 
 log = logging.getLogger("sluice.director")
@@ -175,23 +175,21 @@ class Director:
             try:
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise self._engine_fault(attempt.engine.name, "not JSON") from exc
+                raise self._engine_fault(attempt.engine, "not JSON") from exc
             if not isinstance(answer, dict):
-                raise self._engine_fault(attempt.engine.name, "not a JSON object")
+                raise self._engine_fault(attempt.engine, "not a JSON object")
             if "usage" in answer and answer["usage"] is not None:
                 ctx.usage = Usage.from_openai(answer["usage"])
                 if ctx.usage is None:
-                    raise self._engine_fault(attempt.engine.name, "invalid usage counts")
+                    raise self._engine_fault(attempt.engine, "invalid usage counts")
         finally:
             await attempt.stack.aclose()
         await self.finish(ctx, None)
         return raw
 
-    def _engine_fault(self, engine: str, what: str) -> EngineError:
+    def _engine_fault(self, engine: EngineState, what: str) -> EngineError:
         error = EngineError(f"engine answered with {what}")
-        for state in self._pool.engines:
-            if state.name == engine:
-                self._connector.engine_failed(state, error)
+        self._connector.engine_failed(engine, error)
         return error
 
     async def stream(self, ctx: RequestContext) -> StartedStream:
