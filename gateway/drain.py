@@ -27,10 +27,6 @@ class Drain:
         self._next = 0
         self._timer: asyncio.TimerHandle | None = None
 
-    @property
-    def open_streams(self) -> int:
-        return len(self._closers)
-
     def begin(self) -> None:
         if self.draining:
             return

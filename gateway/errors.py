@@ -23,6 +23,7 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     │   └── RateLimited              (429, code rate_limit_exceeded: a key's RPM/TPM)
     ├── HeadersTooLarge              (431, code headers_too_large; connection closed)
     ├── TooManyConnections           (503, code too_many_connections; connection closed)
+    ├── ShuttingDown                 (503, code shutting_down; Retry-After, connection closed)
     ├── UpstreamRejected             (the engine's own 4xx, passed on)
     └── EngineError                  (502 upstream_error)
         ├── EngineUnavailable        (503: connect failed, or no engine up)
@@ -75,10 +76,6 @@ class SluiceError(Exception):
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.body())
-
-    def sse_event(self) -> bytes:
-        """The error as one SSE event, for streams that already started."""
-        return b"data: " + self.to_json() + b"\n\n"
 
 
 class InvalidRequest(SluiceError):

@@ -52,10 +52,6 @@ class GenerationRequest(_Open):
     max_tokens: Integer | None = Field(default=None, ge=1)
 
     @property
-    def streamed(self) -> bool:
-        return bool(self.stream)
-
-    @property
     def wants_usage(self) -> bool:
         return self.stream_options is not None and bool(self.stream_options.include_usage)
 

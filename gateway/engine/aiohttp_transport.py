@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -21,6 +22,8 @@ from gateway.settings import PoolSettings, TimeoutSettings
 
 _TOTAL = "the answer took longer than the gateway's total time limit"
 _STALL = "engine stopped sending tokens (timeout)"
+_CONTROL_LIMIT = 16 * 1024 * 1024
+"""The most a control answer (health, models, metrics, version) may be, in bytes."""
 
 
 def _total_timeout(exc: BaseException) -> bool:
@@ -87,14 +90,8 @@ class AiohttpResponse:
         self._completed = True
 
     async def read(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
         try:
-            while data := await self._response.content.readany():
-                size += len(data)
-                if size > limit:
-                    raise EngineError(f"engine answer is larger than {limit} bytes")
-                parts.append(data)
+            body = await _read_all(self._response.content, limit)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if _total_timeout(exc):
                 raise EngineTimeout(_TOTAL, blames_engine=False) from exc
@@ -102,7 +99,7 @@ class AiohttpResponse:
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise EngineError(f"engine answer broke: {type(exc).__name__}") from exc
         self._completed = True
-        return b"".join(parts)
+        return body
 
     def close(self) -> None:
         self._watchdog.untrack(self)
@@ -110,6 +107,18 @@ class AiohttpResponse:
             self._response.release()
         else:
             self._response.close()
+
+
+async def _read_all(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body; ``EngineError`` as soon as it is longer than ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while data := await content.readany():
+        size += len(data)
+        if size > limit:
+            raise EngineError(f"engine answer is larger than {limit} bytes")
+        parts.append(data)
+    return b"".join(parts)
 
 
 class AiohttpTransport:
@@ -153,9 +162,10 @@ class AiohttpTransport:
     async def get(self, url: str) -> tuple[int, bytes]:
         try:
             async with self._session.get(url) as response:
-                return response.status, await response.read()
+                return response.status, await _read_all(response.content, _CONTROL_LIMIT)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise EngineTimeout(f"GET {url} timed out") from exc
+            # The path only: the message may reach a client (``/version``).
+            raise EngineTimeout(f"GET {urlsplit(url).path} timed out") from exc
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
 

@@ -87,15 +87,6 @@ class EngineClient:
         finally:
             response.close()
 
-    async def complete(self, path: str, payload: bytes,
-                       headers: dict[str, str] | None = None) -> bytes:
-        """A non-streamed answer: the whole JSON object, bounded in size."""
-        async with self.open(path, payload, streamed=False, headers=headers) as response:
-            raw = await response.read(self.max_answer_bytes)
-        if not raw.lstrip().startswith(b"{"):
-            raise EngineError("engine answered with a body that is not a JSON object")
-        return raw
-
     async def _get(self, path: str) -> bytes:
         status, raw = await self._transport.get(self.base_url + path)
         if status != 200:

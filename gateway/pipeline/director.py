@@ -39,7 +39,7 @@ from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import RequestContext, Usage
 from gateway.pipeline.session import StreamSession
 from gateway.protocol import validate
-from gateway.services.engine_pool import EnginePool
+from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.stores import CachedResponse, ResponseCache
 
 log = logging.getLogger("sluice.director")
@@ -192,23 +192,21 @@ class Director:
             try:
                 answer = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
-                raise self._engine_fault(attempt.engine.name, "not JSON") from exc
+                raise self._engine_fault(attempt.engine, "not JSON") from exc
             if not isinstance(answer, dict):
-                raise self._engine_fault(attempt.engine.name, "not a JSON object")
+                raise self._engine_fault(attempt.engine, "not a JSON object")
             if "usage" in answer and answer["usage"] is not None:
                 ctx.usage = Usage.from_openai(answer["usage"])
                 if ctx.usage is None:
-                    raise self._engine_fault(attempt.engine.name, "invalid usage counts")
+                    raise self._engine_fault(attempt.engine, "invalid usage counts")
         finally:
             await attempt.stack.aclose()
         await self.finish(ctx, None)
         return raw
 
-    def _engine_fault(self, engine: str, what: str) -> EngineError:
+    def _engine_fault(self, engine: EngineState, what: str) -> EngineError:
         error = EngineError(f"engine answered with {what}")
-        for state in self._pool.engines:
-            if state.name == engine:
-                self._connector.engine_failed(state, error)
+        self._connector.engine_failed(engine, error)
         return error
 
     async def stream(self, ctx: RequestContext) -> StartedStream:
@@ -227,7 +225,8 @@ class Director:
 
     async def finish(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Close the request's books once: release admission, record the outcome, run
-        the finish hooks (each isolated: one failing hook never skips the others)."""
+        the finish hooks (each isolated: a failing release or hook never skips the
+        others, nor fails the request)."""
         if ctx.finished:
             return
         ctx.finished = True
@@ -240,7 +239,10 @@ class Director:
         elif error is not None:
             ctx.outcome.status = "500"
         if ctx.admitted:
-            await self._admission.leave(ctx.model)
+            try:
+                await self._admission.leave(ctx.model)
+            except Exception:  # a store outage must not fail an answer already made
+                log.exception("request %s: admission of %s not released", ctx.id, ctx.model)
         for hook in self._hooks:
             try:
                 await hook(ctx)

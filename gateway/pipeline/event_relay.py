@@ -14,12 +14,13 @@ streams: the caller ends them with :meth:`EventRelay.error_event`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 
 from gateway.errors import EngineError, SluiceError
 from gateway.pipeline.context import Usage
+from gateway.pipeline.relay import load_event
+from gateway.pipeline.sse import normalize_line_endings
 
 log = logging.getLogger("sluice.relay")
 
@@ -52,7 +53,7 @@ class EventRelay:
         if self.fault is not None or self.done:
             return []
         if self._skip_lf or b"\r" in data:
-            data = self._normalize(data)
+            data, self._skip_lf = normalize_line_endings(data, self._skip_lf)
         buf = self._buf + data if self._buf else data
         out: list[bytes] = []
         start, end = 0, buf.find(_SEP)
@@ -96,7 +97,7 @@ class EventRelay:
                 kind = value
         if not data:
             return False
-        obj = _load(b"\n".join(data))
+        obj = load_event(b"\n".join(data))
         if kind == b"error" or obj.get("type") == "error" or obj.get("error"):
             log.warning("engine reported an error mid-stream: %.300r", obj)
             raise EngineError("engine reported an error mid-stream")
@@ -106,27 +107,6 @@ class EventRelay:
             self.usage = _usage(obj.get("response"))
             self.done = True
         return True
-
-    def _normalize(self, data: bytes) -> bytes:
-        """``\\r\\n`` and lone ``\\r`` line endings as ``\\n`` (a ``\\r`` ending one read
-        and its ``\\n`` opening the next count once)."""
-        if self._skip_lf:
-            self._skip_lf = False
-            if data.startswith(b"\n"):
-                data = data[1:]
-        if data.endswith(b"\r"):
-            self._skip_lf = True
-        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-
-
-def _load(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise EngineError("engine sent an event that is not JSON") from exc
-    if not isinstance(obj, dict):
-        raise EngineError("engine sent an event that is not a JSON object")
-    return obj
 
 
 def _usage(response: object) -> Usage | None:

@@ -90,7 +90,7 @@ class Relay:
                 if payload == DONE:
                     self.done = True
                     continue
-                kept = self._judge(_load(payload), payload)
+                kept = self._judge(load_event(payload), payload)
                 if kept is not None:
                     if b"\n" in kept:  # an event of several data lines: JSON whitespace
                         kept = kept.replace(b"\n", b" ")  # (it was valid), sent as one line
@@ -175,7 +175,8 @@ class Relay:
         return Usage(self.usage.prompt_tokens - shift, self.usage.completion_tokens + shift)
 
 
-def _load(payload: bytes) -> dict[str, Any]:
+def load_event(payload: bytes) -> dict[str, Any]:
+    """An engine event's data as a JSON object; :class:`EngineError` if it is not one."""
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:

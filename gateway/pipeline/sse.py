@@ -35,7 +35,7 @@ class SSEDecoder:
                 and b"\r" not in data):
             return [data[6:-2]]  # one whole vLLM event per read: the common case
         if self._skip_lf or b"\r" in data:
-            data = self._normalize(data)
+            data, self._skip_lf = normalize_line_endings(data, self._skip_lf)
         buf = self._buf + data if self._buf else data
         end = buf.find(_SEP, self._scan)
         if end < 0:
@@ -63,16 +63,15 @@ class SSEDecoder:
         self._buf = rest
         self._scan = max(0, len(rest) - 1)  # a separator may straddle two reads
 
-    def _normalize(self, data: bytes) -> bytes:
-        """``\r\n`` and lone ``\r`` line endings as ``\n``. A read ending in ``\r``
-        ends its line now; a ``\n`` opening the next read then belongs to that ``\r``."""
-        if self._skip_lf:
-            self._skip_lf = False
-            if data.startswith(b"\n"):
-                data = data[1:]
-        if data.endswith(b"\r"):
-            self._skip_lf = True
-        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def normalize_line_endings(data: bytes, skip_lf: bool) -> tuple[bytes, bool]:
+    """``data`` with ``\r\n`` and lone ``\r`` line endings as ``\n``, and whether a
+    ``\n`` opening the next read is to be skipped. A read ending in ``\r`` ends its line
+    now; a ``\n`` opening the next read (``skip_lf``) then belongs to that ``\r``."""
+    if skip_lf and data.startswith(b"\n"):
+        data = data[1:]
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), data.endswith(b"\r")
 
 
 def _parse_block(block: bytes) -> bytes | None:

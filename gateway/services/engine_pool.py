@@ -84,7 +84,6 @@ class EnginePool:
         self._metrics = metrics
         self._interval = health_interval_s
         self._scrape_interval = scrape_interval_s
-        self._ready = asyncio.Event()
         self._known: set[str] = set()
         """Every model some engine served since start (metrics label values)."""
         self.on_restart: Callable[[str], None] | None = None
@@ -99,9 +98,6 @@ class EnginePool:
     @property
     def ready(self) -> bool:
         return any(e.healthy and e.cards for e in self._engines)
-
-    async def wait_ready(self) -> None:
-        await self._ready.wait()
 
     def models(self) -> list[dict[str, Any]]:
         """Model cards served by at least one healthy engine, first engine's card wins."""
@@ -174,8 +170,6 @@ class EnginePool:
     async def refresh(self) -> None:
         """Check every engine once (concurrently)."""
         await asyncio.gather(*(self._check(e) for e in self._engines))
-        if self.ready:
-            self._ready.set()
 
     async def _check(self, engine: EngineState) -> None:
         """One engine's health and models. Whatever the engine answers (or however this

@@ -58,6 +58,8 @@ class Multiplexer:
         self._max_requests = max_requests
         self._session_key = session_key
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ending: set[str] = set()
+        """Requests whose terminal message is being sent: a cancel comes too late."""
         self._serial = count(1)
 
     @property
@@ -73,8 +75,8 @@ class Multiplexer:
             return
         if isinstance(action, Cancel):
             task = self._tasks.get(action.id)
-            if task is not None:  # else it already ended: its terminal message is out
-                task.cancel()
+            if task is not None and action.id not in self._ending:
+                task.cancel()  # else it ended, or its terminal message is going out
             return
         if action.id in self._tasks:
             await self._send(Tagged(None).error(FrameError(
@@ -102,6 +104,7 @@ class Multiplexer:
     def _ended(self, request_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(request_id) is task:
             del self._tasks[request_id]
+            self._ending.discard(request_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("websocket request %s failed", request_id, exc_info=task.exception())
 
@@ -118,12 +121,14 @@ class Multiplexer:
                                  start.body, session_key=self._session_key,
                                  principal=self._principal, key=self._key)
         try:
-            await self._stream(ctx, tagged)
+            await self._stream(start.id, ctx, tagged)
         except asyncio.CancelledError:
             # A cancel from the client (the socket still open) is answered; a closed
-            # socket's cancel finds nobody to tell.
+            # socket's cancel finds nobody to tell, nor does one that came while the
+            # request's terminal message was going out.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            await self._send_quietly(tagged.cancelled())
+            if start.id not in self._ending:
+                await self._send_quietly(tagged.cancelled())
         except SocketClosed:
             pass
         except SluiceError as exc:
@@ -132,7 +137,7 @@ class Multiplexer:
             log.exception("websocket request %s failed in the gateway", start.id)
             await self._send_quietly(tagged.error(SluiceError("internal gateway error")))
 
-    async def _stream(self, ctx: RequestContext, tagged: Tagged) -> None:
+    async def _stream(self, request_id: str, ctx: RequestContext, tagged: Tagged) -> None:
         result = await self._director.generate(ctx)
         assert isinstance(result, StartedStream)  # streaming is forced on
         try:
@@ -141,17 +146,22 @@ class Multiplexer:
             async for events in result.body:
                 for payload in events:
                     if is_error_event(payload):
-                        await self._send(tagged.error_payload(payload))
+                        await self._end(request_id, tagged.error_payload(payload))
                         return
                     await self._emit(tagged, payload)
         finally:
             await result.body.aclose()
         usage = ctx.usage
-        await self._send(tagged.done(None if usage is None else {
+        await self._end(request_id, tagged.done(None if usage is None else {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         }))
+
+    async def _end(self, request_id: str, message: bytes) -> None:
+        """Send a request's terminal message (done, or its stream's error event)."""
+        self._ending.add(request_id)
+        await self._send(message)
 
     async def _emit(self, tagged: Tagged, payload: bytes) -> None:
         await self._send(tagged.chunk(payload))

@@ -129,7 +129,11 @@ class RealtimeRelay:
             except SluiceError as exc:
                 await refuse(exc, scope, websocket.receive, websocket.send)
                 return
-            await websocket.accept(subprotocol=chosen_subprotocol(scope))
+            try:
+                await websocket.accept(subprotocol=chosen_subprotocol(scope))
+            except BaseException:
+                await upstream.socket.close()
+                raise
         else:
             await websocket.accept(subprotocol=chosen_subprotocol(scope))
             opening = await self._first_message(websocket)
@@ -203,6 +207,9 @@ class RealtimeRelay:
                 raise
             except SluiceError as exc:
                 self._pool.record_failure(engine, exc)
+                raise
+            except BaseException:  # no verdict on the engine (cancelled): free its probe
+                engine.breaker.release()
                 raise
             self._pool.record_success(engine)
             log.debug("realtime session for %s on %s", model, engine.name)

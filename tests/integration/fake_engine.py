@@ -14,11 +14,13 @@ import orjson
 from aiohttp import web
 
 Reply = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FakeEngine:
     def __init__(self, reply: Reply, model: str = "sim-model",
-                 paths: tuple[str, ...] = ()) -> None:
+                 paths: tuple[str, ...] = (), gets: dict[str, Handler] | None = None
+                 ) -> None:
         self.reply = reply
         self.model = model
         self.received: list[dict[str, Any]] = []
@@ -34,6 +36,8 @@ class FakeEngine:
         app.router.add_post("/v1/completions", self._generate)
         for path in paths:  # other POST endpoints answered by ``reply`` alike
             app.router.add_post(path, self._generate)
+        for path, handler in (gets or {}).items():  # other GET endpoints (``/version``)
+            app.router.add_get(path, handler)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         self.url = ""
 

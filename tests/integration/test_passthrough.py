@@ -6,6 +6,7 @@ endpoint no engine has; retries before the first byte; auth and metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -220,6 +221,47 @@ async def test_model_cards_and_version(start_sim: StartSim,
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
     assert version.json() == {"version": "0.0.0+simulator"}
+
+
+async def test_an_engine_slow_to_answer_version_is_a_504_that_names_no_engine_address(
+        start_gateway: StartGateway) -> None:
+    async def stall(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.json_response({"version": "late"})
+
+    engine = FakeEngine(error_reply(404, {"message": "Not Found"}), gets={"/version": stall})
+    await engine.start()
+    try:
+        gateway = await start_gateway([engine.url], timeouts={"control_s": 0.5})
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+            version = await http.get("/version")
+    finally:
+        await engine.close()
+    assert version.status_code == 504
+    assert "127.0.0.1" not in version.text
+
+
+async def test_an_endless_version_answer_is_cut_at_a_bound(
+        start_gateway: StartGateway) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"version": "')
+        for _ in range(40):  # 40 MiB: more than any control answer may be
+            await response.write(b"x" * (1 << 20))
+        await response.write(b'"}')
+        return response
+
+    engine = FakeEngine(error_reply(404, {"message": "Not Found"}), gets={"/version": endless})
+    await engine.start()
+    try:
+        gateway = await start_gateway([engine.url])
+        async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+            version = await http.get("/version")
+    finally:
+        await engine.close()
+    assert version.status_code == 502
+    assert version.json()["error"]["code"] == "engine_error"
 
 
 async def test_a_5xx_before_the_first_byte_is_retried_on_another_engine(

@@ -29,10 +29,3 @@ def test_overloaded_carries_retry_after() -> None:
     error = Overloaded("busy", retry_after_s=3)
     assert error.status_code == 429
     assert error.headers == {"Retry-After": "3"}
-
-
-def test_sse_event_is_one_data_line() -> None:
-    event = EngineTimeout("stalled").sse_event()
-    assert event.startswith(b"data: {")
-    assert event.endswith(b"}\n\n")
-    assert orjson.loads(event[6:])["error"]["type"] == "timeout_error"

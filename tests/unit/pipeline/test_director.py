@@ -1,0 +1,43 @@
+"""The director's own books: what a request leaves behind however it ends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from gateway.engine.memory import MemoryRequest, MemoryResponse
+from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, usage
+
+ANSWER = {"id": "c", "object": "chat.completion", "choices": [],
+          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+async def answer(request: MemoryRequest) -> MemoryResponse:
+    if request.json().get("stream"):
+        return MemoryResponse(200, [chunk("Hi", finish="stop") + usage(1, 1) + DONE])
+    return MemoryResponse(200, orjson.dumps(ANSWER))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_store_failing_to_release_admission_spoils_neither_answer_nor_books(
+        rig_factory: Callable[..., Rig], stream: bool) -> None:
+    rig = rig_factory()
+    rig.scripts.update(a=answer)
+
+    async def store_down(model: str) -> None:
+        raise ConnectionError("the store is unreachable")
+
+    rig.admission.leave = store_down  # type: ignore[method-assign]
+    ctx = rig.ctx({"stream": stream})
+    result = await rig.director.generate(ctx)
+    if stream:
+        events = await collect(result)
+        assert events[0]["choices"][0]["delta"]["content"] == "Hi"
+    else:
+        assert orjson.loads(result) == ANSWER  # type: ignore[arg-type]
+    assert ctx.outcome.status == "200"
+    assert rig.sample("sluice_requests_in_flight", model="m") == 0
+    assert rig.sample("sluice_requests_total", model="m", engine="a",
+                      endpoint="chat", status="200") == 1

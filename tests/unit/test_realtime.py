@@ -1,0 +1,116 @@
+"""The ``/v1/realtime`` relay's own bookkeeping, with a scripted client socket and a
+scripted engine dialer: whatever ends a session, the engine's socket is closed and the
+engine's breaker and lease are given back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.engine.client import EngineClient
+from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.engine.ws_transport import Closed
+from gateway.metrics import GatewayMetrics
+from gateway.routing.breaker import CircuitBreaker
+from gateway.services.engine_pool import EnginePool
+from gateway.settings import EngineConfig, TimeoutSettings, WebSocketSettings
+from gateway.websocket.realtime import RealtimeRelay
+from tests.unit.pipeline.conftest import InOrder
+
+
+class EngineSide:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def send(self, data: str | bytes) -> None:
+        return None
+
+    async def receive(self) -> str | bytes | Closed:
+        await asyncio.Event().wait()
+        return Closed(1000)
+
+    async def close(self, code: int = 1001) -> None:
+        self.closed = True
+
+
+class Dialer:
+    def __init__(self, *, hang: bool = False) -> None:
+        self.hang = hang
+        self.sockets: list[EngineSide] = []
+        self.dialing = asyncio.Event()
+
+    async def connect(self, url: str) -> EngineSide:
+        self.dialing.set()
+        if self.hang:
+            await asyncio.Event().wait()
+        socket = EngineSide()
+        self.sockets.append(socket)
+        return socket
+
+
+class ClientSide:
+    """A client socket that asked for ``?model=m``; ``accept`` may hang."""
+
+    def __init__(self, *, accept_hangs: bool = False) -> None:
+        self.scope: dict[str, Any] = {"type": "websocket", "query_string": b"model=m",
+                                      "subprotocols": [], "extensions": {}, "headers": []}
+        self.query_params = {"model": "m"}
+        self.accept_hangs = accept_hangs
+        self.accepting = asyncio.Event()
+
+    async def accept(self, subprotocol: str | None = None) -> None:
+        self.accepting.set()
+        if self.accept_hangs:
+            await asyncio.Event().wait()
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "websocket.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        return None
+
+
+def relay_for(dialer: Dialer) -> tuple[RealtimeRelay, EnginePool]:
+    async def unused(request: MemoryRequest) -> MemoryResponse:
+        return MemoryResponse(404)
+
+    transport = MemoryTransport(unused)
+    pool = EnginePool([EngineConfig(name="a", url="http://a")],
+                      lambda c: EngineClient(c.name, c.base_url, transport, TimeoutSettings()),
+                      GatewayMetrics(), health_interval_s=1)
+    engine = pool.engines[0]
+    engine.healthy = True
+    engine.cards = {"m": {"id": "m"}}
+    relay = RealtimeRelay(pool, InOrder(), dialer, WebSocketSettings(),  # type: ignore[arg-type]
+                          retries=0)
+    return relay, pool
+
+
+async def test_a_session_cancelled_while_its_handshake_is_answered_closes_the_engine_socket(
+        ) -> None:
+    dialer = Dialer()
+    relay, pool = relay_for(dialer)
+    client = ClientSide(accept_hangs=True)
+    session = asyncio.create_task(relay.serve(client))  # type: ignore[arg-type]
+    await client.accepting.wait()
+    session.cancel()
+    await asyncio.gather(session, return_exceptions=True)
+    assert [socket.closed for socket in dialer.sockets] == [True]
+    assert (relay.sessions, pool.engines[0].in_flight) == (0, 0)
+
+
+async def test_a_half_open_probe_cancelled_while_dialing_lets_the_next_probe_through(
+        ) -> None:
+    dialer = Dialer(hang=True)
+    relay, pool = relay_for(dialer)
+    now = [0.0]
+    breaker = CircuitBreaker(1, 10.0, clock=lambda: now[0])
+    breaker.record_failure()
+    now[0] = 11.0  # half-open: the next pick is the probe
+    pool.engines[0].breaker = breaker
+    session = asyncio.create_task(relay.serve(ClientSide()))  # type: ignore[arg-type]
+    await dialer.dialing.wait()
+    session.cancel()
+    await asyncio.gather(session, return_exceptions=True)
+    assert breaker.available()
