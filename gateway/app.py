@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from engines.supervisor import EngineProcess
 from gateway.accounting import RefusalAccountingMiddleware
+from gateway.cache import CachePolicy, ResponseCaching
 from gateway.cors import CORSMiddleware
 from gateway.drain import Drain
 from gateway.engine.aiohttp_transport import AiohttpTransport
@@ -92,7 +93,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                               scrape_interval_s=settings.routing.scrape_interval_s,
                               breaker=settings.resilience.breaker)
             pool.on_restart = scheduler.engine_restarted
-            state = stores or memory_stores()
+            state = stores or memory_stores(settings.cache)
             key_service = keys or memory_keys()
             connector = Connector(pool, scheduler, drain, metrics, settings.resilience)
             await pool.refresh()
@@ -108,7 +109,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             stack.push_async_callback(dialer.aclose)
             director = Director(
                 pool, connector, Admission(settings.admission, state.counters),
-                state.cache, drain, metrics, settings.resilience,
+                _caching(settings, state, metrics), drain, metrics, settings.resilience,
                 max_event_bytes=settings.max_event_bytes, keys=key_service)
             yield {
                 "settings": settings,
@@ -146,6 +147,18 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     )
     app.state.drain = drain
     return app
+
+
+def _caching(settings: Settings, stores: Stores, metrics: GatewayMetrics
+             ) -> ResponseCaching | None:
+    """The response cache over the app's store, None when ``cache.enabled`` is off."""
+    cache = settings.cache
+    if not cache.enabled:
+        return None
+    return ResponseCaching(CachePolicy(shared_across_keys=cache.shared_across_keys),
+                           stores.cache, metrics, ttl_s=cache.ttl_s,
+                           max_entry_bytes=cache.max_entry_bytes, coalesce=cache.coalesce,
+                           waits=settings.timeouts)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -85,6 +85,10 @@ class GatewayMetrics:
         self.key_tokens = Counter(
             "sluice_key_tokens", "Tokens (prompt + completion) streamed per API key.",
             ["key_id"], registry=r)
+        self.cache_lookups = Counter(
+            "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
+            "(a stored answer), coalesced (an identical request in flight), miss.",
+            ["model", "result"], registry=r)
         self.draining = Gauge(
             "sluice_draining", "1 while the gateway drains before shutting down.", registry=r)
 

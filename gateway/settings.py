@@ -197,6 +197,28 @@ class CorsSettings(BaseModel):
         return [origin.lower() for origin in origins]
 
 
+class CacheSettings(BaseModel):
+    """The response cache: identical deterministic requests answered from a store, and
+    identical requests in flight sharing one upstream call (see README, "Response
+    cache")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    ttl_s: float = Field(default=300.0, gt=0, description="how long an answer is kept")
+    max_entry_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="larger answers are not stored")
+    max_entries: int = Field(default=10_000, ge=1, description="in-memory store: entries")
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="in-memory store: bytes in all")
+    shared_across_keys: bool = Field(
+        default=False, description="one key space for every API key; by default a key's "
+                                   "answers are never served to another key")
+    coalesce: bool = Field(
+        default=True, description="identical cacheable requests in flight share one "
+                                  "upstream call")
+
+
 _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+")
 
 
@@ -267,6 +289,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     streaming: StreamingSettings = StreamingSettings()
     cors: CorsSettings = CorsSettings()
+    cache: CacheSettings = CacheSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
     playground: bool = Field(

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.keys import ApiKey
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+
+if TYPE_CHECKING:
+    from gateway.cache.flights import Flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,32 @@ class Outcome:
 
 
 @dataclass(slots=True)
+class CacheUse:
+    """What the response cache did with the request (see :mod:`gateway.cache`)."""
+
+    no_store: bool = False
+    """``Cache-Control: no-store``: neither answered from the cache nor stored."""
+    no_cache: bool = False
+    """``Cache-Control: no-cache``: not answered from the cache; a fresh answer is
+    stored (it refreshes the entry)."""
+    allow: bool = False
+    """``x-sluice-cache: allow``: cacheable even when not deterministic."""
+    key: str | None = None
+    """The cache key; None when the request is not cacheable."""
+    result: str = "bypass"
+    """``hit``, ``miss``, ``coalesced`` (served by an identical request in flight), or
+    ``bypass`` (the policy kept it away from the cache)."""
+    flight: Flight | None = None
+    """This request leads a flight: its answer goes to followers and to the store."""
+    answer: bytes | None = None
+    """A non-streamed answer, kept for the store."""
+    complete: bool = False
+    """The answer ended well: every choice finished (and a stream's ``[DONE]`` came)."""
+    usage_event: bytes | None = None
+    """A stream's usage chunk, kept apart: replayed only to those who ask for it."""
+
+
+@dataclass(slots=True)
 class RequestContext:
     """Everything known about one generation request, from arrival to its last byte."""
 
@@ -139,6 +168,7 @@ class RequestContext:
     """A stream's response starts once the request is admitted, before the engine's
     first event (SSE keep-alive); a failure before that event then ends the stream with
     an error event instead of an HTTP error status."""
+    cache: CacheUse = field(default_factory=CacheUse)
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-request data that plugins compute once and share (e.g. prompt block hashes),
     keyed by the plugin's name."""

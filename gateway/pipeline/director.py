@@ -1,14 +1,15 @@
 """The director: one generation request's steps, in order, in one readable function.
 
-    authenticate -> resolve -> limit -> cache lookup -> admit -> schedule + open
-    upstream (the connector, with its retries) -> stream (the stream session) -> finish
-    hooks
+    authenticate -> resolve -> limit -> cache lookup (-> replay) -> admit -> schedule +
+    open upstream (the connector, with its retries) -> stream (the stream session) ->
+    finish hooks
 
 Each step reads and writes the request's :class:`RequestContext` and is small enough to
-test alone. Resolve is the identity today (no aliases or versions yet), the cache step
-finds nothing unless a cache policy says a request may be answered from the store, and
-the finish hooks are metrics, a key's token charge and a debug log line; later features
-fill these steps in rather than adding branches around them.
+test alone. Resolve is the identity today (no aliases or versions yet). The cache step
+(:mod:`gateway.cache`) finds a stored answer to replay, or an identical request in
+flight to follow; a request that finds neither leads a flight, and its answer is stored
+by a finish hook. The other finish hooks are metrics, a key's token charge and a debug
+log line; later features fill these steps in rather than adding branches around them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.cache import Flight, FlightFailed, ResponseCaching, finished
 from gateway.drain import Drain
 from gateway.errors import (
     ContextLengthExceeded,
@@ -40,7 +42,7 @@ from gateway.pipeline.context import RequestContext, Usage
 from gateway.pipeline.session import StreamSession
 from gateway.protocol import validate
 from gateway.services.engine_pool import EnginePool, EngineState
-from gateway.stores import CachedResponse, ResponseCache
+from gateway.stores import CachedResponse
 
 log = logging.getLogger("sluice.director")
 
@@ -66,7 +68,7 @@ class Director:
     """Runs generation requests through the pipeline."""
 
     def __init__(self, pool: EnginePool, connector: Connector, admission: Admission,
-                 cache: ResponseCache, drain: Drain, metrics: GatewayMetrics,
+                 cache: ResponseCaching | None, drain: Drain, metrics: GatewayMetrics,
                  settings: ResilienceSettings, *, max_event_bytes: int = 4 * 1024 * 1024,
                  keys: KeyService | None = None, hooks: Sequence[FinishHook] = ()) -> None:
         self._pool = pool
@@ -78,7 +80,8 @@ class Director:
         self._settings = settings
         self._max_event_bytes = max_event_bytes
         self._keys = keys
-        self._hooks = (self._record_metrics, self._account_key, self._log, *hooks)
+        stored = () if cache is None else (cache.stored,)
+        self._hooks = (*stored, self._record_metrics, self._account_key, self._log, *hooks)
 
     async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
@@ -90,9 +93,11 @@ class Director:
             self.authenticate(ctx)
             self.resolve(ctx)
             await self.limit(ctx)
-            cached = await self.lookup(ctx)
-            if cached is not None:
-                return await self.replay(ctx, cached)
+            found = await self.lookup(ctx)
+            if found is not None:
+                replayed = await self.replay(ctx, found)
+                if replayed is not None:
+                    return replayed
             await self.admit(ctx)
             if ctx.stream:
                 return await self.stream(ctx)
@@ -147,33 +152,81 @@ class Director:
                 f"This model's maximum context length is {limit} tokens. However, you "
                 f"requested {budget} output tokens.", param="max_tokens")
 
-    async def lookup(self, ctx: RequestContext) -> CachedResponse | None:
-        """An answer from the response cache, when the request may be served from it."""
-        key = self.cache_key(ctx)
-        return None if key is None else await self._cache.get(key)
+    async def lookup(self, ctx: RequestContext) -> CachedResponse | Flight | None:
+        """A stored answer, or an identical request in flight, when the request may be
+        answered by one (see :mod:`gateway.cache`)."""
+        return None if self._cache is None else await self._cache.lookup(ctx)
 
-    def cache_key(self, ctx: RequestContext) -> str | None:
-        """The cache key of a cacheable request; None when it is not cacheable (no cache
-        policy yet: nothing is)."""
-        return None
-
-    async def replay(self, ctx: RequestContext, hit: CachedResponse) -> bytes | StartedStream:
-        """A cached answer in the shape the request asked for."""
+    async def replay(self, ctx: RequestContext, found: CachedResponse | Flight
+                     ) -> bytes | StartedStream | None:
+        """A stored answer, or the answer of the request in flight that this one
+        follows, in the shape the request asked for. None when the flight failed (or
+        took too long) before this request had anything: it then makes its own call."""
+        if isinstance(found, Flight):
+            return await self._follow(ctx, found)
         if not ctx.stream:
             await self.finish(ctx, None)
-            return hit.body or b"{}"
+            return found.body or b"{}"
+        events = list(found.events)
+        if found.usage is not None and self._wants_usage(ctx):
+            events.append(found.usage)
+        return StartedStream([], self._replaying(ctx, events))
 
-        async def events() -> AsyncGenerator[list[bytes], None]:
-            error: BaseException | None = None
+    async def _follow(self, ctx: RequestContext, flight: Flight
+                      ) -> bytes | StartedStream | None:
+        assert self._cache is not None
+        waits = self._cache.waits
+        try:
+            if not ctx.stream:
+                answer = await flight.answer(waits.total_s)
+                await self.finish(ctx, None)
+                return answer.body or b"{}"
+            head = await flight.head(waits.first_token_s)
+        except (FlightFailed, TimeoutError):
+            self._cache.fall_back(ctx)
+            return None
+        ctx.timings.first_byte = time.perf_counter()
+        return StartedStream(head, self._following(ctx, flight))
+
+    async def _following(self, ctx: RequestContext, flight: Flight
+                         ) -> AsyncGenerator[list[bytes], None]:
+        """The leader's batches after its head, then its usage chunk if asked for."""
+        assert self._cache is not None
+        error: BaseException | None = None
+        try:
             try:
-                yield list(hit.events)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                await self.finish(ctx, error)
+                async for batch in flight.rest(self._cache.waits.between_tokens_s):
+                    yield batch
+            except (FlightFailed, TimeoutError) as exc:
+                error = EngineError("the answer this request shared with an identical one "
+                                    "was cut")
+                error.__cause__ = exc
+                yield [error.to_json()]
+                return
+            usage = flight.result.usage if flight.result is not None else None
+            if usage is not None and self._wants_usage(ctx):
+                yield [usage]
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self.finish(ctx, error)
 
-        return StartedStream([], events())
+    async def _replaying(self, ctx: RequestContext, events: list[bytes]
+                         ) -> AsyncGenerator[list[bytes], None]:
+        """A stored stream's events in one batch; the request's books close after."""
+        error: BaseException | None = None
+        try:
+            yield events
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self.finish(ctx, error)
+
+    @staticmethod
+    def _wants_usage(ctx: RequestContext) -> bool:
+        return ctx.request is not None and ctx.request.wants_usage
 
     async def admit(self, ctx: RequestContext) -> None:
         try:
@@ -199,6 +252,8 @@ class Director:
                 ctx.usage = Usage.from_openai(answer["usage"])
                 if ctx.usage is None:
                     raise self._engine_fault(attempt.engine, "invalid usage counts")
+            if ctx.cache.flight is not None:
+                ctx.cache.answer, ctx.cache.complete = raw, finished(answer)
         finally:
             await attempt.stack.aclose()
         await self.finish(ctx, None)
@@ -219,7 +274,8 @@ class Director:
         session = StreamSession(ctx, payload, self._connector, self._drain, self._metrics,
                                 self._settings, self.finish,
                                 forward_usage=ctx.request.wants_usage,
-                                max_event_bytes=self._max_event_bytes)
+                                max_event_bytes=self._max_event_bytes,
+                                tap=ctx.cache.flight)
         body = session.run()
         return StartedStream(await anext(body), body, waiting=ctx.start_early)
 

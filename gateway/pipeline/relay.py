@@ -52,7 +52,7 @@ class Relay:
     """One streamed answer's events, from however many engines it took."""
 
     __slots__ = ("_chat", "_continued", "_decoder", "done", "fault", "forward_usage",
-                 "transcript", "usage", "usage_shift")
+                 "transcript", "usage", "usage_event", "usage_shift")
 
     def __init__(self, *, chat: bool, forward_usage: bool,
                  max_event_bytes: int = 4 * 1024 * 1024) -> None:
@@ -63,6 +63,8 @@ class Relay:
         self.forward_usage = forward_usage
         self.transcript = Transcript()
         self.usage: Usage | None = None
+        self.usage_event: bytes | None = None
+        """The last usage-only event (as the client gets it), forwarded or not."""
         self.done = False
         self._continued = False
         self.usage_shift = 0
@@ -117,8 +119,10 @@ class Relay:
             if not isinstance(choices, list):
                 raise EngineError("engine sent an event whose 'choices' is not a list")
             self._record(obj, choices)
-        elif usage is not None and not self.forward_usage:
-            return None
+        elif usage is not None:
+            event = self._as_first_stream(obj, choices, usage) if self._continued else payload
+            self.usage_event = event
+            return event if self.forward_usage else None
         if self._continued:
             return self._as_first_stream(obj, choices, usage)
         return payload

@@ -9,6 +9,10 @@ ordinary HTTP errors. A request that starts early (SSE keep-alive) first yields 
 list at once, then the head; errors before the head are then an error event too. When
 the session ends, however it ends, its upstream is closed and ``on_end`` runs once with
 the context filled in.
+
+A cacheable request's session is given its flight (``tap``): every batch it yields is
+appended to it as is (one ``append`` per read), and the stream's usage chunk is kept
+apart, sent last only when the client asked for usage (see :mod:`gateway.cache`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +34,9 @@ from gateway.pipeline.context import RequestContext
 from gateway.pipeline.failover import continuation
 from gateway.pipeline.relay import Relay
 
+if TYPE_CHECKING:
+    from gateway.cache.flights import Flight
+
 log = logging.getLogger("sluice.session")
 
 Events = AsyncGenerator[list[bytes], None]
@@ -39,7 +46,8 @@ class StreamSession:
     def __init__(self, ctx: RequestContext, payload: dict[str, Any], connector: Connector,
                  drain: Drain, metrics: GatewayMetrics, settings: ResilienceSettings,
                  on_end: Callable[[RequestContext, BaseException | None], Awaitable[None]], *,
-                 forward_usage: bool, max_event_bytes: int = 4 * 1024 * 1024) -> None:
+                 forward_usage: bool, max_event_bytes: int = 4 * 1024 * 1024,
+                 tap: Flight | None = None) -> None:
         self.ctx = ctx
         self._payload = payload
         self._connector = connector
@@ -47,12 +55,14 @@ class StreamSession:
         self._metrics = metrics
         self._settings = settings
         self._on_end = on_end
-        self.relay = Relay(chat=ctx.endpoint.chat, forward_usage=forward_usage,
+        self._tap = tap
+        self._usage_last = forward_usage and tap is not None
+        self.relay = Relay(chat=ctx.endpoint.chat, forward_usage=forward_usage and tap is None,
                            max_event_bytes=max_event_bytes)
 
     async def run(self) -> Events:
         """Open the stream and yield its events (see the module docstring)."""
-        ctx, relay = self.ctx, self.relay
+        ctx, relay, tap = self.ctx, self.relay, self._tap
         if ctx.start_early:
             try:
                 yield []  # the response starts now; the head comes next
@@ -70,6 +80,8 @@ class StreamSession:
         try:
             last = ctx.timings.first_byte = time.perf_counter()
             self._metrics.ttft.labels(ctx.label).observe(last - ctx.timings.arrived)
+            if tap is not None and head:
+                tap.append(head)
             yield head
             itl = self._metrics.itl.labels(ctx.label)
             data = b""  # the first read of a continuation, once there is one
@@ -78,6 +90,8 @@ class StreamSession:
                     if data:
                         out = relay.feed(data)
                         if out:
+                            if tap is not None:
+                                tap.append(out)
                             yield out
                     if relay.fault is None:
                         async for data in attempt.chunks:
@@ -86,6 +100,8 @@ class StreamSession:
                             last = now
                             out = relay.feed(data)
                             if out:
+                                if tap is not None:
+                                    tap.append(out)
                                 yield out
                             if relay.fault is not None:
                                 break
@@ -93,6 +109,11 @@ class StreamSession:
                         raise relay.fault
                     if not relay.done:
                         raise EngineError("engine closed the stream before it finished")
+                    if tap is not None:
+                        ctx.cache.complete = relay.transcript.finished
+                        ctx.cache.usage_event = relay.usage_event
+                        if self._usage_last and relay.usage_event is not None:
+                            yield [relay.usage_event]
                     return
                 except SluiceError as exc:
                     follow = await self._recover(attempt, exc)

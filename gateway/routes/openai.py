@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.accounting import director_counts
+from gateway.cache import read_directives
 from gateway.errors import SluiceError
 from gateway.headers import header
 from gateway.middleware import caller
@@ -34,6 +35,8 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
                              session_key=header(request.scope, b"x-session-id"),
                              principal=principal, key=key)
+    read_directives(ctx.cache, header(request.scope, b"cache-control"),
+                    header(request.scope, b"x-sluice-cache"))
     keepalive_s = request.state.settings.streaming.keepalive_s
     ctx.start_early = keepalive_s > 0
     watch = ClientWatch(request.receive)
@@ -63,9 +66,10 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
 
 
 def _generation_headers(ctx: RequestContext) -> dict[str, str]:
-    """``Server-Timing`` (the phases before the first byte, as far as they went) and
-    ``x-sluice-engine`` (the engine that answered, once one was picked)."""
-    headers: dict[str, str] = {}
+    """``Server-Timing`` (the phases before the first byte, as far as they went),
+    ``x-sluice-engine`` (the engine that answered, once one was picked) and
+    ``x-sluice-cache`` (hit, miss, coalesced or bypass)."""
+    headers: dict[str, str] = {"x-sluice-cache": ctx.cache.result}
     timing = ctx.timings.server_timing()
     if timing:
         headers["server-timing"] = timing

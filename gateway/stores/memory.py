@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.stores.protocols import CachedResponse, Stores, VersionPolicy
+
+if TYPE_CHECKING:
+    from gateway.settings import CacheSettings
 
 
 class MemoryCounters:
@@ -54,7 +58,7 @@ class MemoryCache:
         return value
 
     async def put(self, key: str, value: CachedResponse, ttl_s: float) -> None:
-        size = len(value.body or b"") + sum(map(len, value.events))
+        size = value.size
         if size > self.max_bytes or ttl_s <= 0:
             return
         if key in self._entries:
@@ -117,7 +121,8 @@ class MemoryVersionPolicies:
         return previous
 
 
-def memory_stores() -> Stores:
-    """Fresh in-memory stores (one set per app)."""
-    return Stores(MemoryCounters(), MemoryCache(), MemoryAdapterPlacement(),
+def memory_stores(cache: CacheSettings | None = None) -> Stores:
+    """Fresh in-memory stores (one set per app); ``cache`` bounds the response cache."""
+    store = MemoryCache() if cache is None else MemoryCache(cache.max_entries, cache.max_bytes)
+    return Stores(MemoryCounters(), store, MemoryAdapterPlacement(),
                   MemoryVersionPolicies())

@@ -27,10 +27,17 @@ class Counters(Protocol):
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
     """A finished answer kept for identical requests: the non-streamed JSON body, or
-    the streamed event payloads in order."""
+    the streamed event payloads in order and, apart, the stream's usage chunk (sent
+    only to a client that asks for usage)."""
 
     body: bytes | None = None
     events: tuple[bytes, ...] = ()
+    usage: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes of payload it holds."""
+        return len(self.body or b"") + sum(map(len, self.events)) + len(self.usage or b"")
 
 
 class ResponseCache(Protocol):

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.cache import CachePolicy, ResponseCaching
 from gateway.drain import Drain
 from gateway.engine.client import EngineClient
 from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
@@ -84,6 +85,7 @@ class Rig:
     admission: Admission
     metrics: GatewayMetrics
     connector: Connector
+    caching: ResponseCaching | None = None
     scripts: dict[str, Script] = field(default_factory=dict)
 
     def ctx(self, body: dict[str, Any]) -> RequestContext:
@@ -116,7 +118,8 @@ def rig_factory() -> Callable[..., Rig]:
              resilience: dict[str, Any] | None = None,
              timeouts: dict[str, Any] | None = None,
              admission: AdmissionSettings | None = None,
-             max_event_bytes: int = 4 * 1024 * 1024) -> Rig:
+             max_event_bytes: int = 4 * 1024 * 1024,
+             cache: dict[str, Any] | None = None) -> Rig:
         scripts: dict[str, Script] = {}
 
         async def handler(request: MemoryRequest) -> MemoryResponse:
@@ -139,8 +142,13 @@ def rig_factory() -> Callable[..., Rig]:
         scheduler = InOrder()
         connector = Connector(pool, scheduler, drain, metrics, settings)
         gate = Admission(admission or AdmissionSettings(), MemoryCounters())
-        director = Director(pool, connector, gate, MemoryCache(), drain, metrics, settings,
+        caching = None if cache is None else ResponseCaching(
+            CachePolicy(shared_across_keys=cache.get("shared", False)), MemoryCache(),
+            metrics, ttl_s=cache.get("ttl_s", 60.0), max_entry_bytes=1024 * 1024,
+            coalesce=cache.get("coalesce", True), waits=limits)
+        director = Director(pool, connector, gate, caching, drain, metrics, settings,
                             max_event_bytes=max_event_bytes)
-        return Rig(director, pool, scheduler, transport, gate, metrics, connector, scripts)
+        return Rig(director, pool, scheduler, transport, gate, metrics, connector, caching,
+                   scripts)
 
     return make

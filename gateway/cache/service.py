@@ -1,0 +1,112 @@
+"""The response cache as the director's steps use it.
+
+``lookup`` (after the limits, before admission): a stored answer (``hit``), an
+identical request in flight to follow (``coalesced``), or nothing (``miss``: the
+request leads a new flight). ``stored`` (a finish hook): the leader's answer goes to
+the store when it is complete (a 200, every choice finished, a stream's ``[DONE]``),
+and its flight lands, handing followers the answer or the news that there is none.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.cache.flights import Flight, Flights
+from gateway.cache.policy import CachePolicy
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline.context import RequestContext
+from gateway.settings import TimeoutSettings
+from gateway.stores import CachedResponse, ResponseCache
+
+log = logging.getLogger("sluice.cache")
+
+_INCOMPLETE = (None, "abort", "error")
+"""finish_reason values of an answer that did not finish."""
+
+
+class ResponseCaching:
+    """Policy, store and flights of one gateway."""
+
+    def __init__(self, policy: CachePolicy, store: ResponseCache, metrics: GatewayMetrics,
+                 *, ttl_s: float, max_entry_bytes: int, coalesce: bool = True,
+                 waits: TimeoutSettings | None = None) -> None:
+        self.policy = policy
+        self.waits = waits or TimeoutSettings()
+        """Bounds of a follower's waits: for the leader's first event
+        (``first_token_s``), each next one (``between_tokens_s``), a whole non-streamed
+        answer (``total_s``)."""
+        self.store = store
+        self.flights = Flights()
+        self._metrics = metrics
+        self._ttl_s = ttl_s
+        self._max_entry_bytes = max_entry_bytes
+        self._coalesce = coalesce
+
+    async def lookup(self, ctx: RequestContext) -> CachedResponse | Flight | None:
+        """What may answer ``ctx`` without an engine call (see the module docstring)."""
+        use = ctx.cache
+        use.key = key = self.policy.key(ctx)
+        if key is None:
+            return None
+        found: CachedResponse | Flight | None = None
+        if not use.no_cache:
+            found = await self.store.get(key)
+            if found is None and self._coalesce:
+                found = self.flights.find(key)
+        if isinstance(found, Flight):
+            found.followers += 1
+            use.result = "coalesced"
+        elif found is not None:
+            use.result = "hit"
+        else:
+            use.result = "miss"
+            use.flight = self.flights.lead(key)
+        self._metrics.cache_lookups.labels(ctx.label, use.result).inc()
+        return found
+
+    def fall_back(self, ctx: RequestContext) -> None:
+        """A follower makes its own call (its leader failed or took too long): it leads
+        a new flight when there is none, and counts as a miss."""
+        use = ctx.cache
+        assert use.key is not None
+        use.result = "miss"
+        use.flight = self.flights.lead(use.key)
+        self._metrics.cache_lookups.labels(ctx.label, "miss").inc()
+
+    async def stored(self, ctx: RequestContext) -> None:
+        """Finish hook: store a leader's complete answer, and land its flight."""
+        use = ctx.cache
+        flight = use.flight
+        if flight is None:
+            return
+        use.flight = None
+        answer: CachedResponse | None = None
+        try:
+            answer = self._answer(ctx, flight)
+            if answer is not None and not use.no_store and self._fits(answer):
+                assert use.key is not None
+                await self.store.put(use.key, answer, self._ttl_s)
+        finally:
+            self.flights.land(flight, answer)
+
+    def _answer(self, ctx: RequestContext, flight: Flight) -> CachedResponse | None:
+        use = ctx.cache
+        if ctx.outcome.status != "200" or ctx.outcome.error is not None or not use.complete:
+            return None
+        if not ctx.stream:
+            return CachedResponse(body=use.answer)
+        events = tuple(event for batch in flight.batches for event in batch)
+        return CachedResponse(events=events, usage=use.usage_event)
+
+    def _fits(self, answer: CachedResponse) -> bool:
+        return answer.size <= self._max_entry_bytes
+
+
+def finished(answer: dict[str, Any]) -> bool:
+    """A non-streamed answer is whole: it has choices, and every one finished."""
+    choices = answer.get("choices")
+    if not choices or not isinstance(choices, list):
+        return False
+    return all(isinstance(choice, dict) and choice.get("finish_reason") not in _INCOMPLETE
+               for choice in choices)
