@@ -62,21 +62,29 @@ class ResponseCaching:
         else:
             use.result = "miss"
             use.flight = self.flights.lead(key)
-        self._metrics.cache_lookups.labels(ctx.label, use.result).inc()
         return found
 
-    def fall_back(self, ctx: RequestContext) -> None:
-        """A follower makes its own call (its leader failed or took too long): it leads
-        a new flight when there is none, and counts as a miss."""
+    def fall_back(self, ctx: RequestContext, *, follow: bool) -> Flight | None:
+        """A follower whose leader failed (or took too long): with ``follow``, the flight
+        that another follower leads now, if there is one; else (or when there is none)
+        it makes its own call, leading a new flight when nobody else does (a miss)."""
         use = ctx.cache
         assert use.key is not None
+        flight = self.flights.find(use.key) if follow else None
+        if flight is not None:
+            flight.followers += 1
+            return flight
         use.result = "miss"
         use.flight = self.flights.lead(use.key)
-        self._metrics.cache_lookups.labels(ctx.label, "miss").inc()
+        return None
 
     async def stored(self, ctx: RequestContext) -> None:
-        """Finish hook: store a leader's complete answer, and land its flight."""
+        """Finish hook: count the lookup's result (once per request, as it ended: a
+        follower that had to make its own call is a miss); store a leader's complete
+        answer, and land its flight."""
         use = ctx.cache
+        if use.key is not None:
+            self._metrics.cache_lookups.labels(ctx.label, use.result).inc()
         flight = use.flight
         if flight is None:
             return

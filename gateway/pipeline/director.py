@@ -172,21 +172,25 @@ class Director:
             events.append(found.usage)
         return StartedStream([], self._replaying(ctx, events))
 
-    async def _follow(self, ctx: RequestContext, flight: Flight
+    async def _follow(self, ctx: RequestContext, flight: Flight | None
                       ) -> bytes | StartedStream | None:
         assert self._cache is not None
         waits = self._cache.waits
-        try:
-            if not ctx.stream:
-                answer = await flight.answer(waits.total_s)
-                await self.finish(ctx, None)
-                return answer.body or b"{}"
-            head = await flight.head(waits.first_token_s)
-        except (FlightFailed, TimeoutError):
-            self._cache.fall_back(ctx)
-            return None
-        ctx.timings.first_byte = time.perf_counter()
-        return StartedStream(head, self._following(ctx, flight))
+        for retry in (True, False):  # a follower follows at most two leaders
+            if flight is None:
+                return None
+            try:
+                if not ctx.stream:
+                    answer = await flight.answer(waits.total_s)
+                    await self.finish(ctx, None)
+                    return answer.body or b"{}"
+                head = await flight.head(waits.first_token_s)
+            except (FlightFailed, TimeoutError):
+                flight = self._cache.fall_back(ctx, follow=retry)
+                continue
+            ctx.timings.first_byte = time.perf_counter()
+            return StartedStream(head, self._following(ctx, flight))
+        return None
 
     async def _following(self, ctx: RequestContext, flight: Flight
                          ) -> AsyncGenerator[list[bytes], None]:
