@@ -95,10 +95,13 @@ class Tagged:
     def chunk(self, payload: bytes) -> bytes:
         return self._head + b'"chunk","data":' + payload + b"}"
 
-    def done(self, usage: dict[str, int] | None) -> bytes:
-        if usage is None:
-            return self._head + b'"done"}'
-        return self._head + b'"done","usage":' + orjson.dumps(usage) + b"}"
+    def done(self, usage: dict[str, int] | None, cache: str | None = None) -> bytes:
+        """The request's last message: its usage when known, and what the response
+        cache did (``hit``, ``miss`` or ``coalesced``) when the request was cacheable."""
+        tail = b"" if usage is None else b',"usage":' + orjson.dumps(usage)
+        if cache is not None:
+            tail += b',"cache":' + orjson.dumps(cache)
+        return self._head + b'"done"' + tail + b"}"
 
     def error(self, error: SluiceError) -> bytes:
         return self.error_payload(error.to_json())

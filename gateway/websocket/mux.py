@@ -156,7 +156,7 @@ class Multiplexer:
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }))
+        }, None if ctx.cache.key is None else ctx.cache.result))
 
     async def _end(self, request_id: str, message: bytes) -> None:
         """Send a request's terminal message (done, or its stream's error event)."""

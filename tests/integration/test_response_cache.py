@@ -9,6 +9,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import httpx
 from openai import AsyncOpenAI
 
@@ -123,3 +124,20 @@ async def test_identical_requests_in_flight_make_one_upstream_call(
     results = sorted(response.headers["x-sluice-cache"] for response in answers)
     assert results == ["coalesced"] * 19 + ["miss"]
     assert all(events_of(a.content) == events_of(answers[0].content) for a in answers)
+
+
+async def test_a_websocket_requests_done_says_what_the_cache_did(
+        start_sim: StartSim, start_gateway: StartGateway) -> None:
+    sim = await start_sim(FAST)
+    gateway = await start_gateway([sim])
+    done = []
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            gateway + "/v1/ws") as ws:
+        for request_id in ("a", "b"):
+            await ws.send_json({"id": request_id, "type": "chat.completions", "body": CHAT})
+            while (message := await ws.receive_json(timeout=10))["type"] == "chunk":
+                pass
+            done.append(message)
+    assert [m["cache"] for m in done] == ["miss", "hit"]
+    async with httpx.AsyncClient() as http:
+        assert await sim_received(http, sim) == 1

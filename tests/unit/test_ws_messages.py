@@ -58,6 +58,8 @@ def test_messages_are_tagged_without_re_encoding_the_chunk() -> None:
     assert orjson.loads(tagged.done(None)) == {"id": 'a"b', "type": "done"}
     assert orjson.loads(tagged.done({"prompt_tokens": 1})) == {
         "id": 'a"b', "type": "done", "usage": {"prompt_tokens": 1}}
+    assert orjson.loads(tagged.done(None, "hit")) == {"id": 'a"b', "type": "done",
+                                                      "cache": "hit"}
     assert orjson.loads(tagged.cancelled()) == {"id": 'a"b', "type": "cancelled"}
     error = InvalidField("bad", param="x")
     assert orjson.loads(Tagged(None).error(error)) == {"id": None, "type": "error",
