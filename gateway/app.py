@@ -158,7 +158,8 @@ def _caching(settings: Settings, stores: Stores, metrics: GatewayMetrics
     return ResponseCaching(CachePolicy(shared_across_keys=cache.shared_across_keys),
                            stores.cache, metrics, ttl_s=cache.ttl_s,
                            max_entry_bytes=cache.max_entry_bytes, coalesce=cache.coalesce,
-                           waits=settings.timeouts)
+                           waits=settings.timeouts, locks=stores.locks,
+                           follow_wait_s=cache.follow_wait_s)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

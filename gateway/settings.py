@@ -216,7 +216,12 @@ class CacheSettings(BaseModel):
                                    "answers are never served to another key")
     coalesce: bool = Field(
         default=True, description="identical cacheable requests in flight share one "
-                                  "upstream call")
+                                  "upstream call (across replicas with a shared store)")
+    follow_wait_s: float = Field(
+        default=30.0, gt=0,
+        description="across replicas: longest wait of a request for the answer another "
+                    "replica's identical request is making, before making its own call; "
+                    "also how long that replica's lease lasts if it crashes")
 
 
 _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+")

@@ -5,11 +5,20 @@ identical request in flight to follow (``coalesced``), or nothing (``miss``: the
 request leads a new flight). ``stored`` (a finish hook): the leader's answer goes to
 the store when it is complete (a 200, every choice finished, a stream's ``[DONE]``),
 and its flight lands, handing followers the answer or the news that there is none.
+
+Across replicas (a shared store with :class:`~gateway.stores.Locks`): a request that
+leads a flight in its gateway also takes the replicas' lease on its key. When another
+replica holds it, the request waits (at most ``follow_wait_s``, polling the store with
+a short backoff) for that replica's answer to be stored, and hands it to its own
+followers as one batch; when the lease ends without an answer (that leader failed,
+or crashed and its lease expired) or the wait runs out, it makes its own call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from typing import Any
 
 from gateway.cache.flights import Flight, Flights
@@ -17,7 +26,7 @@ from gateway.cache.policy import CachePolicy
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.context import RequestContext
 from gateway.settings import TimeoutSettings
-from gateway.stores import CachedResponse, ResponseCache
+from gateway.stores import CachedResponse, Locks, ResponseCache
 
 log = logging.getLogger("sluice.cache")
 
@@ -30,7 +39,8 @@ class ResponseCaching:
 
     def __init__(self, policy: CachePolicy, store: ResponseCache, metrics: GatewayMetrics,
                  *, ttl_s: float, max_entry_bytes: int, coalesce: bool = True,
-                 waits: TimeoutSettings | None = None) -> None:
+                 waits: TimeoutSettings | None = None, locks: Locks | None = None,
+                 follow_wait_s: float = 30.0) -> None:
         self.policy = policy
         self.waits = waits or TimeoutSettings()
         """Bounds of a follower's waits: for the leader's first event
@@ -42,6 +52,9 @@ class ResponseCaching:
         self._ttl_s = ttl_s
         self._max_entry_bytes = max_entry_bytes
         self._coalesce = coalesce
+        self._locks = locks if coalesce else None
+        self._owner = uuid.uuid4().hex
+        self._follow_wait_s = follow_wait_s
 
     async def lookup(self, ctx: RequestContext) -> CachedResponse | Flight | None:
         """What may answer ``ctx`` without an engine call (see the module docstring)."""
@@ -57,12 +70,51 @@ class ResponseCaching:
         if isinstance(found, Flight):
             found.followers += 1
             use.result = "coalesced"
-        elif found is not None:
+            return found
+        if found is not None:
             use.result = "hit"
-        else:
-            use.result = "miss"
-            use.flight = self.flights.lead(key)
-        return found
+            return found
+        use.result = "miss"
+        use.flight = self.flights.lead(key)
+        if use.flight is not None and self._locks is not None and not use.no_cache:
+            return await self._lead_or_wait(ctx, key, use.flight)
+        return None
+
+    async def _lead_or_wait(self, ctx: RequestContext, key: str, flight: Flight
+                            ) -> CachedResponse | None:
+        """Take the replicas' lease on ``key``, or wait for the replica that holds it."""
+        assert self._locks is not None
+        use = ctx.cache
+        use.locked = await self._locks.acquire(key, self._owner, self._follow_wait_s)
+        if use.locked:
+            return None
+        answer = await self._wait_elsewhere(key)
+        if answer is None:  # that leader failed or is too slow: this one calls
+            use.locked = await self._locks.acquire(key, self._owner, self._follow_wait_s)
+            return None
+        use.result, use.flight = "coalesced", None
+        if answer.events:
+            flight.append(list(answer.events))
+        self.flights.land(flight, answer)
+        return answer
+
+    async def _wait_elsewhere(self, key: str) -> CachedResponse | None:
+        """The answer another replica stores for ``key``; None when its lease ends
+        without one, or after ``follow_wait_s``."""
+        assert self._locks is not None
+        pause = 0.005
+        try:
+            async with asyncio.timeout(self._follow_wait_s):
+                while True:
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, 0.05)
+                    found = await self.store.get(key)
+                    if found is not None:
+                        return found
+                    if not await self._locks.held(key):
+                        return await self.store.get(key)  # stored just before release
+        except TimeoutError:
+            return None
 
     def fall_back(self, ctx: RequestContext, *, follow: bool) -> Flight | None:
         """A follower whose leader failed (or took too long): with ``follow``, the flight
@@ -90,13 +142,16 @@ class ResponseCaching:
             return
         use.flight = None
         answer: CachedResponse | None = None
+        assert use.key is not None
         try:
             answer = self._answer(ctx, flight)
             if answer is not None and not use.no_store and self._fits(answer):
-                assert use.key is not None
                 await self.store.put(use.key, answer, self._ttl_s)
         finally:
             self.flights.land(flight, answer)
+            if use.locked and self._locks is not None:
+                use.locked = False
+                await self._locks.release(use.key, self._owner)
 
     def _answer(self, ctx: RequestContext, flight: Flight) -> CachedResponse | None:
         use = ctx.cache

@@ -116,6 +116,8 @@ class CacheUse:
     ``bypass`` (the policy kept it away from the cache)."""
     flight: Flight | None = None
     """This request leads a flight: its answer goes to followers and to the store."""
+    locked: bool = False
+    """It holds the replicas' shared lease on its key (it leads for all of them)."""
     answer: bytes | None = None
     """A non-streamed answer, kept for the store."""
     complete: bool = False

@@ -5,16 +5,17 @@ Redis); a shared backend implements the same protocols so that any number of gat
 replicas agree. The lifespan builds one :class:`Stores` and hands it to the services.
 """
 
-from gateway.stores.memory import memory_stores
+from gateway.stores.memory import MemoryLocks, memory_stores
 from gateway.stores.protocols import (
     AdapterPlacement,
     CachedResponse,
     Counters,
+    Locks,
     ResponseCache,
     Stores,
     VersionPolicies,
     VersionPolicy,
 )
 
-__all__ = ["AdapterPlacement", "CachedResponse", "Counters", "ResponseCache", "Stores",
-           "VersionPolicies", "VersionPolicy", "memory_stores"]
+__all__ = ["AdapterPlacement", "CachedResponse", "Counters", "Locks", "MemoryLocks",
+           "ResponseCache", "Stores", "VersionPolicies", "VersionPolicy", "memory_stores"]

@@ -73,6 +73,32 @@ class MemoryCache:
         self._bytes -= size
 
 
+class MemoryLocks:
+    """Leases in one process: what replicas sharing this object would agree on (tests
+    run several gateways' directors over one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._held: dict[str, tuple[str, float]] = {}
+
+    async def acquire(self, key: str, owner: str, ttl_s: float) -> bool:
+        if await self.held(key):
+            return False
+        self._held[key] = (owner, self._clock() + ttl_s)
+        return True
+
+    async def release(self, key: str, owner: str) -> None:
+        if self._held.get(key, ("", 0.0))[0] == owner:
+            del self._held[key]
+
+    async def held(self, key: str) -> bool:
+        lease = self._held.get(key)
+        if lease is not None and self._clock() >= lease[1]:
+            del self._held[key]
+            lease = None
+        return lease is not None
+
+
 class MemoryAdapterPlacement:
     def __init__(self) -> None:
         self._engines: dict[str, set[str]] = {}

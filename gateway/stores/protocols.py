@@ -46,6 +46,22 @@ class ResponseCache(Protocol):
     async def put(self, key: str, value: CachedResponse, ttl_s: float) -> None: ...
 
 
+class Locks(Protocol):
+    """Leases on names, shared by every replica: which one leads an identical request
+    (see :mod:`gateway.cache`). A lease ends when its owner releases it or after its
+    ``ttl_s`` (its owner crashed)."""
+
+    async def acquire(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Take ``key`` for ``owner`` if nobody holds it; False when somebody does."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None:
+        """Give ``key`` back, if ``owner`` still holds it."""
+        ...
+
+    async def held(self, key: str) -> bool: ...
+
+
 class AdapterPlacement(Protocol):
     """Which engines hold which LoRA adapters (loaded, or being loaded)."""
 
@@ -91,3 +107,6 @@ class Stores:
     cache: ResponseCache
     adapters: AdapterPlacement
     versions: VersionPolicies
+    locks: Locks | None = None
+    """Shared leases for coalescing across replicas; None for one gateway alone (its
+    own flights coalesce identical requests)."""

@@ -143,9 +143,10 @@ def rig_factory() -> Callable[..., Rig]:
         connector = Connector(pool, scheduler, drain, metrics, settings)
         gate = Admission(admission or AdmissionSettings(), MemoryCounters())
         caching = None if cache is None else ResponseCaching(
-            CachePolicy(shared_across_keys=cache.get("shared", False)), MemoryCache(),
-            metrics, ttl_s=cache.get("ttl_s", 60.0), max_entry_bytes=1024 * 1024,
-            coalesce=cache.get("coalesce", True), waits=limits)
+            CachePolicy(shared_across_keys=cache.get("shared", False)),
+            cache.get("store") or MemoryCache(), metrics, ttl_s=cache.get("ttl_s", 60.0),
+            max_entry_bytes=1024 * 1024, coalesce=cache.get("coalesce", True), waits=limits,
+            locks=cache.get("locks"), follow_wait_s=cache.get("follow_wait_s", 30.0))
         director = Director(pool, connector, gate, caching, drain, metrics, settings,
                             max_event_bytes=max_event_bytes)
         return Rig(director, pool, scheduler, transport, gate, metrics, connector, caching,

@@ -12,6 +12,8 @@ import pytest
 
 from gateway.engine.memory import MemoryRequest, MemoryResponse
 from gateway.pipeline.context import RequestContext
+from gateway.stores import MemoryLocks
+from gateway.stores.memory import MemoryCache
 from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, slowly, usage
 
 ANSWER = {"id": "c", "object": "chat.completion",
@@ -226,3 +228,69 @@ async def test_followers_of_a_leader_cut_mid_stream_end_with_an_error_event(
     assert events[0]["choices"][0]["delta"]["content"] == "Hi"
     assert "error" in events[-1]
     assert ctx.outcome.status == "502"
+
+
+def replicas(rig_factory: Callable[..., Rig], **cache: Any) -> tuple[Rig, Rig]:
+    """Two gateways' directors over one store and one set of leases, each with its own
+    engines."""
+    shared = {"store": MemoryCache(), "locks": MemoryLocks(), **cache}
+    return cached_rig(rig_factory, **shared), cached_rig(rig_factory, **shared)
+
+
+def calls(*rigs: Rig) -> int:
+    return sum(len(rig.transport.requests) for rig in rigs)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_identical_requests_on_two_replicas_make_one_upstream_call(
+        rig_factory: Callable[..., Rig], stream: bool) -> None:
+    one, two = replicas(rig_factory)
+
+    async def slow(request: MemoryRequest) -> MemoryResponse:
+        await asyncio.sleep(0.05)
+        return await answer(request)
+
+    for rig in (one, two):
+        rig.scripts.update(a=slow)
+    body = {**GREEDY, "stream": stream}
+    runs = await asyncio.gather(*(run(rig, body) for _ in range(10) for rig in (one, two)))
+    assert calls(one, two) == 1
+    assert sorted(ctx.cache.result for ctx, _ in runs) == ["coalesced"] * 19 + ["miss"]
+    assert all(result == runs[0][1] for _, result in runs)
+    ctx, _ = await run(two, body)
+    assert ctx.cache.result == "hit"
+
+
+async def test_a_replica_makes_its_own_call_when_the_others_leader_fails(
+        rig_factory: Callable[..., Rig]) -> None:
+    one, two = replicas(rig_factory)
+
+    async def fails(request: MemoryRequest) -> MemoryResponse:
+        await asyncio.sleep(0.05)
+        return MemoryResponse(400, b'{"error": {"message": "no"}}')
+
+    one.scripts.update(a=fails)
+    leader = asyncio.create_task(run(one, GREEDY))
+    await asyncio.sleep(0.01)
+    follower, _ = await run(two, GREEDY)
+    with pytest.raises(Exception, match="no"):
+        await leader
+    assert follower.cache.result == "miss"
+    assert (calls(one), calls(two)) == (1, 1)
+
+
+async def test_the_wait_for_another_replica_is_bounded(
+        rig_factory: Callable[..., Rig]) -> None:
+    one, two = replicas(rig_factory, follow_wait_s=0.05)
+
+    async def stuck(request: MemoryRequest) -> MemoryResponse:
+        await asyncio.sleep(0.3)
+        return await answer(request)
+
+    one.scripts.update(a=stuck)
+    leader = asyncio.create_task(run(one, GREEDY))
+    await asyncio.sleep(0.01)
+    follower, _ = await run(two, GREEDY)
+    assert follower.cache.result == "miss"
+    await leader
+    assert calls(one, two) == 2
