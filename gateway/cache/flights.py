@@ -28,14 +28,13 @@ class FlightFailed(Exception):
 class Flight:
     """One upstream answer being made, readable by any number of followers."""
 
-    __slots__ = ("_closed", "_wake", "batches", "followers", "key", "result")
+    __slots__ = ("_closed", "_wake", "batches", "key", "result")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.batches: list[list[bytes]] = []
         self.result: CachedResponse | None = None
         """Set when the answer is complete (the usage event included)."""
-        self.followers = 0
         self._closed = False
         self._wake: asyncio.Future[None] | None = None
 

@@ -68,7 +68,6 @@ class ResponseCaching:
             if found is None and self._coalesce:
                 found = self.flights.find(key)
         if isinstance(found, Flight):
-            found.followers += 1
             use.result = "coalesced"
             return found
         if found is not None:
@@ -124,7 +123,6 @@ class ResponseCaching:
         assert use.key is not None
         flight = self.flights.find(use.key) if follow else None
         if flight is not None:
-            flight.followers += 1
             return flight
         use.result = "miss"
         use.flight = self.flights.lead(use.key)
