@@ -12,7 +12,7 @@ CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "
 KEY = "k1-0123456789abcdef"
 PAGE = "https://playground.example"
 QUICK = SimConfig(decode_step_ms=1, prefill_base_ms=1)
-EXPOSED = "x-request-id, retry-after, server-timing, x-sluice-engine"
+EXPOSED = "x-request-id, retry-after, server-timing, x-sluice-engine, x-sluice-cache"
 
 
 def preflight(origin: str, headers: str = "authorization, content-type") -> dict[str, str]:
@@ -35,7 +35,8 @@ async def test_without_keys_any_origin_may_call(start_sim: StartSim,
     assert pre.headers["access-control-allow-methods"] == "GET, POST, OPTIONS"
     allowed = pre.headers["access-control-allow-headers"].split(", ")
     assert {"authorization", "content-type", "x-request-id", "x-session-id",
-            "x-stainless-os", "x-stainless-retry-count"} <= set(allowed)
+            "cache-control", "x-sluice-cache", "x-stainless-os",
+            "x-stainless-retry-count"} <= set(allowed)
     assert "x-evil" not in allowed
     assert int(pre.headers["access-control-max-age"]) == 600
     assert chat.status_code == 200
@@ -43,7 +44,7 @@ async def test_without_keys_any_origin_may_call(start_sim: StartSim,
     assert chat.headers["access-control-allow-origin"] == "*"
     assert chat.headers["access-control-expose-headers"] == EXPOSED
     assert "vary" not in chat.headers
-    for name in ("x-request-id", "server-timing", "x-sluice-engine"):
+    for name in ("x-request-id", "server-timing", "x-sluice-engine", "x-sluice-cache"):
         assert name in chat.headers
     assert "access-control-allow-origin" not in plain.headers  # no Origin, no CORS
 
