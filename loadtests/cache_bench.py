@@ -92,7 +92,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with sim_fleet(1, {"decode_step_ms": 1, "prefill_base_ms": 1}, log_dir=logs) as fleet:
         engine = fleet.urls[0]
         settings = {"engines": [{"name": "e0", "url": engine}], "default_engine": False,
-                    "access_log": False, "log_level": "warning"}
+                    "access_log": False, "log_level": "warning", "cache": {"enabled": True}}
         async with gateway_process(settings, log_dir=logs) as gateway:
             return await measure(gateway.url, engine, args.rounds)
 

@@ -170,8 +170,10 @@ class GatewayProcess:
 
 def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gateway") -> Launch:
     """``python -m gateway serve`` with ``settings`` (the keys of its YAML config) written to
-    ``<log_dir>/<name>.yaml``; ``host`` and a free ``port`` are filled in when missing."""
-    config = {"host": HOST, **settings}
+    ``<log_dir>/<name>.yaml``; ``host`` and a free ``port`` are filled in when missing.
+    The response cache is off unless ``settings`` turn it on: the benches measure relaying
+    and routing, and their workloads send temperature-0 requests, repeats included."""
+    config = {"host": HOST, "cache": {"enabled": False}, **settings}
     config.setdefault("port", free_port())
     log_dir.mkdir(parents=True, exist_ok=True)
     config_file = log_dir / f"{name}.yaml"
