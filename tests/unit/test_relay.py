@@ -66,6 +66,13 @@ def test_usage_chunk_is_dropped_but_counted_when_the_client_did_not_ask() -> Non
     assert r.usage == Usage(prompt_tokens=7, completion_tokens=3)
 
 
+@pytest.mark.parametrize("forward_usage", [True, False])
+def test_the_usage_chunk_is_kept_apart_forwarded_or_not(forward_usage: bool) -> None:
+    r = relay(forward_usage=forward_usage)
+    r.feed(TOKEN + USAGE + DONE)
+    assert r.usage_event == payload(USAGE_OBJ)  # what the response cache stores
+
+
 def test_usage_split_across_reads_is_dropped_whole() -> None:
     r = relay(forward_usage=False)
     data = USAGE + DONE
