@@ -59,7 +59,8 @@ class RedisLink:
         self.up = False
         self.last_error = "not probed yet"
         self._beats: list[Beat] = []
-        self._bound_s = settings.connect_timeout_s + 2 * settings.command_timeout_s
+        self._closing = False
+        self.bound_s = settings.connect_timeout_s + 2 * settings.command_timeout_s
 
     def key(self, *parts: str) -> str:
         """A key under the configured prefix."""
@@ -74,7 +75,7 @@ class RedisLink:
         if not self.up:
             raise StoreUnavailable(f"redis is down ({self.last_error})")
         try:
-            async with asyncio.timeout(self._bound_s):
+            async with asyncio.timeout(self.bound_s):
                 return await command()
         except (RedisError, *_OUTAGE) as exc:
             self.failed(op, exc)
@@ -92,7 +93,7 @@ class RedisLink:
     async def probe(self) -> bool:
         """PING Redis; when it answers, mark it up and run the beats."""
         try:
-            async with asyncio.timeout(self._bound_s):
+            async with asyncio.timeout(self.bound_s):
                 await self.client.ping()
         except (RedisError, *_OUTAGE) as exc:
             self.failed("ping", exc)
@@ -107,13 +108,21 @@ class RedisLink:
         return self.up
 
     async def run_probes(self) -> None:
-        """Probe forever, every ``probe_interval_s`` (a lifespan task)."""
-        while True:
+        """Probe every ``probe_interval_s`` until :meth:`aclose` (a lifespan task).
+
+        The loop also checks a flag: redis-py can swallow a cancellation that lands
+        inside a command, and a cancelled probe task must still end."""
+        while not self._closing:
             await self.probe()
             await asyncio.sleep(self.settings.probe_interval_s)
 
+    def stop_probes(self) -> None:
+        self._closing = True
+
     async def aclose(self) -> None:
-        await self.client.aclose()
+        self._closing = True
+        async with asyncio.timeout(self.bound_s):
+            await self.client.aclose()
 
     def _set_up(self, up: bool) -> None:
         self.up = up

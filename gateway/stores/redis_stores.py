@@ -40,9 +40,10 @@ async def redis_stores(settings: RedisSettings, metrics: GatewayMetrics
         try:
             yield RedisState(stores, link)
         finally:
+            link.stop_probes()
             probes.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probes
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(probes, settings.probe_interval_s + 2 * link.bound_s)
             await counters.close()
     finally:
         await link.aclose()
