@@ -1,7 +1,8 @@
 """The response cache in Redis: one key per entry, expiring with its TTL.
 
 An entry is its body or its events in a small binary frame (a kind byte, then 4-byte
-big-endian lengths before each part). Entries past ``cache_max_entry_bytes`` are not
+big-endian lengths before each part; a stream stored with its usage chunk has kind
+``S`` and that chunk as its first part). Entries past ``cache_max_entry_bytes`` are not
 stored. While Redis is down both reads and writes are skipped (a miss, not an error):
 the request goes to an engine as if the cache were empty.
 """
@@ -20,13 +21,15 @@ _LENGTH = struct.Struct(">I")
 def encode(value: CachedResponse) -> bytes:
     if value.body is not None:
         return b"B" + value.body
-    return b"E" + b"".join(_LENGTH.pack(len(event)) + event for event in value.events)
+    parts = value.events if value.usage is None else (value.usage, *value.events)
+    kind = b"E" if value.usage is None else b"S"
+    return kind + b"".join(_LENGTH.pack(len(part)) + part for part in parts)
 
 
 def decode(raw: bytes) -> CachedResponse:
     if raw[:1] == b"B":
         return CachedResponse(body=raw[1:])
-    if raw[:1] != b"E":
+    if raw[:1] not in (b"E", b"S"):
         raise ValueError("not a cached response")
     events, at = [], 1
     while at < len(raw):
@@ -36,6 +39,10 @@ def decode(raw: bytes) -> CachedResponse:
         at += size
     if at != len(raw):
         raise ValueError("truncated cached response")
+    if raw[:1] == b"S":
+        if not events:
+            raise ValueError("truncated cached response")
+        return CachedResponse(events=tuple(events[1:]), usage=events[0])
     return CachedResponse(events=tuple(events))
 
 

@@ -14,6 +14,7 @@ from gateway.stores.protocols import Stores
 from gateway.stores.redis_cache import RedisCache
 from gateway.stores.redis_counters import RedisCounters
 from gateway.stores.redis_link import RedisLink
+from gateway.stores.redis_locks import RedisLocks
 from gateway.stores.redis_placement import RedisAdapterPlacement
 from gateway.stores.redis_versions import RedisVersionPolicies
 
@@ -33,7 +34,7 @@ async def redis_stores(settings: RedisSettings, metrics: GatewayMetrics
     link = RedisLink(settings, metrics)
     counters = RedisCounters(link, metrics)
     stores = Stores(counters, RedisCache(link, metrics), RedisAdapterPlacement(link, metrics),
-                    RedisVersionPolicies(link, metrics))
+                    RedisVersionPolicies(link, metrics), RedisLocks(link, metrics))
     try:
         await link.probe()
         probes = asyncio.create_task(link.run_probes(), name="redis-probes")
