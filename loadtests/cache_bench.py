@@ -6,9 +6,12 @@ time on one keep-alive connection, the three requests take turns for ``--rounds`
 rounds: ``GET /health`` (the gateway's cheapest answer: no pipeline at all), the
 non-streamed hit, and the streamed hit (read to its ``[DONE]``). Every hit is checked
 (``x-sluice-cache: hit``) and the engine's request counter is checked unchanged at the
-end. The result is each kind's p50 and p99, and what a hit adds to ``/health``.
+end. The result is each kind's p50 and p99, and what a hit adds to ``/health``. With
+``--redis`` the cache lives in a ``redis-server`` of the run's own (on a free port, no
+persistence) instead of the gateway's memory.
 
     python -m loadtests.cache_bench --rounds 2000 --out results/cache_bench.json
+    python -m loadtests.cache_bench --rounds 2000 --redis
 
 All traffic stays on 127.0.0.1; the run is bounded by its rounds.
 """
@@ -17,16 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import shutil
+import socket
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from loadtests.fleet import gateway_process, sim_fleet
+from loadtests.launch import HOST, free_port
 
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "Say hello"}],
         "max_tokens": 32, "temperature": 0}
@@ -87,19 +96,52 @@ async def measure(gateway: str, engine: str, rounds: int) -> dict[str, Any]:
     return result
 
 
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    """A ``redis-server`` on a free port without persistence; its URL. Stopped after."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis needs redis-server on the PATH")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", HOST, "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     logs = Path(tempfile.mkdtemp(prefix="cache-bench-"))
-    async with sim_fleet(1, {"decode_step_ms": 1, "prefill_base_ms": 1}, log_dir=logs) as fleet:
-        engine = fleet.urls[0]
-        settings = {"engines": [{"name": "e0", "url": engine}], "default_engine": False,
-                    "access_log": False, "log_level": "warning", "cache": {"enabled": True}}
-        async with gateway_process(settings, log_dir=logs) as gateway:
-            return await measure(gateway.url, engine, args.rounds)
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(redis_server(logs)) if args.redis else ""
+        async with sim_fleet(1, {"decode_step_ms": 1, "prefill_base_ms": 1},
+                             log_dir=logs) as fleet:
+            engine = fleet.urls[0]
+            settings = {"engines": [{"name": "e0", "url": engine}], "default_engine": False,
+                        "access_log": False, "log_level": "warning",
+                        "cache": {"enabled": True}, "redis": {"url": redis}}
+            async with gateway_process(settings, log_dir=logs) as gateway:
+                result = await measure(gateway.url, engine, args.rounds)
+    return {"store": "redis" if args.redis else "memory", **result}
 
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--redis", action="store_true",
+                        help="keep the cache in a redis-server of the run's own")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = asyncio.run(main(args))
