@@ -20,6 +20,7 @@ from gateway.stores.redis_stores import redis_stores
 from loadtests.fleet import gateway_launch
 from loadtests.launch import launched
 from simulator import SimConfig
+from tests.conftest import StartGateway
 from tests.integration.conftest import StartSim
 from tests.integration.helpers import events_of, sim_received
 from tests.redis_server import RedisServer
@@ -121,3 +122,17 @@ async def test_fifty_identical_requests_over_two_gateways_make_one_upstream_call
     results = sorted(response.headers["x-sluice-cache"] for response in answers)
     assert results == ["coalesced"] * 49 + ["miss"]
     assert all(events_of(a.content) == events_of(answers[0].content) for a in answers)
+
+
+async def test_with_redis_down_requests_are_answered_without_the_cache(
+        redis_server: RedisServer, start_sim: StartSim, start_gateway: StartGateway) -> None:
+    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=1))
+    gateway = await start_gateway([sim], redis={"url": redis_server.url,
+                                                "probe_interval_s": 0.2, "slot_ttl_s": 3.0})
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await post(http, gateway, CHAT)).headers["x-sluice-cache"] == "miss"
+        assert (await post(http, gateway, CHAT)).headers["x-sluice-cache"] == "hit"
+        redis_server.kill()
+        for _ in range(3):  # no store to read or write, no lease to wait on: each calls
+            assert (await post(http, gateway, CHAT)).headers["x-sluice-cache"] == "miss"
+        assert await sim_received(http, sim) == 4
