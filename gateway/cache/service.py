@@ -17,7 +17,6 @@ or crashed and its lease expired) or the wait runs out, it makes its own call.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from typing import Any
 
@@ -27,8 +26,6 @@ from gateway.metrics import GatewayMetrics
 from gateway.pipeline.context import RequestContext
 from gateway.settings import TimeoutSettings
 from gateway.stores import CachedResponse, Locks, ResponseCache
-
-log = logging.getLogger("sluice.cache")
 
 _INCOMPLETE = (None, "abort", "error")
 """finish_reason values of an answer that did not finish."""
