@@ -45,6 +45,7 @@ from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.streaming import SERVER_SEND
+from gateway.versions import VersionRouter
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -100,6 +101,10 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                (pool.run_scrapes, "load-scrapes")):
                 stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
             stack.callback(drain.cancel)
+            versions = VersionRouter(settings.versions, state.versions, pool.serving)
+            await versions.seed()
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
             dialer = WebSocketDialer(
                 connect_s=settings.timeouts.connect_s,
                 max_message_bytes=settings.websocket.max_message_bytes,
@@ -109,7 +114,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             director = Director(
                 pool, connector, Admission(settings.admission, state.counters),
                 state.cache, drain, metrics, settings.resilience,
-                max_event_bytes=settings.max_event_bytes, keys=key_service)
+                max_event_bytes=settings.max_event_bytes, keys=key_service,
+                versions=versions)
             yield {
                 "settings": settings,
                 "metrics": metrics,
@@ -117,6 +123,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "drain": drain,
                 "director": director,
                 "keys": key_service,
+                "versions": versions,
                 "passthrough": Passthrough(pool, connector, director, metrics,
                                            max_event_bytes=settings.max_event_bytes),
                 "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,

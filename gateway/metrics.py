@@ -18,8 +18,9 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "sluice_requests", "Finished generation requests.",
-            ["model", "engine", "endpoint", "status"], registry=r)
+            "sluice_requests", "Finished generation requests (version: the alias's "
+            "version that served, none for a model that is not an alias).",
+            ["model", "version", "engine", "endpoint", "status"], registry=r)
         self.in_flight = Gauge(
             "sluice_requests_in_flight", "Generation requests being served.",
             ["model"], registry=r)

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from engines.spec import EngineSpec
 from gateway.fleet_settings import AdmissionSettings, ResilienceSettings, RoutingSettings
+from gateway.versions.config import VersionsSettings
 
 
 class TimeoutSettings(BaseModel):
@@ -267,6 +268,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     streaming: StreamingSettings = StreamingSettings()
     cors: CorsSettings = CorsSettings()
+    versions: VersionsSettings = VersionsSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
     playground: bool = Field(

@@ -103,8 +103,8 @@ async def test_models_health_ready_metrics(gateway: str) -> None:
     assert health.status_code == 200
     assert ready.status_code == 200
     assert ready.json()["engines"][0]["healthy"] is True
-    assert 'sluice_requests_total{endpoint="chat",engine="e0",model="sim-model",status="200"}' \
-        in metrics
+    assert ('sluice_requests_total{endpoint="chat",engine="e0",model="sim-model",status="200",'
+            'version="none"}') in metrics
     assert 'sluice_engine_up{engine="e0"} 1.0' in metrics
     assert "sluice_time_to_first_token_seconds_bucket" in metrics
 
