@@ -39,13 +39,23 @@ from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
 from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
-from gateway.routes import admin, docs, health, openai, passthrough, playground, ws
+from gateway.routes import (
+    admin,
+    admin_versions,
+    docs,
+    health,
+    openai,
+    passthrough,
+    playground,
+    ws,
+)
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.streaming import SERVER_SEND
 from gateway.versions import VersionRouter
+from gateway.versions.service import VersionService
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -124,6 +134,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "director": director,
                 "keys": key_service,
                 "versions": versions,
+                "version_admin": VersionService(versions),
                 "passthrough": Passthrough(pool, connector, director, metrics,
                                            max_event_bytes=settings.max_event_bytes),
                 "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,
@@ -131,7 +142,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             }
 
     page = playground.routes() if settings.playground else []
-    admin_routes = admin.routes if settings.admin.enabled else []
+    admin_routes = [*admin.routes, *admin_versions.routes] if settings.admin.enabled else []
     app = GatewayApp(
         routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
                 *docs.routes, *page, *admin_routes],

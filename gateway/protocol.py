@@ -192,3 +192,13 @@ class KeyRequest(BaseModel):
     models: list[str] = Field(default_factory=list, max_length=1000)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+
+
+class PolicyRequest(BaseModel):
+    """``PUT /admin/versions/{alias}``: the alias's new split (relative weights per
+    version) and shadow fractions; it replaces the current policy whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(min_length=1, max_length=64)
+    shadow: dict[str, float] = Field(default_factory=dict, max_length=64)

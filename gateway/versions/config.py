@@ -54,10 +54,11 @@ class AliasSettings(BaseModel):
         default_factory=dict,
         description="the initial split (relative weights); empty: all on the first version")
     sticky: bool = Field(
-        default=True,
-        description="assign by the caller (x-session-id, the body's user, else the API key) "
-                    "so that one caller stays on one version; a request without any of "
-                    "them, or with sticky off, is assigned by its request id")
+        default=False,
+        description="A/B: assign by the caller (x-session-id, the body's user, else the API "
+                    "key) so that one caller stays on one version. Off (a canary): each "
+                    "request is assigned by its request id; so is a sticky alias's request "
+                    "that names no caller")
     fallback: list[str] = Field(
         default_factory=list,
         description="when no engine of the chosen version is up, the next version of this "

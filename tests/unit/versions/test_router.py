@@ -59,7 +59,7 @@ def test_a_model_that_is_no_alias_passes_through() -> None:
 
 
 def test_sticky_keys_stay_on_one_version_and_a_growing_canary_keeps_its_callers() -> None:
-    r = router()
+    r = router(sticky=True)
     first: dict[str, str | None] = {}
     for key in range(500):
         seen = {resolved(r, ctx(f"req-{key}-{n}", session=f"user-{key}")).version
@@ -74,7 +74,7 @@ def test_sticky_keys_stay_on_one_version_and_a_growing_canary_keeps_its_callers(
 
 
 def test_the_principal_is_the_sticky_key_without_a_session() -> None:
-    r = router(weights={"v1": 50, "v2": 50})
+    r = router(weights={"v1": 50, "v2": 50}, sticky=True)
     versions = {resolved(r, ctx(f"req-{n}", principal="k-1")).version for n in range(50)}
     assert len(versions) == 1
 
