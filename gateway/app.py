@@ -56,6 +56,7 @@ from gateway.stores import Stores, memory_stores
 from gateway.streaming import SERVER_SEND
 from gateway.versions import VersionRouter
 from gateway.versions.service import VersionService
+from gateway.versions.shadow import ShadowMirror
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -112,6 +113,10 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
             stack.callback(drain.cancel)
             versions = VersionRouter(settings.versions, state.versions, pool.serving)
+            versions.mirror = mirror = ShadowMirror(
+                pool, metrics, max_in_flight=settings.versions.shadow_max_in_flight,
+                max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s)
+            stack.push_async_callback(mirror.aclose)
             await versions.seed()
             stack.push_async_callback(
                 _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
@@ -125,7 +130,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, connector, Admission(settings.admission, state.counters),
                 state.cache, drain, metrics, settings.resilience,
                 max_event_bytes=settings.max_event_bytes, keys=key_service,
-                versions=versions)
+                versions=versions, hooks=[mirror.finished])
             yield {
                 "settings": settings,
                 "metrics": metrics,

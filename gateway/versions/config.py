@@ -101,6 +101,9 @@ class VersionsSettings(BaseModel):
         default=5.0, gt=0,
         description="every this often each replica re-reads every alias's policy from the "
                     "store (a backstop for a missed change notification)")
+    shadow_max_in_flight: int = Field(
+        default=16, ge=1, description="mirrored requests running at once (per replica); "
+                                      "past it a request is not mirrored")
 
     @field_validator("aliases")
     @classmethod

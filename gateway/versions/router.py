@@ -24,6 +24,7 @@ from gateway.errors import InvalidField, SluiceError
 from gateway.pipeline.context import RequestContext
 from gateway.stores import VersionPolicies, VersionPolicy
 from gateway.versions.config import AliasSettings, VersionsSettings, policy_problem
+from gateway.versions.shadow import ShadowMirror
 
 log = logging.getLogger("sluice.versions")
 
@@ -65,6 +66,8 @@ class VersionRouter:
         self._up = up
         self._policies: dict[str, VersionPolicy] = {
             name: alias.initial for name, alias in self.aliases.items()}
+        self.mirror: ShadowMirror | None = None
+        """Starts the copies of requests a policy's ``shadow`` asks for (None: none)."""
         self.on_change: Callable[[str, VersionPolicy], None] | None = None
         """Called when a reload finds an alias's policy changed (tests measure with it)."""
 
@@ -91,11 +94,22 @@ class VersionRouter:
             version = ctx.pinned_version
         else:
             key = (ctx.session_key or ctx.principal) if alias.sticky else None
-            version = pick(alias, self._policies[name], point(name, key or ctx.id))
+            policy = self._policies[name]
+            version = pick(alias, policy, point(name, key or ctx.id))
             version = self._fallback(alias, version, ctx)
+            self._shadow(ctx, name, alias, policy, version)
         spec = alias.versions[version]
         ctx.version, ctx.adapter = version, spec.adapter
         ctx.model = ctx.body["model"] = spec.served
+
+    def _shadow(self, ctx: RequestContext, name: str, alias: AliasSettings,
+                policy: VersionPolicy, serving: str) -> None:
+        """Mirror the request to each shadow version whose fraction its id falls in."""
+        if self.mirror is None:
+            return
+        for version, fraction in policy.shadow.items():
+            if version != serving and point(name, f"shadow\0{version}\0{ctx.id}") < fraction:
+                self.mirror.start(ctx, name, version, alias.versions[version].served)
 
     def _fallback(self, alias: AliasSettings, version: str, ctx: RequestContext) -> str:
         """``version``, or when none of its engines is up the next one of the chain

@@ -150,3 +150,25 @@ def test_cards_list_the_aliases_with_a_version_served() -> None:
     r = router()
     assert [card["id"] for card in r.cards({"base-a"})] == ["chat"]
     assert r.cards({"other"}) == []
+
+
+class Recorder:
+    """A mirror that records what it is asked to copy."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str, str]] = []
+
+    def start(self, context: RequestContext, alias: str, version: str, served: str) -> None:
+        self.started.append((context.id, version, served))
+
+
+def test_a_shadow_fraction_mirrors_that_share_of_requests_to_other_versions() -> None:
+    r = router(weights={"v1": 1})
+    recorder = Recorder()
+    r.mirror = recorder  # type: ignore[assignment]
+    r._policies["chat"] = VersionPolicy({"v1": 1}, shadow={"v1": 1.0, "v3": 0.2})
+    for i in range(5000):
+        r.resolve(ctx(f"req-{i}"))
+    r.resolve(ctx("pinned", pin="v1"))
+    assert {(v, s) for _, v, s in recorder.started} == {("v3", "base-c")}
+    assert abs(len(recorder.started) / 5000 - 0.2) <= 0.015
