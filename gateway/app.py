@@ -55,8 +55,10 @@ from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.streaming import SERVER_SEND
 from gateway.versions import VersionRouter
+from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
 from gateway.versions.shadow import ShadowMirror
+from gateway.versions.stats import VersionStats
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -117,6 +119,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, metrics, max_in_flight=settings.versions.shadow_max_in_flight,
                 max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s)
             stack.push_async_callback(mirror.aclose)
+            version_admin, stats = VersionService(versions), VersionStats()
+            rollouts = Rollouts(version_admin, versions, stats, settings.versions.rollout)
+            stack.push_async_callback(rollouts.aclose)
             await versions.seed()
             stack.push_async_callback(
                 _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
@@ -130,7 +135,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, connector, Admission(settings.admission, state.counters),
                 state.cache, drain, metrics, settings.resilience,
                 max_event_bytes=settings.max_event_bytes, keys=key_service,
-                versions=versions, hooks=[mirror.finished])
+                versions=versions, hooks=[mirror.finished, stats.record])
             yield {
                 "settings": settings,
                 "metrics": metrics,
@@ -139,7 +144,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "director": director,
                 "keys": key_service,
                 "versions": versions,
-                "version_admin": VersionService(versions),
+                "version_admin": version_admin,
+                "rollouts": rollouts,
                 "passthrough": Passthrough(pool, connector, director, metrics,
                                            max_event_bytes=settings.max_event_bytes),
                 "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,

@@ -8,6 +8,7 @@ will do, since the change reaches the others by itself.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import Annotated, Any
@@ -131,3 +132,72 @@ def rollback(alias: str, url: UrlOption = DEFAULT_URL, token: TokenOption = "") 
 def history(alias: str, url: UrlOption = DEFAULT_URL, token: TokenOption = "") -> None:
     """An alias's earlier policies, newest first."""
     _print(call(url, token, "GET", f"/admin/versions/{alias}/history"))
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``60s``, ``2m``, ``500ms``, ``1h`` or plain seconds, as seconds."""
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if text.endswith(unit):
+            number, scale = text[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = text, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: write a duration such as 60s, 2m or 500ms") \
+            from None
+    if seconds <= 0:
+        raise typer.BadParameter("the hold must be positive")
+    return seconds
+
+
+def parse_steps(text: str) -> list[float]:
+    """``10,50,100`` as percentages."""
+    try:
+        return [float(step) for step in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: write percentages such as 10,50,100") from None
+
+
+@versions_app.command()
+def rollout(alias: str,
+            to: Annotated[str, typer.Option("--to", help="The version to move to.")],
+            steps: Annotated[str, typer.Option(help="Its share at each step, in %.")
+                             ] = "10,50,100",
+            hold: Annotated[str, typer.Option(help="Hold of each step (60s, 5m).")] = "60s",
+            base: Annotated[str | None, typer.Option(
+                help="The version it replaces (default: the busiest other one).")] = None,
+            watch: Annotated[bool, typer.Option(
+                help="Print each decision until the rollout ends.")] = False,
+            url: UrlOption = DEFAULT_URL, token: TokenOption = "") -> None:
+    """Move ALIAS to a version step by step, promoting within the configured bounds and
+    rolling back at once outside them: rollout chat --to v2 --steps 10,50,100 --hold 60s."""
+    body = {"to": to, "steps": parse_steps(steps), "hold_s": parse_duration(hold),
+            "base": base}
+    started = call(url, token, "POST", f"/admin/versions/{alias}/rollout", body)
+    if not watch:
+        _print(started)
+        return
+    shown = 0
+    while True:
+        state = call(url, token, "GET", f"/admin/versions/{alias}/rollout")
+        for decision in state["decisions"][shown:]:
+            out.print(f"step {decision['step']} ({decision['percent']:g} %): "
+                      f"{decision['action']}: {decision['reason']}", highlight=False)
+        shown = len(state["decisions"])
+        if state["state"] != "running":
+            out.print(f"rollout {state['state']}", highlight=False)
+            if state["state"] != "done":
+                raise typer.Exit(1)
+            return
+        time.sleep(1.0)
+
+
+@versions_app.command("rollout-status")
+def rollout_status(alias: str, url: UrlOption = DEFAULT_URL, token: TokenOption = "") -> None:
+    """The alias's latest rollout (on the replica asked) and every decision."""
+    _print(call(url, token, "GET", f"/admin/versions/{alias}/rollout"))

@@ -17,7 +17,8 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── AliasNotFound                (404, code alias_not_found: admin API)
     ├── UnsupportedEndpoint          (404, code unsupported_endpoint)
     ├── MethodNotAllowed             (405, Allow)
-    ├── NoEarlierPolicy              (409, code no_earlier_policy: admin API rollback)
+    ├── Conflict                     (409: admin API)
+    │   └── NoEarlierPolicy          (409, code no_earlier_policy: a rollback without history)
     ├── RequestTimeout               (408, code request_timeout; connection closed)
     ├── RequestTooLarge              (413)
     ├── UnsupportedMediaType         (415, code unsupported_media_type)
@@ -138,11 +139,18 @@ class AliasNotFound(SluiceError):
     default_code = "alias_not_found"
 
 
-class NoEarlierPolicy(SluiceError):
-    """A rollback of an alias whose policy history is empty."""
+class Conflict(SluiceError):
+    """The change asked for conflicts with the state it would change (a rollout while
+    another runs)."""
 
     status = 409
     type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class NoEarlierPolicy(Conflict):
+    """A rollback of an alias whose policy history is empty."""
+
     default_code = "no_earlier_policy"
 
 

@@ -22,6 +22,7 @@ from gateway.protocol import (
     CompletionRequest,
     KeyRequest,
     PolicyRequest,
+    RolloutRequest,
 )
 
 _REF = "#/components/schemas/{model}"
@@ -115,6 +116,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/admin/versions/{alias}/rollback"): Operation(
         "Restore an alias's previous policy (409 when there is none; admin token)",
         "admin", response="Alias"),
+    ("post", "/admin/versions/{alias}/rollout"): Operation(
+        "Start a guarded progressive rollout (202; admin token)", "admin", "RolloutRequest",
+        "Rollout"),
+    ("get", "/admin/versions/{alias}/rollout"): Operation(
+        "The alias's latest rollout on this replica and every decision (admin token)",
+        "admin", response="Rollout"),
+    ("delete", "/admin/versions/{alias}/rollout"): Operation(
+        "Stop the alias's running rollout where it is (admin token)", "admin",
+        response="Rollout"),
     ("get", "/"): Operation("The playground: a chat page (HTML)", "playground",
                             response="Text"),
     ("get", "/playground/playground.js"): Operation("The playground's script", "playground",
@@ -185,7 +195,8 @@ def _operation(method: str, path: str, *, websocket: bool) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (ChatCompletionRequest, CompletionRequest, KeyRequest, PolicyRequest):
+    for model in (ChatCompletionRequest, CompletionRequest, KeyRequest, PolicyRequest,
+                  RolloutRequest):
         schemas |= _model_schema(model)
     usage = {"type": "object", "properties": {
         "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
@@ -255,6 +266,11 @@ def _schemas() -> dict[str, Any]:
                     "description": {"type": "string"}}}},
             "sticky": {"type": "boolean"},
             "fallback": {"type": "array", "items": {"type": "string"}}}},
+        "Rollout": {"type": "object", "properties": {
+            "alias": {"type": "string"}, "to": {"type": "string"}, "base": {"type": "string"},
+            "steps": {"type": "array", "items": {"type": "number"}},
+            "hold_s": {"type": "number"}, "state": {"type": "string"},
+            "before": _ref("Policy"), "decisions": {"type": "array", "items": _OBJECT}}},
         "AliasList": {"type": "object", "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Alias")}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {

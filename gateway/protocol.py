@@ -202,3 +202,16 @@ class PolicyRequest(BaseModel):
 
     weights: dict[str, float] = Field(min_length=1, max_length=64)
     shadow: dict[str, float] = Field(default_factory=dict, max_length=64)
+
+
+class RolloutRequest(BaseModel):
+    """``POST /admin/versions/{alias}/rollout``: the version to move to, the steps (its
+    share in percent, rising, ending at 100), the hold of each step in seconds, and the
+    version it replaces (default: the one with the most traffic besides it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=64)
+    steps: list[float] = Field(min_length=1, max_length=20)
+    hold_s: float = Field(gt=0, le=86400)
+    base: str | None = Field(default=None, max_length=64)

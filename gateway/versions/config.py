@@ -91,6 +91,29 @@ class AliasSettings(BaseModel):
         return VersionPolicy(dict(self.weights or {next(iter(self.versions)): 100.0}))
 
 
+class RolloutSettings(BaseModel):
+    """The bounds a guarded rollout holds the new version to at every step (compared
+    with the version it replaces over the same hold)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="share of the new version's requests that "
+                                              "may end in a server error (5xx)")
+    max_latency_ratio: float = Field(
+        default=2.0, gt=1, description="its mean latency over the old version's, at most")
+    min_requests: int = Field(
+        default=20, ge=1, description="requests the new version must serve in a hold "
+                                      "before it is judged")
+    check_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the bounds are checked during a hold "
+                                       "(a breach rolls back at once)")
+    max_hold_factor: float = Field(
+        default=3.0, ge=1, description="a hold without min_requests is extended up to this "
+                                       "many holds, then rolled back (too little traffic "
+                                       "to judge)")
+
+
 class VersionsSettings(BaseModel):
     """Model aliases and how their policies are kept in step between replicas."""
 
@@ -101,6 +124,7 @@ class VersionsSettings(BaseModel):
         default=5.0, gt=0,
         description="every this often each replica re-reads every alias's policy from the "
                     "store (a backstop for a missed change notification)")
+    rollout: RolloutSettings = RolloutSettings()
     shadow_max_in_flight: int = Field(
         default=16, ge=1, description="mirrored requests running at once (per replica); "
                                       "past it a request is not mirrored")

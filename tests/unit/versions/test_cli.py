@@ -23,3 +23,16 @@ def test_a_canary_takes_the_rest_from_the_busiest_other_version() -> None:
         canary_weights({"v2": 100}, "v2", 10)
     with pytest.raises(typer.BadParameter):
         canary_weights({"v1": 100}, "v2", 120)
+
+
+def test_durations_and_steps() -> None:
+    from gateway.cli_versions import parse_duration, parse_steps
+
+    assert [parse_duration(t) for t in ("60s", "2m", "500ms", "1h", "7")] == [
+        60, 120, 0.5, 3600, 7]
+    assert parse_steps("10,50,100") == [10, 50, 100]
+    for bad in ("soon", "-1s", "0"):
+        with pytest.raises(typer.BadParameter):
+            parse_duration(bad)
+    with pytest.raises(typer.BadParameter):
+        parse_steps("10,x")
