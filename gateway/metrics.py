@@ -1,4 +1,8 @@
-"""Every Prometheus metric the gateway exports, on a registry owned by one app."""
+"""Every Prometheus metric the gateway exports, on a registry owned by one app.
+
+``version`` labels name the version of a model alias that served (``none`` for a model
+that is not an alias, and for requests that never reached one): configured names only.
+"""
 
 from __future__ import annotations
 
@@ -28,17 +32,17 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "sluice_time_to_first_token_seconds",
             "Request arrival to the first streamed bytes of output.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram(
             "sluice_inter_token_latency_seconds",
             "Gap between consecutive upstream reads carrying output.",
-            ["model"], buckets=_ITL_BUCKETS, registry=r)
+            ["model", "version"], buckets=_ITL_BUCKETS, registry=r)
         self.e2e = Histogram(
             "sluice_request_duration_seconds", "Request arrival to its last byte.",
-            ["model", "endpoint"], buckets=_E2E_BUCKETS, registry=r)
+            ["model", "version", "endpoint"], buckets=_E2E_BUCKETS, registry=r)
         self.tokens = Counter(
             "sluice_tokens", "Tokens reported in usage by the engines.",
-            ["model", "kind"], registry=r)
+            ["model", "version", "kind"], registry=r)
         self.upstream_errors = Counter(
             "sluice_upstream_errors", "Engine failures seen by the gateway.",
             ["engine", "kind"], registry=r)

@@ -263,18 +263,18 @@ class Director:
                 log.exception("finish hook %s failed", getattr(hook, "__name__", hook))
 
     async def _record_metrics(self, ctx: RequestContext) -> None:
-        m, label = self._metrics, ctx.label
+        m, label, version = self._metrics, ctx.label, ctx.version or "none"
         m.in_flight.labels(label).dec()
         if ctx.outcome.client_left:
             m.client_disconnects.labels(label).inc()
-        m.requests.labels(label, ctx.version or "none", ctx.engine, ctx.endpoint.name,
+        m.requests.labels(label, version, ctx.engine, ctx.endpoint.name,
                           ctx.outcome.status).inc()
         assert ctx.timings.finished is not None
-        m.e2e.labels(label, ctx.endpoint.name).observe(
+        m.e2e.labels(label, version, ctx.endpoint.name).observe(
             ctx.timings.finished - ctx.timings.arrived)
         if ctx.usage is not None:
-            m.tokens.labels(label, "prompt").inc(ctx.usage.prompt_tokens)
-            m.tokens.labels(label, "completion").inc(ctx.usage.completion_tokens)
+            m.tokens.labels(label, version, "prompt").inc(ctx.usage.prompt_tokens)
+            m.tokens.labels(label, version, "completion").inc(ctx.usage.completion_tokens)
 
     async def _account_key(self, ctx: RequestContext) -> None:
         """Per-key metrics, and the tokens streamed charged to the key's TPM window."""

@@ -59,7 +59,8 @@ async def test_usage_chunk_is_hidden_unless_asked_but_still_counted(gateway: str
     chunks = [orjson.loads(e) for e in sse_events(response.text)[:-1]]
     assert all("usage" not in c or c["usage"] is None for c in chunks)
     assert all(c["choices"] for c in chunks)
-    assert 'sluice_tokens_total{kind="completion",model="sim-model"} 8.0' in metrics
+    assert 'sluice_tokens_total{kind="completion",model="sim-model",version="none"} 8.0' \
+        in metrics
 
 
 async def test_completions_streamed_and_not(gateway: str) -> None:

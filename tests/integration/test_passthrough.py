@@ -67,7 +67,8 @@ async def test_responses_with_the_openai_client(sim_server: str,
         events = [event async for event in stream]
         counted = await _requests(http, gateway, "responses")
         tokens = await gateway_metric(http, gateway,
-                                      'sluice_tokens_total{kind="completion",model="sim-model"}')
+                                      'sluice_tokens_total{kind="completion",model="sim-model",'
+                                      'version="none"}')
     assert whole.status == "completed"
     assert len(whole.output_text.split()) == 3
     assert whole.usage is not None

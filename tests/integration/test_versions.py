@@ -57,11 +57,14 @@ async def test_a_ten_percent_canary_over_1000_requests(start_sim, start_gateway)
         models = (await http.get("/v1/models", headers=KEY)).json()["data"]
         counted = await gateway_metric(http, gateway, 'sluice_requests_total{endpoint="chat",'
                                        'engine="e1",model="chat",status="200",version="v2"}')
+        tokens = await gateway_metric(http, gateway, 'sluice_tokens_total{kind="completion",'
+                                      'model="chat",version="v2"}')
     assert all(MODELS[version] == model for version, model in answers)
     share = Counter(version for version, _ in answers)["v2"] / 1000
     print(f"canary share over 1000 requests: {share:.1%}")
     assert abs(share - 0.10) <= 0.015, share
     assert counted == share * 1000
+    assert tokens == counted  # one token each (max_tokens 1), under the same labels
     assert {"chat", "sim-a", "sim-b"} <= {card["id"] for card in models}
 
 
