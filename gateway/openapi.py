@@ -60,10 +60,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Responses API, streamed (named events) or not. " + _ENGINE, "generation",
         "ResponsesRequest", "Response", streams=True),
     ("get", "/v1/models"): Operation(
-        "Models served by at least one healthy engine, LoRA adapters included", "models",
+        "Models served by at least one healthy engine, LoRA adapters and model aliases "
+        "included", "models",
         response="ModelList"),
     ("get", "/v1/models/{model_id}"): Operation(
-        "One served model's card (404 `model_not_found` when none serves it)", "models",
+        "One served model's (or alias's) card (404 `model_not_found` when none serves it)",
+        "models",
         response="Model"),
     ("post", "/v1/embeddings"): Operation("Embeddings. " + _ENGINE, "pooling", "EngineRequest"),
     ("post", "/pooling"): Operation("Pooling. " + _ENGINE, "pooling", "EngineRequest"),

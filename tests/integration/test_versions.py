@@ -55,6 +55,7 @@ async def test_a_ten_percent_canary_over_1000_requests(start_sim, start_gateway)
     async with httpx.AsyncClient(base_url=gateway, timeout=30, headers=KEY) as http:
         answers = await asyncio.gather(*(one(http, n) for n in range(1000)))
         models = (await http.get("/v1/models", headers=KEY)).json()["data"]
+        card = (await http.get("/v1/models/chat", headers=KEY)).json()
         counted = await gateway_metric(http, gateway, 'sluice_requests_total{endpoint="chat",'
                                        'engine="e1",model="chat",status="200",version="v2"}')
         tokens = await gateway_metric(http, gateway, 'sluice_tokens_total{kind="completion",'
@@ -66,6 +67,7 @@ async def test_a_ten_percent_canary_over_1000_requests(start_sim, start_gateway)
     assert counted == share * 1000
     assert tokens == counted  # one token each (max_tokens 1), under the same labels
     assert {"chat", "sim-a", "sim-b"} <= {card["id"] for card in models}
+    assert card["versions"] == ["v1", "v2"]
 
 
 async def test_sticky_sessions_and_pins(start_sim, start_gateway) -> None:
