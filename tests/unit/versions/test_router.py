@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 
 import pytest
@@ -172,3 +174,28 @@ def test_a_shadow_fraction_mirrors_that_share_of_requests_to_other_versions() ->
     r.resolve(ctx("pinned", pin="v1"))
     assert {(v, s) for _, v, s in recorder.started} == {("v3", "base-c")}
     assert abs(len(recorder.started) / 5000 - 0.2) <= 0.015
+
+
+async def test_the_periodic_reconcile_picks_up_a_change_made_elsewhere() -> None:
+    settings = VersionsSettings.model_validate(
+        {"reconcile_s": 0.01, "aliases": {"chat": CHAT_ALIAS}})
+    r = VersionRouter(settings, MemoryVersionPolicies(), lambda _: True)
+    changes: list[dict[str, float]] = []
+    changed = asyncio.Event()
+
+    def seen(alias: str, policy: VersionPolicy) -> None:
+        changes.append(policy.weights)
+        changed.set()
+
+    r.on_change = seen
+    task = asyncio.create_task(r.run_reconcile())
+    try:
+        await r.store.set("chat", VersionPolicy({"v3": 1}))  # another replica's write
+        async with asyncio.timeout(5):
+            await changed.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert changes == [{"v3": 1}]
+    assert r.policy("chat").weights == {"v3": 1}
