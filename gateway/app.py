@@ -1,8 +1,9 @@
 """The application factory: ``create_app(settings)`` builds a self-contained gateway.
 
 Resources (managed engines, the upstream connection pool, the engine pool and its
-health checks) are opened in the lifespan and handed to services explicitly; the
-lifespan's state is what handlers see as ``request.state``.
+health checks, the state stores and their Redis connection) are opened in the lifespan
+and handed to services explicitly; the lifespan's state is what handlers see as
+``request.state``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
+from gateway.stores.redis_link import RedisLink
+from gateway.stores.redis_stores import redis_stores
 from gateway.streaming import SERVER_SEND
 from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
@@ -77,8 +80,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     """A gateway app for ``settings``. Nothing starts until its lifespan runs.
 
     ``transport`` replaces the aiohttp engine transport (tests pass an in-memory one);
-    ``stores`` replaces the in-memory state stores, ``keys`` the in-memory key store and
-    rate limiter. ``app.state.drain`` is what a
+    ``stores`` replaces the state stores (otherwise Redis-backed when ``redis.url`` is
+    set, in memory when not), ``keys`` the in-memory key store and rate limiter.
+    ``app.state.drain`` is what a
     server calls on SIGTERM (see :mod:`gateway.server`)."""
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics)  # a bad profile fails here, early
@@ -106,7 +110,14 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                               scrape_interval_s=settings.routing.scrape_interval_s,
                               breaker=settings.resilience.breaker)
             pool.on_restart = scheduler.engine_restarted
-            state = stores or memory_stores()
+            redis: RedisLink | None = None
+            if stores is not None:
+                state = stores
+            elif settings.redis.url:
+                shared = await stack.enter_async_context(redis_stores(settings.redis, metrics))
+                state, redis = shared.stores, shared.link
+            else:
+                state = memory_stores()
             key_service = keys or memory_keys()
             connector = Connector(pool, scheduler, drain, metrics, settings.resilience)
             await pool.refresh()
@@ -141,6 +152,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "metrics": metrics,
                 "pool": pool,
                 "drain": drain,
+                "redis": redis,
                 "director": director,
                 "keys": key_service,
                 "versions": versions,

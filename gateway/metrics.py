@@ -104,6 +104,17 @@ class GatewayMetrics:
             registry=r)
         self.draining = Gauge(
             "sluice_draining", "1 while the gateway drains before shutting down.", registry=r)
+        self.redis_up = Gauge(
+            "sluice_redis_up", "1 when the shared state store (Redis) answered its last "
+            "probe; always 0 with in-memory stores (no redis.url).", registry=r)
+        self.redis_errors = Counter(
+            "sluice_redis_errors", "Failed Redis operations, by operation.", ["op"],
+            registry=r)
+        self.redis_bypassed = Counter(
+            "sluice_redis_bypassed",
+            "Store operations answered without Redis while it was down (admission counted "
+            "locally or refused, cache skipped, last known state read).", ["store"],
+            registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

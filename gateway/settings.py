@@ -198,6 +198,54 @@ class CorsSettings(BaseModel):
         return [origin.lower() for origin in origins]
 
 
+class RedisSettings(BaseModel):
+    """The shared state store. An empty ``url`` keeps every store in memory (one
+    gateway); a ``redis://`` (or ``rediss://``, ``unix://``) URL shares admission
+    counts, the response cache, adapter placement and version policies between every
+    replica pointed at it.
+
+    ``fail_open`` (default true) decides what admission does while Redis is down: count
+    in this process only (each replica then enforces the limit alone, so the fleet total
+    is bounded by replicas x limit), or refuse (429). Open is the default because the
+    counters protect engines that have their own queues: an outage of the state store
+    should degrade the limit's precision, not turn into an outage of the gateway."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(default="", description="empty: in-memory stores (no Redis)")
+    max_connections: int = Field(default=64, ge=1, description="pooled connections")
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    command_timeout_s: float = Field(
+        default=0.5, gt=0, description="one command (a pool wait included); past it the "
+                                       "call counts as failed and Redis as down")
+    key_prefix: str = Field(default="sluice:", max_length=64)
+    fail_open: bool = True
+    probe_interval_s: float = Field(
+        default=1.0, gt=0, description="PING period: drives sluice_redis_up, /ready and "
+                                       "recovery, and refreshes this replica's slot lease")
+    slot_ttl_s: float = Field(
+        default=15.0, gt=0, description="admission slots of a replica that stopped "
+                                       "refreshing its lease (crashed) expire after this")
+    cache_max_entry_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="larger cached answers are not stored")
+    history_size: int = Field(default=20, ge=1, description="version policies kept per alias")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis.url must start with redis://, rediss:// or unix:// "
+                             "(or be empty for in-memory stores)")
+        return url
+
+    @model_validator(mode="after")
+    def _lease_outlives_beats(self) -> RedisSettings:
+        if self.slot_ttl_s < 3 * self.probe_interval_s:
+            raise ValueError("redis.slot_ttl_s must be at least 3 x probe_interval_s, so "
+                             "that one late probe does not expire a live replica's slots")
+        return self
+
+
 _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+")
 
 
@@ -268,6 +316,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     streaming: StreamingSettings = StreamingSettings()
     cors: CorsSettings = CorsSettings()
+    redis: RedisSettings = RedisSettings()
     versions: VersionsSettings = VersionsSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True

@@ -22,6 +22,7 @@ from gateway.server import GatewayServer
 from gateway.settings import EngineConfig, Settings
 from loadtests.launch import LaunchError, free_port
 from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, real_stack
+from tests.redis_server import RedisServer
 
 StartGateway = Callable[..., Awaitable[str]]
 
@@ -107,6 +108,22 @@ async def spawn_sim() -> AsyncIterator[Callable[..., Awaitable[SimProcess]]]:
     for sim in started:
         if sim.process.poll() is None:
             sim.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of this test's own on a free port (never 6379), without
+    persistence, killed at teardown. Skipped locally without redis-server (``make test``
+    installs it); in CI that fails."""
+    server = RedisServer(tmp_path)
+    try:
+        server.start()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield server
+    server.kill()
 
 
 TEST_LORA = CACHE / "adapters" / "sluice-test-lora"

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.services.engine_pool import EngineState
+from gateway.stores.redis_link import RedisLink
 
 
 async def health(request: Request) -> Response:
@@ -25,7 +26,9 @@ async def ready(request: Request) -> Response:
 
     A caller with a valid API key sees every engine in full (URL and last error
     included). Without one, the list leaves those two out, and when keys are set and
-    ``observability.open`` is off there is neither pid nor list."""
+    ``observability.open`` is off there is neither pid nor list. With Redis configured,
+    ``redis`` says whether it is up (and its last error, to key holders); its outage
+    does not make the gateway unready: the stores fall back."""
     pool, drain, settings = request.state.pool, request.state.drain, request.state.settings
     ready = pool.ready and not drain.draining
     status = "draining" if drain.draining else "ready" if ready else "not_ready"
@@ -34,6 +37,9 @@ async def ready(request: Request) -> Response:
     if full or not settings.auth_required or settings.observability.open:
         body["pid"] = os.getpid()
         body["engines"] = [_engine(e, full=full) for e in pool.engines]
+        redis: RedisLink | None = request.state.redis
+        if redis is not None:
+            body["redis"] = {"up": redis.up} | ({"last_error": redis.last_error} if full else {})
     return Response(orjson.dumps(body), status_code=200 if ready else 503,
                     media_type="application/json")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.errors import SluiceError
+
 
 class Counters(Protocol):
     """Named counters with a ceiling: admission slots now, rate limits later."""
@@ -84,3 +86,13 @@ class Stores:
     cache: ResponseCache
     adapters: AdapterPlacement
     versions: VersionPolicies
+
+
+class StoreUnavailable(SluiceError):
+    """The shared store (Redis) is down or did not answer in time (503). The stores
+    catch it where they have a fallback (admission counted locally, cache skipped, the
+    last known state read); it reaches a caller only from a write that has none."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "store_unavailable"

@@ -132,3 +132,22 @@ def test_admin_token_must_be_long_printable_and_single_worker() -> None:
     assert "t" * 32 not in repr(settings)
     assert settings.cors_origins == []
     assert not Settings().auth_required
+
+
+def test_redis_settings_default_to_memory_and_check_their_url() -> None:
+    from gateway.settings import RedisSettings, Settings
+
+    assert Settings().redis.url == ""
+    assert RedisSettings().fail_open
+    assert RedisSettings(url="redis://localhost:6379/0").url.startswith("redis://")
+    with pytest.raises(ValueError, match=r"redis\.url must start"):
+        RedisSettings(url="localhost:6379")
+    with pytest.raises(ValueError, match="slot_ttl_s"):
+        RedisSettings(probe_interval_s=5, slot_ttl_s=10)
+
+
+def test_redis_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.settings import Settings
+
+    monkeypatch.setenv("SLUICE_REDIS__URL", "redis://cache:6379/1")
+    assert Settings().redis.url == "redis://cache:6379/1"

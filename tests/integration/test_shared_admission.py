@@ -1,0 +1,173 @@
+"""Two real ``sluice serve`` processes sharing one redis-server: one admission limit for
+both, and an outage of Redis under load that no client notices."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from loadtests.launch import free_port
+from simulator import SimConfig
+from tests.integration.helpers import wait_until
+from tests.redis_server import RedisServer
+
+Serve = Callable[..., Awaitable[str]]
+LIMIT = 4
+CHAT = {"model": "sim-model", "max_tokens": 30,
+        "messages": [{"role": "user", "content": "count slowly"}]}
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
+    """``await serve(sim_url, redis_url, **settings)``: a gateway process, ready; its URL."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    async def start(sim: str, redis: str, **overrides: Any) -> str:
+        port = free_port()
+        config = tmp_path / f"gateway-{port}.yaml"
+        config.write_text(yaml.safe_dump({
+            "port": port, "default_engine": False, "access_log": False,
+            "engines": [{"name": "sim", "url": sim}],
+            "redis": {"url": redis, "probe_interval_s": 0.2, "slot_ttl_s": 3.0},
+            **overrides}))
+        process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+
+        async def ready() -> bool:
+            try:
+                async with httpx.AsyncClient(timeout=2) as http:
+                    return (await http.get(url + "/ready")).status_code == 200
+            except httpx.TransportError:
+                return process.poll() is not None  # exited: fail below, not by timeout
+
+        await wait_until(ready, "the gateway to be ready", timeout_s=30)
+        assert process.poll() is None, "the gateway exited"
+        return url
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def _running(http: httpx.AsyncClient, sim: str) -> int:
+    text = (await http.get(sim + "/metrics")).text
+    match = re.search(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
+
+
+async def _redis_state(http: httpx.AsyncClient, url: str) -> tuple[bool, float]:
+    """``/ready``'s redis.up and ``sluice_redis_up`` of one gateway."""
+    up = (await http.get(url + "/ready")).json()["redis"]["up"]
+    metrics = (await http.get(url + "/metrics")).text
+    gauge = re.search(r"^sluice_redis_up (\S+)$", metrics, re.MULTILINE)
+    assert gauge is not None
+    return up, float(gauge.group(1))
+
+
+async def test_one_admission_limit_holds_across_two_gateways(
+        redis_server: RedisServer, start_sim, serve: Serve) -> None:
+    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=20))  # ~0.6 s each
+    admission = {"models": {"sim-model": LIMIT}}
+    gateways = [await serve(sim, redis_server.url, admission=admission) for _ in range(2)]
+    peak, done = 0, asyncio.Event()
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def watch() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, await _running(http, sim))
+                await asyncio.sleep(0.01)
+
+        async def one(i: int) -> int:
+            await asyncio.sleep(0.01 * (i % 8))
+            url = gateways[i % 2]
+            return (await http.post(url + "/v1/chat/completions", json=CHAT)).status_code
+
+        watcher = asyncio.create_task(watch())
+        statuses = await asyncio.gather(*(one(i) for i in range(24)))
+        done.set()
+        await watcher
+    print(f"\nshared admission: limit {LIMIT}, 24 requests over 2 gateways: "
+          f"{statuses.count(200)} x 200, {statuses.count(429)} x 429, engine peak {peak}")
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(429) > 0
+    assert statuses.count(200) >= LIMIT
+    assert peak <= LIMIT
+
+
+async def test_a_redis_outage_under_load_fails_no_request(
+        redis_server: RedisServer, start_sim, serve: Serve) -> None:
+    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=5))
+    gateways = [await serve(sim, redis_server.url) for _ in range(2)]
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        async def client(i: int) -> None:
+            while not stop.is_set():
+                url = gateways[i % 2]
+                try:
+                    response = await http.post(url + "/v1/chat/completions",
+                                               json={**CHAT, "max_tokens": 5})
+                    statuses.append(response.status_code)
+                except httpx.TransportError:
+                    statuses.append(0)
+
+        clients = [asyncio.create_task(client(i)) for i in range(6)]
+        try:
+            await wait_until(lambda: _true(len(statuses) >= 20), "load before the outage")
+            for url in gateways:
+                assert await _redis_state(http, url) == (True, 1.0)
+
+            redis_server.kill()
+            killed = time.perf_counter()
+
+            async def all_down() -> bool:
+                return [await _redis_state(http, u) for u in gateways] == [(False, 0.0)] * 2
+
+            await wait_until(all_down, "both gateways to report redis down")
+            seen_down = time.perf_counter() - killed
+            during = len(statuses)
+            await wait_until(lambda: _true(len(statuses) >= during + 20), "load during the outage")
+
+            redis_server.start()
+            restarted = time.perf_counter()
+
+            async def all_up() -> bool:
+                return [await _redis_state(http, u) for u in gateways] == [(True, 1.0)] * 2
+
+            await wait_until(all_up, "both gateways to report redis up again")
+            recovered = time.perf_counter() - restarted
+            after = len(statuses)
+            await wait_until(lambda: _true(len(statuses) >= after + 20), "load after the outage")
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+        errors = (await http.get(gateways[0] + "/metrics")).text
+    print(f"\nredis outage: {len(statuses)} requests ({during} before, "
+          f"{after - during} during, {len(statuses) - after} after), "
+          f"failed {sum(s != 200 for s in statuses)}; down seen in {seen_down:.2f} s, "
+          f"recovery seen in {recovered:.2f} s")
+    assert set(statuses) == {200}
+    assert re.search(r'^sluice_redis_errors_total\{op="\w+"\} [1-9]', errors, re.MULTILINE)
+    assert re.search(r'^sluice_redis_bypassed_total\{store="counters"\} [1-9]', errors,
+                     re.MULTILINE)
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,94 @@
+"""One contract for every store backend: the same tests against memory and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import RedisSettings
+from gateway.stores import CachedResponse, Stores, VersionPolicy, memory_stores
+from gateway.stores.redis_stores import redis_stores
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Stores]:
+    if request.param == "memory":
+        yield memory_stores()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    async with redis_stores(RedisSettings(url=server.url), GatewayMetrics()) as shared:
+        assert shared.link.up
+        yield shared.stores
+
+
+async def test_counters_hold_their_limit(stores: Stores) -> None:
+    counters = stores.counters
+    assert [await counters.acquire("m", 2) for _ in range(3)] == [True, True, False]
+    assert await counters.value("m") == 2
+    await counters.release("m")
+    assert await counters.value("m") == 1
+    assert await counters.acquire("m", 2)
+    for _ in range(4):  # more releases than acquires: never below zero
+        await counters.release("m")
+    assert await counters.value("m") == 0
+    assert await counters.value("other") == 0
+
+
+async def test_counters_are_atomic_under_concurrency(stores: Stores) -> None:
+    granted = await asyncio.gather(*(stores.counters.acquire("m", 7) for _ in range(40)))
+    assert sum(granted) == 7
+    assert await stores.counters.value("m") == 7
+
+
+async def test_cache_keeps_bodies_and_events_until_they_expire(stores: Stores) -> None:
+    cache = stores.cache
+    body = CachedResponse(body=b'{"id":"x"}')
+    events = CachedResponse(events=(b'{"a":1}', b"", b"\x00\xff" * 10))
+    await cache.put("body", body, ttl_s=30)
+    await cache.put("events", events, ttl_s=30)
+    await cache.put("gone", body, ttl_s=0.05)
+    await cache.put("never", body, ttl_s=0)
+    assert await cache.get("body") == body
+    assert await cache.get("events") == events
+    assert await cache.get("missing") is None
+    assert await cache.get("never") is None
+    async with asyncio.timeout(5):
+        while await cache.get("gone") is not None:  # noqa: ASYNC110 - store state
+            await asyncio.sleep(0.02)
+
+
+async def test_placement_tracks_adapters_per_engine(stores: Stores) -> None:
+    placement = stores.adapters
+    await placement.placed("lora-a", "e0")
+    await placement.placed("lora-a", "e1")
+    await placement.placed("lora-b", "e1")
+    assert await placement.engines_with("lora-a") == {"e0", "e1"}
+    await placement.removed("lora-a", "e0")
+    assert await placement.engines_with("lora-a") == {"e1"}
+    await placement.forget_engine("e1")
+    assert await placement.engines_with("lora-a") == frozenset()
+    assert await placement.engines_with("lora-b") == frozenset()
+
+
+async def test_version_policies_keep_a_history_and_roll_back(stores: Stores) -> None:
+    versions = stores.versions
+    first = VersionPolicy(weights={"v1": 1.0})
+    second = VersionPolicy(weights={"v1": 0.5, "v2": 0.5}, shadow={"v3": 0.1})
+    assert await versions.get("chat") is None
+    assert await versions.rollback("chat") is None
+    await versions.set("chat", first)
+    await versions.set("chat", second)
+    assert await versions.get("chat") == second
+    assert await versions.history("chat") == [first]
+    assert await versions.rollback("chat") == first
+    assert await versions.get("chat") == first
+    assert await versions.history("chat") == []
+    for n in range(25):  # bounded: the 20 newest are kept
+        await versions.set("big", VersionPolicy(weights={f"v{n}": 1.0}))
+    history = await versions.history("big")
+    assert len(history) == 20
+    assert history[0] == VersionPolicy(weights={"v23": 1.0})
