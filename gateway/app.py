@@ -56,6 +56,7 @@ from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.stores.redis_link import RedisLink
 from gateway.stores.redis_stores import redis_stores
+from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
 from gateway.streaming import SERVER_SEND
 from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
@@ -136,6 +137,10 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             await versions.seed()
             stack.push_async_callback(
                 _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
+            if redis is not None and isinstance(state.versions, RedisVersionPolicies):
+                watch = watch_versions(redis, state.versions.channel, versions.reload)
+                stack.push_async_callback(
+                    _cancel, asyncio.create_task(watch, name="versions-watch"))
             dialer = WebSocketDialer(
                 connect_s=settings.timeouts.connect_s,
                 max_message_bytes=settings.websocket.max_message_bytes,
