@@ -18,7 +18,7 @@ import yaml
 from loadtests.launch import free_port
 from simulator import SimConfig
 from tests.integration.helpers import wait_until
-from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, MODELS
+from tests.integration.test_versions import ADMIN_TOKEN, BODY, KEY, MODELS, STATIC_KEY
 from tests.redis_server import RedisServer
 
 Serve = Callable[..., Awaitable[str]]
@@ -64,13 +64,14 @@ async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
 async def test_a_canary_set_through_one_gateway_is_applied_by_the_other(
         redis_server: RedisServer, start_sim, serve: Serve) -> None:
     sims = [await start_sim(SimConfig(model=model)) for model in MODELS.values()]
-    settings = {"admin": {"token": ADMIN_TOKEN}, "versions": {
+    settings = {"admin": {"token": ADMIN_TOKEN}, "api_keys": [STATIC_KEY], "versions": {
         "reconcile_s": 30,  # long: what is measured is the notification
         "aliases": {"chat": {"versions": {n: {"model": m} for n, m in MODELS.items()},
                              "weights": {"v1": 100}}}}}
     first, second = [await serve(sims, redis_server.url, **settings) for _ in range(2)]
     delays: list[float] = []
-    async with httpx.AsyncClient(timeout=10, headers=ADMIN) as http:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(timeout=10, headers=admin) as http:
         for n in range(CHANGES):
             weights = {"v1": 100 - (n + 1), "v2": n + 1}
             sent = time.perf_counter()
@@ -86,11 +87,18 @@ async def test_a_canary_set_through_one_gateway_is_applied_by_the_other(
         rolled = (await http.post(second + "/admin/versions/chat/rollback")).json()
         await wait_until(lambda: _applied(http, first, rolled["policy"]["weights"]),
                          "the rollback to reach the first gateway", timeout_s=10)
+        served = [(await http.post(first + "/v1/chat/completions", json=BODY, headers={
+            **KEY, "x-request-id": f"redis-{n}"})).headers["x-sluice-version"]
+            for n in range(300)]
     print(f"\npropagation over {CHANGES} changes (PUT on one gateway to applied on the "
           f"other, polled): median {statistics.median(delays) * 1000:.1f} ms, "
           f"max {max(delays) * 1000:.1f} ms")
     assert history[0]["weights"] == {"v1": 100 - (CHANGES - 1), "v2": CHANGES - 1}
     assert rolled["applied"]["weights"] == history[0]["weights"]
+    share = served.count("v2") / len(served)
+    print(f"after the rollback through the second gateway, the first serves v2 to "
+          f"{share:.1%} of 300 requests (policy {CHANGES - 1} %)")
+    assert abs(share - (CHANGES - 1) / 100) <= 0.05
 
 
 async def _applied(http: httpx.AsyncClient, url: str, weights: dict[str, float]) -> bool:
