@@ -41,7 +41,8 @@ class Decision:
     percent: float
     action: str
     """``step`` (split written), ``promote`` (hold passed), ``extend`` (too few
-    requests yet), ``rollback``, ``done``, ``cancelled``, ``failed``."""
+    requests yet), ``breach``, ``rollback``, ``superseded``, ``done``, ``cancelled``,
+    ``failed``."""
     reason: str
     new: dict[str, float] = field(default_factory=dict)
     base: dict[str, float] = field(default_factory=dict)
@@ -56,7 +57,11 @@ class Rollout:
     hold_s: float
     before: VersionPolicy
     state: str = "running"
-    """``running``, ``done``, ``rolled_back``, ``cancelled`` or ``failed``."""
+    """``running``, ``done``, ``rolled_back``, ``superseded`` (the policy was changed
+    by another call meanwhile: the rollout stops and leaves it), ``cancelled`` or
+    ``failed``."""
+    written: VersionPolicy | None = None
+    """The split the rollout wrote last."""
     decisions: list[Decision] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
@@ -67,6 +72,10 @@ class Rollout:
                 "decisions": [{"at": d.at, "step": d.step, "percent": d.percent,
                                "action": d.action, "reason": d.reason, "new": d.new,
                                "base": d.base} for d in self.decisions]}
+
+
+class _Superseded(Exception):
+    """The alias's policy is no longer the one the rollout wrote."""
 
 
 class Rollouts:
@@ -143,7 +152,8 @@ class Rollouts:
             for step, percent in enumerate(rollout.steps):
                 weights = {rollout.to: 100.0} if percent >= 100 else {
                     rollout.base: 100.0 - percent, rollout.to: percent}
-                await self._service.set(alias, VersionPolicy(weights, rollout.before.shadow))
+                rollout.written = VersionPolicy(weights, rollout.before.shadow)
+                await self._service.set(alias, rollout.written)
                 self._decide(rollout, step, "step", f"split {weights}")
                 breach = await self._hold(rollout, step)
                 if breach is not None:
@@ -153,6 +163,10 @@ class Rollouts:
                     return
             rollout.state = "done"
             self._decide(rollout, step, "done", f"{rollout.to} has all the traffic")
+        except _Superseded:
+            rollout.state = "superseded"
+            self._decide(rollout, step, "superseded", "the policy was changed by another "
+                         "call; the rollout stops and leaves it")
         except asyncio.CancelledError:
             rollout.state = "cancelled"
             self._decide(rollout, step, "cancelled", "cancelled through the admin API")
@@ -171,6 +185,8 @@ class Rollouts:
         while True:
             now = time.monotonic()
             await asyncio.sleep(max(0.0, min(bounds.check_interval_s, deadline - now)))
+            if self._router.policy(rollout.alias) != rollout.written:
+                raise _Superseded
             new = self._stats.get(rollout.alias, rollout.to) - marks[0]
             base = self._stats.get(rollout.alias, rollout.base) - marks[1]
             breach = self._breach(new, base)

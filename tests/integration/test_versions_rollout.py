@@ -117,3 +117,22 @@ async def test_bad_rollout_plans_are_refused(start_sim, start_gateway) -> None:
     assert refused == [400, 400, 400, 400]
     assert none.status_code == 404
     assert unauthorized.status_code == 401
+
+
+async def test_a_policy_changed_during_a_rollout_stops_it(start_sim, start_gateway) -> None:
+    gateway = await rollout_gateway(start_sim, start_gateway,
+                                    SimConfig(model=MODELS["v2"], **FAST))
+    async with httpx.AsyncClient(base_url=gateway, timeout=30, headers=ADMIN) as http:
+        await http.post("/admin/versions/chat/rollout", json={
+            "to": "v2", "steps": [10, 100], "hold_s": 60})
+        await http.put("/admin/versions/chat", json={"weights": {"v1": 1}})
+
+        async def ended() -> bool:
+            return (await rollout_state(http))["state"] != "running"
+
+        await wait_until(ended, "the rollout to stop")
+        state = await rollout_state(http)
+        shown = (await http.get("/admin/versions/chat")).json()
+    assert state["state"] == "superseded"
+    assert state["decisions"][-1]["action"] == "superseded"
+    assert shown["applied"]["weights"] == {"v1": 1}
