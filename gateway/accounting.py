@@ -2,7 +2,7 @@
 
 The director counts every request it runs in ``sluice_requests_total``. Requests refused
 earlier (401 without a key, 413, 415, a body that is not JSON, a client gone while
-sending) are counted here, with model ``unknown`` and engine ``none`` so that nothing a
+sending) are counted here, with model ``unknown``, version and engine ``none`` so that nothing a
 client sends can add label values.
 """
 
@@ -50,5 +50,5 @@ class RefusalAccountingMiddleware:
             await self.app(scope, receive, observe)
         finally:
             if not scope.get("state", {}).get(_DIRECTOR_COUNTS):
-                self.metrics.requests.labels("unknown", "none", endpoint,
+                self.metrics.requests.labels("unknown", "none", "none", endpoint,
                                              str(status or 500)).inc()

@@ -41,14 +41,29 @@ from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import CHAT, COMPLETIONS
 from gateway.pipeline.director import Director
 from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
-from gateway.routes import admin, docs, health, openai, passthrough, playground, ws
+from gateway.routes import (
+    admin,
+    admin_versions,
+    docs,
+    health,
+    openai,
+    passthrough,
+    playground,
+    ws,
+)
 from gateway.scheduling import Scheduler
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.stores.redis_link import RedisLink
 from gateway.stores.redis_stores import redis_stores
+from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
 from gateway.streaming import SERVER_SEND
+from gateway.versions import VersionRouter
+from gateway.versions.rollout import Rollouts
+from gateway.versions.service import VersionService
+from gateway.versions.shadow import ShadowMirror
+from gateway.versions.stats import VersionStats
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -112,6 +127,21 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                (pool.run_scrapes, "load-scrapes")):
                 stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
             stack.callback(drain.cancel)
+            versions = VersionRouter(settings.versions, state.versions, pool.serving)
+            versions.mirror = mirror = ShadowMirror(
+                pool, metrics, max_in_flight=settings.versions.shadow_max_in_flight,
+                max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s)
+            stack.push_async_callback(mirror.aclose)
+            version_admin, stats = VersionService(versions), VersionStats()
+            rollouts = Rollouts(version_admin, versions, stats, settings.versions.rollout)
+            stack.push_async_callback(rollouts.aclose)
+            await versions.seed()
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
+            if redis is not None and isinstance(state.versions, RedisVersionPolicies):
+                watch = watch_versions(redis, state.versions.channel, versions.reload)
+                stack.push_async_callback(
+                    _cancel, asyncio.create_task(watch, name="versions-watch"))
             dialer = WebSocketDialer(
                 connect_s=settings.timeouts.connect_s,
                 max_message_bytes=settings.websocket.max_message_bytes,
@@ -121,7 +151,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             director = Director(
                 pool, connector, Admission(settings.admission, state.counters),
                 _caching(settings, state, metrics), drain, metrics, settings.resilience,
-                max_event_bytes=settings.max_event_bytes, keys=key_service)
+                max_event_bytes=settings.max_event_bytes, keys=key_service,
+                versions=versions, hooks=[mirror.finished, stats.record])
             yield {
                 "settings": settings,
                 "metrics": metrics,
@@ -130,6 +161,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "redis": redis,
                 "director": director,
                 "keys": key_service,
+                "versions": versions,
+                "version_admin": version_admin,
+                "rollouts": rollouts,
                 "passthrough": Passthrough(pool, connector, director, metrics,
                                            max_event_bytes=settings.max_event_bytes),
                 "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,
@@ -137,7 +171,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             }
 
     page = playground.routes() if settings.playground else []
-    admin_routes = admin.routes if settings.admin.enabled else []
+    admin_routes = [*admin.routes, *admin_versions.routes] if settings.admin.enabled else []
     app = GatewayApp(
         routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
                 *docs.routes, *page, *admin_routes],

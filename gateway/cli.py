@@ -18,6 +18,7 @@ from rich.console import Console
 
 from engines.default_model import is_prepared, prepare_default_model
 from gateway.app import create_app
+from gateway.cli_versions import versions_app
 from gateway.logs import configure_logging
 from gateway.server import GatewayServer
 from gateway.settings import Settings, load_settings
@@ -26,6 +27,7 @@ from gateway.workers import serve_workers
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True, soft_wrap=True)
+app.add_typer(versions_app, name="versions")
 
 ConfigOption = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="SLUICE_CONFIG", help="YAML settings file.")]

@@ -14,8 +14,11 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── PermissionDenied             (403 permission_error)
     ├── ModelNotFound                (404, code model_not_found)
     ├── KeyNotFound                  (404, code key_not_found: admin API)
+    ├── AliasNotFound                (404, code alias_not_found: admin API)
     ├── UnsupportedEndpoint          (404, code unsupported_endpoint)
     ├── MethodNotAllowed             (405, Allow)
+    ├── Conflict                     (409: admin API)
+    │   └── NoEarlierPolicy          (409, code no_earlier_policy: a rollback without history)
     ├── RequestTimeout               (408, code request_timeout; connection closed)
     ├── RequestTooLarge              (413)
     ├── UnsupportedMediaType         (415, code unsupported_media_type)
@@ -128,6 +131,27 @@ class KeyNotFound(SluiceError):
     status = 404
     type = "invalid_request_error"
     default_code = "key_not_found"
+
+
+class AliasNotFound(SluiceError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "alias_not_found"
+
+
+class Conflict(SluiceError):
+    """The change asked for conflicts with the state it would change (a rollout while
+    another runs)."""
+
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class NoEarlierPolicy(Conflict):
+    """A rollback of an alias whose policy history is empty."""
+
+    default_code = "no_earlier_policy"
 
 
 class UnsupportedEndpoint(SluiceError):

@@ -1,4 +1,8 @@
-"""Every Prometheus metric the gateway exports, on a registry owned by one app."""
+"""Every Prometheus metric the gateway exports, on a registry owned by one app.
+
+``version`` labels name the version of a model alias that served (``none`` for a model
+that is not an alias, and for requests that never reached one): configured names only.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from prometheus_client.exposition import generate_latest
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 _PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
+_RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
@@ -18,25 +23,26 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "sluice_requests", "Finished generation requests.",
-            ["model", "engine", "endpoint", "status"], registry=r)
+            "sluice_requests", "Finished generation requests (version: the alias's "
+            "version that served, none for a model that is not an alias).",
+            ["model", "version", "engine", "endpoint", "status"], registry=r)
         self.in_flight = Gauge(
             "sluice_requests_in_flight", "Generation requests being served.",
             ["model"], registry=r)
         self.ttft = Histogram(
             "sluice_time_to_first_token_seconds",
             "Request arrival to the first streamed bytes of output.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram(
             "sluice_inter_token_latency_seconds",
             "Gap between consecutive upstream reads carrying output.",
-            ["model"], buckets=_ITL_BUCKETS, registry=r)
+            ["model", "version"], buckets=_ITL_BUCKETS, registry=r)
         self.e2e = Histogram(
             "sluice_request_duration_seconds", "Request arrival to its last byte.",
-            ["model", "endpoint"], buckets=_E2E_BUCKETS, registry=r)
+            ["model", "version", "endpoint"], buckets=_E2E_BUCKETS, registry=r)
         self.tokens = Counter(
             "sluice_tokens", "Tokens reported in usage by the engines.",
-            ["model", "kind"], registry=r)
+            ["model", "version", "kind"], registry=r)
         self.upstream_errors = Counter(
             "sluice_upstream_errors", "Engine failures seen by the gateway.",
             ["engine", "kind"], registry=r)
@@ -89,6 +95,17 @@ class GatewayMetrics:
             "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
             "(a stored answer), coalesced (an identical request in flight), miss.",
             ["model", "result"], registry=r)
+        self.shadow_requests = Counter(
+            "sluice_shadow_requests", "Mirrored copies of requests to an alias's shadow "
+            "version, by outcome (ok, error, dropped: the in-flight bound was reached, "
+            "no_engine).", ["model", "version", "outcome"], registry=r)
+        self.shadow_divergence = Counter(
+            "sluice_shadow_divergence", "Mirrored requests whose status or completion "
+            "tokens differ from the answer the client got.", ["model", "version"], registry=r)
+        self.shadow_latency_ratio = Histogram(
+            "sluice_shadow_latency_ratio", "A mirrored request's latency over the latency "
+            "of the request it copies.", ["model", "version"], buckets=_RATIO_BUCKETS,
+            registry=r)
         self.draining = Gauge(
             "sluice_draining", "1 while the gateway drains before shutting down.", registry=r)
         self.redis_up = Gauge(

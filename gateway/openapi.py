@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, KeyRequest
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    KeyRequest,
+    PolicyRequest,
+    RolloutRequest,
+)
 
 _REF = "#/components/schemas/{model}"
 _CONVERTER = re.compile(r"{([^}:]+):[^}]+}")
@@ -54,10 +60,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Responses API, streamed (named events) or not. " + _ENGINE, "generation",
         "ResponsesRequest", "Response", streams=True),
     ("get", "/v1/models"): Operation(
-        "Models served by at least one healthy engine, LoRA adapters included", "models",
+        "Models served by at least one healthy engine, LoRA adapters and model aliases "
+        "included", "models",
         response="ModelList"),
     ("get", "/v1/models/{model_id}"): Operation(
-        "One served model's card (404 `model_not_found` when none serves it)", "models",
+        "One served model's (or alias's) card (404 `model_not_found` when none serves it)",
+        "models",
         response="Model"),
     ("post", "/v1/embeddings"): Operation("Embeddings. " + _ENGINE, "pooling", "EngineRequest"),
     ("post", "/pooling"): Operation("Pooling. " + _ENGINE, "pooling", "EngineRequest"),
@@ -95,6 +103,30 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                       "admin", response="ApiKeyList"),
     ("delete", "/admin/keys/{key_id}"): Operation("Revoke an API key (admin token)", "admin",
                                                   response="ApiKey"),
+    ("get", "/admin/versions"): Operation(
+        "Every model alias: versions, stored and applied policy (admin token)", "admin",
+        response="AliasList"),
+    ("get", "/admin/versions/{alias}"): Operation(
+        "One alias: versions, stored and applied policy, fallback chain (admin token)",
+        "admin", response="Alias"),
+    ("put", "/admin/versions/{alias}"): Operation(
+        "Replace an alias's policy in one atomic write (admin token)", "admin",
+        "PolicyRequest", "Alias"),
+    ("get", "/admin/versions/{alias}/history"): Operation(
+        "An alias's earlier policies, newest first (admin token)", "admin",
+        response="PolicyList"),
+    ("post", "/admin/versions/{alias}/rollback"): Operation(
+        "Restore an alias's previous policy (409 when there is none; admin token)",
+        "admin", response="Alias"),
+    ("post", "/admin/versions/{alias}/rollout"): Operation(
+        "Start a guarded progressive rollout (202; admin token)", "admin", "RolloutRequest",
+        "Rollout"),
+    ("get", "/admin/versions/{alias}/rollout"): Operation(
+        "The alias's latest rollout on this replica and every decision (admin token)",
+        "admin", response="Rollout"),
+    ("delete", "/admin/versions/{alias}/rollout"): Operation(
+        "Stop the alias's running rollout where it is (admin token)", "admin",
+        response="Rollout"),
     ("get", "/"): Operation("The playground: a chat page (HTML)", "playground",
                             response="Text"),
     ("get", "/playground/playground.js"): Operation("The playground's script", "playground",
@@ -165,7 +197,8 @@ def _operation(method: str, path: str, *, websocket: bool) -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (ChatCompletionRequest, CompletionRequest, KeyRequest):
+    for model in (ChatCompletionRequest, CompletionRequest, KeyRequest, PolicyRequest,
+                  RolloutRequest):
         schemas |= _model_schema(model)
     usage = {"type": "object", "properties": {
         "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
@@ -182,6 +215,9 @@ def _schemas() -> dict[str, Any]:
         "rpm": {"type": ["integer", "null"]}, "tpm": {"type": ["integer", "null"]},
         "created": {"type": "integer"}, "revoked": {"type": "boolean"},
         "revoked_at": {"type": ["integer", "null"]}}}
+
+    weights = {"type": "object", "additionalProperties": {"type": "number"}}
+    policy = {"type": "object", "properties": {"weights": weights, "shadow": weights}}
 
     def answer(kind: str) -> dict[str, Any]:
         return {"type": "object", "required": ["id", "object", "model", "choices"],
@@ -220,6 +256,25 @@ def _schemas() -> dict[str, Any]:
             "type": "string", "description": "The key itself; never shown again"}}},
         "ApiKeyList": {"type": "object", "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": _ref("ApiKey")}}},
+        "Policy": policy,
+        "PolicyList": {"type": "object", "properties": {
+            "object": {"const": "list"}, "alias": {"type": "string"},
+            "data": {"type": "array", "items": _ref("Policy")}}},
+        "Alias": {"type": "object", "properties": {
+            "alias": {"type": "string"}, "policy": _ref("Policy"), "applied": _ref("Policy"),
+            "versions": {"type": "object", "additionalProperties": {
+                "type": "object", "properties": {
+                    "model": {"type": "string"}, "adapter": {"type": ["string", "null"]},
+                    "description": {"type": "string"}}}},
+            "sticky": {"type": "boolean"},
+            "fallback": {"type": "array", "items": {"type": "string"}}}},
+        "Rollout": {"type": "object", "properties": {
+            "alias": {"type": "string"}, "to": {"type": "string"}, "base": {"type": "string"},
+            "steps": {"type": "array", "items": {"type": "number"}},
+            "hold_s": {"type": "number"}, "state": {"type": "string"},
+            "before": _ref("Policy"), "decisions": {"type": "array", "items": _OBJECT}}},
+        "AliasList": {"type": "object", "properties": {
+            "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Alias")}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["message", "type", "param", "code"],
             "properties": {"message": {"type": "string"}, "type": {"type": "string"},

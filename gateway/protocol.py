@@ -192,3 +192,26 @@ class KeyRequest(BaseModel):
     models: list[str] = Field(default_factory=list, max_length=1000)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+
+
+class PolicyRequest(BaseModel):
+    """``PUT /admin/versions/{alias}``: the alias's new split (relative weights per
+    version) and shadow fractions; it replaces the current policy whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(min_length=1, max_length=64)
+    shadow: dict[str, float] = Field(default_factory=dict, max_length=64)
+
+
+class RolloutRequest(BaseModel):
+    """``POST /admin/versions/{alias}/rollout``: the version to move to, the steps (its
+    share in percent, rising, ending at 100), the hold of each step in seconds, and the
+    version it replaces (default: the one with the most traffic besides it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=64)
+    steps: list[float] = Field(min_length=1, max_length=20)
+    hold_s: float = Field(gt=0, le=86400)
+    base: str | None = Field(default=None, max_length=64)

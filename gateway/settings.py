@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from engines.spec import EngineSpec
 from gateway.fleet_settings import AdmissionSettings, ResilienceSettings, RoutingSettings
+from gateway.versions.config import VersionsSettings
 
 
 class TimeoutSettings(BaseModel):
@@ -344,6 +345,7 @@ class Settings(BaseSettings):
     cors: CorsSettings = CorsSettings()
     cache: CacheSettings = CacheSettings()
     redis: RedisSettings = RedisSettings()
+    versions: VersionsSettings = VersionsSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
     playground: bool = Field(

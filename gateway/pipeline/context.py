@@ -145,8 +145,14 @@ class RequestContext:
     """Session affinity key (``x-session-id`` header, else the body's ``user``)."""
     requested_model: str = ""
     model: str = ""
-    """The model the engines are asked for, once resolved (an alias's version later)."""
+    """The model the engines are asked for, once resolved (an alias's version's)."""
     adapter: str | None = None
+    version: str | None = None
+    """The version of an alias that serves the request (None: not an alias)."""
+    pinned_version: str | None = None
+    """The version the client asked for (``x-sluice-version`` header), if any."""
+    fallback_from: str | None = None
+    """The version chosen first, when none of its engines was up and another answers."""
     label: str = "unknown"
     """The ``model`` label of its metrics: ``unknown`` when no engine has the model, so
     client-chosen names cannot grow the metrics without bound."""

@@ -5,11 +5,12 @@
     finish hooks
 
 Each step reads and writes the request's :class:`RequestContext` and is small enough to
-test alone. Resolve is the identity today (no aliases or versions yet). The cache step
-(:mod:`gateway.cache`) finds a stored answer to replay, or an identical request in
-flight to follow; a request that finds neither leads a flight, and its answer is stored
-by a finish hook. The other finish hooks are metrics, a key's token charge and a debug
-log line; later features fill these steps in rather than adding branches around them.
+test alone. Resolve maps a model alias to one of its versions (any other name is
+served as it is: see :mod:`gateway.versions`). The cache step (:mod:`gateway.cache`)
+finds a stored answer to replay, or an identical request in flight to follow; a request
+that finds neither leads a flight, and its answer is stored by a finish hook. The other
+finish hooks are metrics, a key's token charge and a debug log line; later features fill
+these steps in rather than adding branches around them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from gateway.pipeline.session import StreamSession
 from gateway.protocol import validate
 from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.stores import CachedResponse
+from gateway.versions import VersionRouter
 
 log = logging.getLogger("sluice.director")
 
@@ -70,7 +72,8 @@ class Director:
     def __init__(self, pool: EnginePool, connector: Connector, admission: Admission,
                  cache: ResponseCaching | None, drain: Drain, metrics: GatewayMetrics,
                  settings: ResilienceSettings, *, max_event_bytes: int = 4 * 1024 * 1024,
-                 keys: KeyService | None = None, hooks: Sequence[FinishHook] = ()) -> None:
+                 keys: KeyService | None = None, hooks: Sequence[FinishHook] = (),
+                 versions: VersionRouter | None = None) -> None:
         self._pool = pool
         self._connector = connector
         self._admission = admission
@@ -80,13 +83,14 @@ class Director:
         self._settings = settings
         self._max_event_bytes = max_event_bytes
         self._keys = keys
+        self._versions = versions
         stored = () if cache is None else (cache.stored,)
         self._hooks = (*stored, self._record_metrics, self._account_key, self._log, *hooks)
 
     async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
         self.default_model(ctx)
-        ctx.label = self._pool.model_label(ctx.requested_model)
+        ctx.label = self.model_label(ctx.requested_model)
         self._metrics.in_flight.labels(ctx.label).inc()
         try:
             self.check_open()
@@ -105,6 +109,12 @@ class Director:
         except BaseException as exc:
             await self.finish(ctx, exc)
             raise
+
+    def model_label(self, requested: str) -> str:
+        """The ``model`` label of a request's metrics: an alias's name, a served model's,
+        else ``unknown``."""
+        alias = self._versions.label(requested) if self._versions is not None else None
+        return alias or self._pool.model_label(requested)
 
     def check_open(self) -> None:
         if self._drain.draining:
@@ -136,13 +146,16 @@ class Director:
 
     def resolve(self, ctx: RequestContext) -> None:
         """Validate what the gateway acts on, and map the requested name to the model
-        the engines serve (the identity until aliases and versions exist)."""
+        the engines serve: an alias's version by its policy (:mod:`gateway.versions`),
+        any other name unchanged."""
         ctx.request = validate(ctx.endpoint.model, ctx.body)
         if not ctx.request.model:
             raise InvalidField("you must provide a model parameter (it may be left out only "
                                "when the engines serve exactly one model)", param="model",
                                code="missing_required_parameter")
         ctx.model = ctx.requested_model
+        if self._versions is not None:
+            self._versions.resolve(ctx)
         for name in _BUDGETS:  # acted on as integers: continuations shrink them
             if type(ctx.body.get(name)) is float:
                 ctx.body[name] = getattr(ctx.request, name)
@@ -310,17 +323,18 @@ class Director:
                 log.exception("finish hook %s failed", getattr(hook, "__name__", hook))
 
     async def _record_metrics(self, ctx: RequestContext) -> None:
-        m, label = self._metrics, ctx.label
+        m, label, version = self._metrics, ctx.label, ctx.version or "none"
         m.in_flight.labels(label).dec()
         if ctx.outcome.client_left:
             m.client_disconnects.labels(label).inc()
-        m.requests.labels(label, ctx.engine, ctx.endpoint.name, ctx.outcome.status).inc()
+        m.requests.labels(label, version, ctx.engine, ctx.endpoint.name,
+                          ctx.outcome.status).inc()
         assert ctx.timings.finished is not None
-        m.e2e.labels(label, ctx.endpoint.name).observe(
+        m.e2e.labels(label, version, ctx.endpoint.name).observe(
             ctx.timings.finished - ctx.timings.arrived)
         if ctx.usage is not None:
-            m.tokens.labels(label, "prompt").inc(ctx.usage.prompt_tokens)
-            m.tokens.labels(label, "completion").inc(ctx.usage.completion_tokens)
+            m.tokens.labels(label, version, "prompt").inc(ctx.usage.prompt_tokens)
+            m.tokens.labels(label, version, "completion").inc(ctx.usage.completion_tokens)
 
     async def _account_key(self, ctx: RequestContext) -> None:
         """Per-key metrics, and the tokens streamed charged to the key's TPM window."""
@@ -335,7 +349,7 @@ class Director:
 
     async def _log(self, ctx: RequestContext) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("request %s %s key=%s model=%s engine=%s attempts=%d "
+            log.debug("request %s %s key=%s model=%s version=%s engine=%s attempts=%d "
                       "continuations=%d status=%s", ctx.id, ctx.endpoint.name,
-                      ctx.principal, ctx.model, ctx.engine, ctx.attempts,
+                      ctx.principal, ctx.model, ctx.version, ctx.engine, ctx.attempts,
                       ctx.continuations, ctx.outcome.status)

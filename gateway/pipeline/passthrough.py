@@ -198,9 +198,10 @@ class Passthrough:
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
-            self._metrics.ttft.labels(ctx.label).observe(last - ctx.timings.arrived)
+            version = ctx.version or "none"
+            self._metrics.ttft.labels(ctx.label, version).observe(last - ctx.timings.arrived)
             yield head
-            itl = self._metrics.itl.labels(ctx.label)
+            itl = self._metrics.itl.labels(ctx.label, version)
             if relay.fault is None:  # (the head's read may have ended on a bad event)
                 async for data in attempt.chunks:
                     now = time.perf_counter()

@@ -79,11 +79,12 @@ class StreamSession:
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
-            self._metrics.ttft.labels(ctx.label).observe(last - ctx.timings.arrived)
+            version = ctx.version or "none"
+            self._metrics.ttft.labels(ctx.label, version).observe(last - ctx.timings.arrived)
             if tap is not None and head:
                 tap.append(head)
             yield head
-            itl = self._metrics.itl.labels(ctx.label)
+            itl = self._metrics.itl.labels(ctx.label, version)
             data = b""  # the first read of a continuation, once there is one
             while True:
                 try:

@@ -20,8 +20,8 @@ from gateway.keys import KeyService
 from gateway.protocol import KeyRequest, check_media_type, parse_body, validate
 
 
-def _service(request: Request) -> KeyService:
-    """The key service, once the caller has shown the admin token."""
+def check_admin_token(request: Request) -> None:
+    """Raise 401 unless the request carries the admin token."""
     sent = header(request.scope, b"authorization") or ""
     scheme, _, token = sent.partition(" ")
     expected: bytes = request.state.settings.admin.token.get_secret_value().encode()
@@ -29,11 +29,16 @@ def _service(request: Request) -> KeyService:
             and hmac.compare_digest(token.strip().encode(), expected)):
         raise AuthenticationFailed("missing admin token" if not sent else
                                    "invalid admin token", key_sent=bool(sent))
+
+
+def _service(request: Request) -> KeyService:
+    """The key service, once the caller has shown the admin token."""
+    check_admin_token(request)
     keys: KeyService = request.state.keys
     return keys
 
 
-def _json(content: object, status_code: int = 200) -> Response:
+def json_response(content: object, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code,
                     media_type="application/json")
 
@@ -44,18 +49,18 @@ async def create_key(request: Request) -> Response:
     spec = validate(KeyRequest, parse_body(await request.body()))
     new = await keys.create(spec.name, models=tuple(spec.models), rpm=spec.rpm,
                             tpm=spec.tpm)
-    return _json({**new.record.public(), "key": new.secret}, status_code=201)
+    return json_response({**new.record.public(), "key": new.secret}, status_code=201)
 
 
 async def list_keys(request: Request) -> Response:
     keys = _service(request)
-    return _json({"object": "list", "data": [key.public() for key in await keys.list()]})
+    return json_response({"object": "list", "data": [key.public() for key in await keys.list()]})
 
 
 async def revoke_key(request: Request) -> Response:
     keys = _service(request)
     revoked = await keys.revoke(request.path_params["key_id"])
-    return _json(revoked.public())
+    return json_response(revoked.public())
 
 
 routes = [

@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: chat completions, completions, models."""
+"""OpenAI-compatible routes: chat completions, completions, models (aliases included)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
 from gateway.protocol import check_media_type, parse_body
 from gateway.streaming import ClientWatch, SSEStreamResponse
+from gateway.versions import PIN_HEADER
 
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
@@ -38,6 +39,7 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     read_directives(ctx.cache, header(request.scope, b"cache-control"),
                     header(request.scope, b"x-sluice-cache"))
     keepalive_s = request.state.settings.streaming.keepalive_s
+    ctx.pinned_version = header(request.scope, PIN_HEADER.encode())
     ctx.start_early = keepalive_s > 0
     watch = ClientWatch(request.receive)
     director_counts(request)
@@ -67,14 +69,20 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
 
 def _generation_headers(ctx: RequestContext) -> dict[str, str]:
     """``Server-Timing`` (the phases before the first byte, as far as they went),
-    ``x-sluice-engine`` (the engine that answered, once one was picked) and
-    ``x-sluice-cache`` (hit, miss, coalesced or bypass)."""
+    ``x-sluice-engine`` (the engine that answered, once one was picked),
+    ``x-sluice-cache`` (hit, miss, coalesced or bypass), and for an alias
+    ``x-sluice-version`` (its version that served) and ``x-sluice-fallback-from``
+    (the version chosen first, when it was down and the fallback chain answered)."""
     headers: dict[str, str] = {"x-sluice-cache": ctx.cache.result}
     timing = ctx.timings.server_timing()
     if timing:
         headers["server-timing"] = timing
     if ctx.engine != "none":
         headers["x-sluice-engine"] = ctx.engine
+    if ctx.version is not None:
+        headers[PIN_HEADER] = ctx.version
+    if ctx.fallback_from is not None:
+        headers["x-sluice-fallback-from"] = ctx.fallback_from
     return headers
 
 
@@ -88,6 +96,7 @@ async def completions(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     cards = request.state.pool.models()
+    cards += request.state.versions.cards({card["id"] for card in cards})
     return Response(orjson.dumps({"object": "list", "data": cards}),
                     media_type="application/json")
 

@@ -62,7 +62,11 @@ def _handler(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def model_card(request: Request) -> Response:
-    card = request.state.passthrough.model_card(request.path_params["model_id"])
+    """A served model's card, or a model alias's (when some version of it is served)."""
+    model_id = request.path_params["model_id"]
+    served = {card["id"] for card in request.state.pool.models()}
+    aliases = [c for c in request.state.versions.cards(served) if c["id"] == model_id]
+    card = aliases[0] if aliases else request.state.passthrough.model_card(model_id)
     return Response(orjson.dumps(card), media_type="application/json")
 
 

@@ -132,6 +132,10 @@ class EnginePool:
     def healthy_count(self, model: str) -> int:
         return sum(1 for e in self._engines if e.healthy and model in e.cards)
 
+    def serving(self, model: str) -> bool:
+        """Some engine that may take a request now (up, circuit not open) serves it."""
+        return any(e.routable and model in e.cards for e in self._engines)
+
     @contextmanager
     def lease(self, engine: EngineState) -> Iterator[EngineState]:
         """Count a request on ``engine`` for as long as the block runs."""

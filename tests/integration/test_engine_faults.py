@@ -222,9 +222,10 @@ async def test_usage_with_whitespace_is_read_and_counted(
     usage = [e["usage"] for e in events if e.get("usage")]
     assert usage == ([{"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}]
                      if include_usage else [])
-    assert metric(seen.metrics, f'sluice_tokens_total{{kind="prompt",model="{MODEL}"}}') == 5
     assert metric(seen.metrics,
-                  f'sluice_tokens_total{{kind="completion",model="{MODEL}"}}') == 2
+                  f'sluice_tokens_total{{kind="prompt",model="{MODEL}",version="none"}}') == 5
+    assert metric(seen.metrics,
+                  f'sluice_tokens_total{{kind="completion",model="{MODEL}",version="none"}}') == 2
     assert seen.charged == 0
     assert seen.status_counted() == ["200"]
 

@@ -53,9 +53,9 @@ async def test_unknown_model_is_404(gateway: str) -> None:
     assert error_of(response)["code"] == "model_not_found"
     # Client-chosen names never become label values; rejected requests are still counted.
     assert "nope-123" not in metrics
-    assert 'model="unknown",status="404"} 1.0' in metrics
+    assert 'model="unknown",status="404",version="none"} 1.0' in metrics
     assert invalid.status_code == 400
-    assert 'model="sim-model",status="400"} 1.0' in metrics
+    assert 'model="sim-model",status="400",version="none"} 1.0' in metrics
 
 
 async def test_body_over_the_limit_is_413(gateway: str) -> None:

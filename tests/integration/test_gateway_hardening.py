@@ -29,7 +29,7 @@ def error_of(response: httpx.Response) -> dict[str, object]:
 
 def requests_counted(metrics: str, status: str, *, endpoint: str = "chat") -> float:
     line = (f'sluice_requests_total{{endpoint="{endpoint}",engine="none",model="unknown",'
-            f'status="{status}"}} ')
+            f'status="{status}",version="none"}} ')
     found = [row for row in metrics.splitlines() if row.startswith(line)]
     return float(found[0][len(line):]) if found else 0.0
 
@@ -241,7 +241,8 @@ async def test_requests_refused_before_the_pipeline_are_counted(
     assert requests_counted(metrics, "400", endpoint="completions") == 1
     assert requests_counted(metrics, "413") == 2
     assert requests_counted(metrics, "415") == 1
-    assert 'engine="e0",model="sim-model",status="200"} 1.0' in metrics  # the director's
+    director = 'engine="e0",model="sim-model",status="200",version="none"} 1.0'
+    assert director in metrics  # the director's
     assert requests_counted(keyed_metrics, "401") == 1
 
 

@@ -59,7 +59,8 @@ async def test_usage_chunk_is_hidden_unless_asked_but_still_counted(gateway: str
     chunks = [orjson.loads(e) for e in sse_events(response.text)[:-1]]
     assert all("usage" not in c or c["usage"] is None for c in chunks)
     assert all(c["choices"] for c in chunks)
-    assert 'sluice_tokens_total{kind="completion",model="sim-model"} 8.0' in metrics
+    assert 'sluice_tokens_total{kind="completion",model="sim-model",version="none"} 8.0' \
+        in metrics
 
 
 async def test_completions_streamed_and_not(gateway: str) -> None:
@@ -103,8 +104,8 @@ async def test_models_health_ready_metrics(gateway: str) -> None:
     assert health.status_code == 200
     assert ready.status_code == 200
     assert ready.json()["engines"][0]["healthy"] is True
-    assert 'sluice_requests_total{endpoint="chat",engine="e0",model="sim-model",status="200"}' \
-        in metrics
+    assert ('sluice_requests_total{endpoint="chat",engine="e0",model="sim-model",status="200",'
+            'version="none"}') in metrics
     assert 'sluice_engine_up{engine="e0"} 1.0' in metrics
     assert "sluice_time_to_first_token_seconds_bucket" in metrics
 

@@ -53,7 +53,7 @@ async def _requests(http: httpx.AsyncClient, gateway: str, endpoint: str,
                     status: str = "200") -> float:
     return await gateway_metric(
         http, gateway, f'sluice_requests_total{{endpoint="{endpoint}",engine="e0",'
-                       f'model="sim-model",status="{status}"}}')
+                       f'model="sim-model",status="{status}",version="none"}}')
 
 
 async def test_responses_with_the_openai_client(sim_server: str,
@@ -67,7 +67,8 @@ async def test_responses_with_the_openai_client(sim_server: str,
         events = [event async for event in stream]
         counted = await _requests(http, gateway, "responses")
         tokens = await gateway_metric(http, gateway,
-                                      'sluice_tokens_total{kind="completion",model="sim-model"}')
+                                      'sluice_tokens_total{kind="completion",model="sim-model",'
+                                      'version="none"}')
     assert whole.status == "completed"
     assert len(whole.output_text.split()) == 3
     assert whole.usage is not None
@@ -200,7 +201,7 @@ async def test_without_model_and_with_two_served_the_model_is_required(
         wrong = await http.post("/tokenize", json={"model": 7, "prompt": "hi"})
         counted = await gateway_metric(
             http, gateway, 'sluice_requests_total{endpoint="tokenize",engine="none",'
-                           'model="unknown",status="400"}')
+                           'model="unknown",status="400",version="none"}')
     assert response.status_code == 400  # a field error, as OpenAI and vLLM answer it
     assert response.json()["error"]["param"] == "model"
     assert "other, sim-model" in response.json()["error"]["message"]
@@ -344,7 +345,7 @@ async def test_passthrough_routes_need_a_key_and_the_docs_do_not(
         http.headers["Authorization"] = f"Bearer {KEY}"
         counted = await gateway_metric(
             http, gateway, 'sluice_requests_total{endpoint="tokenize",engine="none",'
-                           'model="unknown",status="401"}')
+                           'model="unknown",status="401",version="none"}')
     assert [r.status_code for r in refused] == [401, 401, 401]
     assert allowed.status_code == 200
     assert [r.status_code for r in docs] == [200, 200]

@@ -57,7 +57,8 @@ async def test_a_client_leaving_right_after_done_is_not_a_disconnect(
 
         await wait_until(all_counted, "every request to be counted")
         page = (await http.get("/metrics")).text
-    ok = 'sluice_requests_total{endpoint="chat",engine="e0",model="sim-model",status="200"}'
+    ok = ('sluice_requests_total{endpoint="chat",engine="e0",model="sim-model",status="200",'
+          'version="none"}')
     assert metric(page, ok) == ROUNDS
     assert 'status="499"' not in page
     assert metric(page, "sluice_client_disconnects_total") == 0

@@ -136,7 +136,7 @@ async def test_keepalive_turns_a_failure_before_the_first_token_into_an_error_ev
         whole = await http.post("/v1/chat/completions", json=CHAT)
         counted = await gateway_metric(
             http, gateway, 'sluice_requests_total{endpoint="chat",engine="e0",'
-                           'model="sim-model",status="502"}')
+                           'model="sim-model",status="502",version="none"}')
     assert streamed.status_code == 200  # the headers went out before the engine failed
     events = events_of(streamed.content.replace(PING, b""))
     assert events[-1] == "data: [DONE]"
@@ -164,7 +164,7 @@ async def test_a_client_leaving_during_keepalive_aborts_the_engine_request(
             return gone == 1 and running == 0 and gate.cancelled == 1
         await wait_until(settled, "the disconnect to reach the engine")
         page = (await http.get("/metrics")).text
-    assert 'model="sim-model",status="499"} 1.0' in page
+    assert 'model="sim-model",status="499",version="none"} 1.0' in page
 
 
 async def test_the_sdk_reads_a_stream_with_pings(start_sim: StartSim,

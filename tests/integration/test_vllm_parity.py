@@ -57,7 +57,8 @@ async def test_a_missing_model_is_the_one_model_served(gateway: str) -> None:
     assert chat.status_code == completion.status_code == 200
     assert chat.text.endswith("data: [DONE]\n\n")
     assert completion.json()["model"] == "sim-model"
-    assert 'endpoint="chat",engine="e0",model="sim-model",status="200"} 1.0' in metrics
+    assert ('endpoint="chat",engine="e0",model="sim-model",status="200",version="none"} 1.0'
+            in metrics)
 
 
 async def test_a_missing_model_with_several_served_is_400(start_sim: StartSim,

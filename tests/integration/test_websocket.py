@@ -138,7 +138,7 @@ async def test_closing_the_socket_aborts_every_request_in_flight(
     async with httpx.AsyncClient() as http:
         page = (await http.get(gateway + "/metrics")).text
     assert metric(page, 'sluice_requests_total{endpoint="chat",engine="e0",'
-                        'model="sim-model",status="499"}') == 3
+                        'model="sim-model",status="499",version="none"}') == 3
 
 
 async def test_bad_frames_get_errors_and_the_socket_stays_usable(

@@ -1,0 +1,156 @@
+"""The ``versions`` settings: aliases, their versions, and each alias's initial policy.
+
+An alias (``chat``) is a model name clients send; its versions are what the engines
+serve (a base model, optionally a LoRA adapter on it). The initial policy here is what
+the gateway routes by until the admin API stores another one::
+
+    versions:
+      aliases:
+        chat:
+          versions:
+            v1: {model: llama-3-8b}
+            v2: {model: llama-3-8b, adapter: chat-lora-v2}
+          weights: {v1: 90, v2: 10}
+          fallback: [v2, v1]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.stores import VersionPolicy
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Alias and version names: they are metric label values and header values."""
+
+
+class VersionSpec(BaseModel):
+    """What one version is served as."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1, description="the base model the engines serve")
+    adapter: str | None = Field(
+        default=None, description="a LoRA adapter on it: the engines are asked for the "
+                                  "adapter's name")
+    description: str = Field(default="", description="free text (quantization, pool, ...)")
+
+    @property
+    def served(self) -> str:
+        """The model name the engines are asked for."""
+        return self.adapter or self.model
+
+
+class AliasSettings(BaseModel):
+    """One alias: its versions, the initial split, stickiness and the fallback chain."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    versions: dict[str, VersionSpec] = Field(min_length=1)
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="the initial split (relative weights); empty: all on the first version")
+    sticky: bool = Field(
+        default=False,
+        description="A/B: assign by the caller (x-session-id, the body's user, else the API "
+                    "key) so that one caller stays on one version. Off (a canary): each "
+                    "request is assigned by its request id; so is a sticky alias's request "
+                    "that names no caller")
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="when no engine of the chosen version is up, the next version of this "
+                    "list that has one answers (the list from its start when the chosen "
+                    "version is not in it)")
+
+    @field_validator("versions")
+    @classmethod
+    def _names(cls, versions: dict[str, VersionSpec]) -> dict[str, VersionSpec]:
+        for name in versions:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"version name {name[:80]!r}: letters, digits, '.', '_', "
+                                 "'-', at most 64 characters")
+        return versions
+
+    @model_validator(mode="after")
+    def _known_versions(self) -> AliasSettings:
+        if self.weights:
+            problem = policy_problem(self, VersionPolicy(dict(self.weights)))
+            if problem:
+                raise ValueError(problem)
+        for name in self.fallback:
+            if name not in self.versions:
+                raise ValueError(f"fallback names an unknown version {name!r}")
+        return self
+
+    @property
+    def initial(self) -> VersionPolicy:
+        """The configured split (everything on the first version when none is given)."""
+        return VersionPolicy(dict(self.weights or {next(iter(self.versions)): 100.0}))
+
+
+class RolloutSettings(BaseModel):
+    """The bounds a guarded rollout holds the new version to at every step (compared
+    with the version it replaces over the same hold)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="share of the new version's requests that "
+                                              "may end in a server error (5xx)")
+    max_latency_ratio: float = Field(
+        default=2.0, gt=1, description="its mean latency over the old version's, at most")
+    min_requests: int = Field(
+        default=20, ge=1, description="requests the new version must serve in a hold "
+                                      "before it is judged")
+    check_interval_s: float = Field(
+        default=1.0, gt=0, description="how often the bounds are checked during a hold "
+                                       "(a breach rolls back at once)")
+    max_hold_factor: float = Field(
+        default=3.0, ge=1, description="a hold without min_requests is extended up to this "
+                                       "many holds, then rolled back (too little traffic "
+                                       "to judge)")
+
+
+class VersionsSettings(BaseModel):
+    """Model aliases and how their policies are kept in step between replicas."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aliases: dict[str, AliasSettings] = Field(default_factory=dict)
+    reconcile_s: float = Field(
+        default=5.0, gt=0,
+        description="every this often each replica re-reads every alias's policy from the "
+                    "store (a backstop for a missed change notification)")
+    rollout: RolloutSettings = RolloutSettings()
+    shadow_max_in_flight: int = Field(
+        default=16, ge=1, description="mirrored requests running at once (per replica); "
+                                      "past it a request is not mirrored")
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, aliases: dict[str, AliasSettings]) -> dict[str, AliasSettings]:
+        for name in aliases:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"alias name {name[:80]!r}: letters, digits, '.', '_', "
+                                 "'-', at most 64 characters")
+        return aliases
+
+
+def policy_problem(alias: AliasSettings, policy: VersionPolicy) -> str | None:
+    """What is wrong with ``policy`` for ``alias`` (None: nothing): every version named
+    must exist, weights be finite and >= 0 with a positive sum, shadow fractions in
+    [0, 1]."""
+    for kind, values in (("weights", policy.weights), ("shadow", policy.shadow)):
+        for name, value in values.items():
+            if name not in alias.versions:
+                return f"{kind} name an unknown version {name!r}"
+            if not math.isfinite(value) or value < 0:
+                return f"{kind}[{name}] must be a finite number >= 0"
+    if sum(policy.weights.values()) <= 0:
+        return "weights must give some version a positive weight"
+    if any(value > 1 for value in policy.shadow.values()):
+        return "shadow fractions must be at most 1"
+    return None
