@@ -24,18 +24,26 @@ from gateway.versions import PIN_HEADER
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
 
-async def _generate(request: Request, endpoint: Endpoint) -> Response:
+async def new_context(request: Request, endpoint: Endpoint) -> RequestContext | None:
+    """The context of a request to ``endpoint`` once its JSON body is read; None when
+    the client left while sending it."""
     arrived = time.perf_counter()
     check_media_type(header(request.scope, b"content-type"))
     try:
         raw = await request.body()
     except ClientDisconnect:
-        return Response(status_code=CLIENT_CLOSED)
-    body = parse_body(raw)
+        return None
     principal, key = caller(request.scope)
-    ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
-                             session_key=header(request.scope, b"x-session-id"),
-                             principal=principal, key=key)
+    return RequestContext.new(request.state.request_id, endpoint, parse_body(raw),
+                              arrived=arrived,
+                              session_key=header(request.scope, b"x-session-id"),
+                              principal=principal, key=key)
+
+
+async def _generate(request: Request, endpoint: Endpoint) -> Response:
+    ctx = await new_context(request, endpoint)
+    if ctx is None:
+        return Response(status_code=CLIENT_CLOSED)
     read_directives(ctx.cache, header(request.scope, b"cache-control"),
                     header(request.scope, b"x-sluice-cache"))
     keepalive_s = request.state.settings.streaming.keepalive_s

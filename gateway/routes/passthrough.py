@@ -4,38 +4,26 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.accounting import director_counts
 from gateway.event_stream import EventStreamResponse
-from gateway.headers import header
-from gateway.middleware import caller
-from gateway.pipeline.context import Endpoint, RequestContext
+from gateway.pipeline.context import Endpoint
 from gateway.pipeline.director import StartedStream
 from gateway.pipeline.passthrough import ENDPOINTS
-from gateway.protocol import check_media_type, parse_body
-from gateway.routes.openai import CLIENT_CLOSED
+from gateway.routes.openai import CLIENT_CLOSED, new_context
 from gateway.streaming import ClientWatch
 
 
 async def _forward(request: Request, endpoint: Endpoint) -> Response:
-    arrived = time.perf_counter()
-    check_media_type(header(request.scope, b"content-type"))
-    try:
-        raw = await request.body()
-    except ClientDisconnect:
+    ctx = await new_context(request, endpoint)
+    if ctx is None:
         return Response(status_code=CLIENT_CLOSED)
-    body = parse_body(raw)
-    principal, key = caller(request.scope)
-    ctx = RequestContext.new(request.state.request_id, endpoint, body, arrived=arrived,
-                             session_key=header(request.scope, b"x-session-id"),
-                             principal=principal, key=key)
     watch = ClientWatch(request.receive)
     director_counts(request)
     try:
