@@ -29,6 +29,7 @@ from gateway.engine.transport import Transport
 from gateway.engine.ws_transport import WebSocketDialer
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.keys import KeyService, memory_keys
+from gateway.keys.redis import RedisKeyStore, RedisRateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     OPEN_PATHS,
@@ -83,7 +84,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
 
     ``transport`` replaces the aiohttp engine transport (tests pass an in-memory one);
     ``stores`` replaces the state stores (otherwise Redis-backed when ``redis.url`` is
-    set, in memory when not), ``keys`` the in-memory key store and rate limiter.
+    set, in memory when not), ``keys`` the key store and rate limiter (the same: in
+    Redis when ``redis.url`` is set and ``stores`` is not given, else in memory).
     ``app.state.drain`` is what a
     server calls on SIGTERM (see :mod:`gateway.server`)."""
     metrics = GatewayMetrics()
@@ -120,7 +122,12 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 state, redis = shared.stores, shared.link
             else:
                 state = memory_stores(settings.cache)
-            key_service = keys or memory_keys()
+            if keys is not None:
+                key_service = keys
+            elif redis is not None:
+                key_service = KeyService(RedisKeyStore(redis), RedisRateLimiter(redis))
+            else:
+                key_service = memory_keys()
             connector = Connector(pool, scheduler, drain, metrics, settings.resilience)
             await pool.refresh()
             for loop, name in ((pool.run_health_checks, "health-checks"),

@@ -365,10 +365,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_shared(self) -> Settings:
-        if self.admin.enabled and self.workers > 1:
-            raise ValueError("admin.token with workers > 1: managed keys and their limits "
-                             "live in each process's memory, so the workers would not "
-                             "share them; run one worker")
+        if self.admin.enabled and self.workers > 1 and not self.redis.url:
+            raise ValueError("admin.token with workers > 1 and no redis.url: managed keys "
+                             "and their limits would live in each process's memory, so "
+                             "the workers would not share them; run one worker or set "
+                             "redis.url")
         return self
 
     @property

@@ -126,6 +126,9 @@ def test_admin_token_must_be_long_printable_and_single_worker() -> None:
         Settings(admin={"token": "x" * 31 + " "})
     with pytest.raises(ValidationError, match="workers > 1"):
         Settings(admin={"token": "t" * 32}, workers=2)
+    shared = Settings(admin={"token": "t" * 32}, workers=2,
+                      redis={"url": "redis://127.0.0.1:6390/0"})
+    assert shared.workers == 2  # the workers share keys and windows in Redis
     settings = Settings(admin={"token": "t" * 32})
     assert settings.admin.enabled
     assert settings.auth_required

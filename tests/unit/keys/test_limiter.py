@@ -1,12 +1,20 @@
-"""The memory rate limiter's sliding-window math, on a fake clock."""
+"""The rate limiter contract on a fake clock, run against both backends: the memory
+limiter, and the Redis limiter's Lua scripts (on a redis-server of the test's own,
+the fake clock standing in for Redis ``TIME``)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.keys import WINDOW_S, Limits, MemoryRateLimiter
+from gateway.keys import WINDOW_S, Limits, MemoryRateLimiter, RateLimiter
+from gateway.keys.redis import RedisRateLimiter
+from gateway.metrics import GatewayMetrics
+from gateway.settings import RedisSettings
+from gateway.stores.redis_link import RedisLink
+from tests.redis_server import RedisServer
 
 
 class FakeClock:
@@ -22,12 +30,22 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def limiter(clock: FakeClock) -> MemoryRateLimiter:
-    return MemoryRateLimiter(clock=clock)
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest, clock: FakeClock
+                  ) -> AsyncIterator[RateLimiter]:
+    if request.param == "memory":
+        yield MemoryRateLimiter(clock=clock)
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    link = RedisLink(RedisSettings(url=server.url), GatewayMetrics())
+    assert await link.probe()
+    try:
+        yield RedisRateLimiter(link, clock=clock)
+    finally:
+        await link.aclose()
 
 
-async def test_exactly_rpm_requests_pass_under_concurrency(limiter: MemoryRateLimiter) -> None:
+async def test_exactly_rpm_requests_pass_under_concurrency(limiter: RateLimiter) -> None:
     decisions = await asyncio.gather(*(limiter.admit("k-1", Limits(rpm=10))
                                        for _ in range(50)))
     assert sum(d.allowed for d in decisions) == 10
@@ -36,7 +54,7 @@ async def test_exactly_rpm_requests_pass_under_concurrency(limiter: MemoryRateLi
     assert all(d.retry_after_s == WINDOW_S for d in refused)
 
 
-async def test_the_window_slides_one_slot_at_a_time(limiter: MemoryRateLimiter,
+async def test_the_window_slides_one_slot_at_a_time(limiter: RateLimiter,
                                                     clock: FakeClock) -> None:
     for offset in (0.0, 10.0, 20.0):  # three admissions, 10 s apart
         clock.now = 1000.0 + offset
@@ -54,7 +72,7 @@ async def test_the_window_slides_one_slot_at_a_time(limiter: MemoryRateLimiter,
     assert (await limiter.admit("k-1", Limits(rpm=3))).allowed  # the second's
 
 
-async def test_refused_requests_take_no_slot(limiter: MemoryRateLimiter,
+async def test_refused_requests_take_no_slot(limiter: RateLimiter,
                                              clock: FakeClock) -> None:
     assert (await limiter.admit("k-1", Limits(rpm=1))).allowed
     for step in range(59):  # refused once a second for the rest of the minute
@@ -64,13 +82,13 @@ async def test_refused_requests_take_no_slot(limiter: MemoryRateLimiter,
     assert (await limiter.admit("k-1", Limits(rpm=1))).allowed
 
 
-async def test_keys_are_limited_apart(limiter: MemoryRateLimiter) -> None:
+async def test_keys_are_limited_apart(limiter: RateLimiter) -> None:
     assert (await limiter.admit("k-1", Limits(rpm=1))).allowed
     assert (await limiter.admit("k-2", Limits(rpm=1))).allowed
     assert not (await limiter.admit("k-1", Limits(rpm=1))).allowed
 
 
-async def test_tpm_is_charged_after_the_fact(limiter: MemoryRateLimiter,
+async def test_tpm_is_charged_after_the_fact(limiter: RateLimiter,
                                              clock: FakeClock) -> None:
     limits = Limits(tpm=100)
     # Admission charges no tokens: both requests start before either has finished.
@@ -92,7 +110,7 @@ async def test_tpm_is_charged_after_the_fact(limiter: MemoryRateLimiter,
     assert (await limiter.admit("k-1", limits)).allowed
 
 
-async def test_tokens_count_for_at_least_a_minute(limiter: MemoryRateLimiter,
+async def test_tokens_count_for_at_least_a_minute(limiter: RateLimiter,
                                                   clock: FakeClock) -> None:
     clock.now = 1000.9
     await limiter.charge("k-1", 10)
@@ -100,14 +118,14 @@ async def test_tokens_count_for_at_least_a_minute(limiter: MemoryRateLimiter,
     assert not (await limiter.admit("k-1", Limits(tpm=10))).allowed
 
 
-async def test_rpm_refuses_before_tpm(limiter: MemoryRateLimiter) -> None:
+async def test_rpm_refuses_before_tpm(limiter: RateLimiter) -> None:
     limits = Limits(rpm=1, tpm=5)
     assert (await limiter.admit("k-1", limits)).allowed
     await limiter.charge("k-1", 5)
     assert (await limiter.admit("k-1", limits)).limit == "rpm"
 
 
-async def test_a_tpm_refusal_takes_no_request_slot(limiter: MemoryRateLimiter,
+async def test_a_tpm_refusal_takes_no_request_slot(limiter: RateLimiter,
                                                    clock: FakeClock) -> None:
     await limiter.charge("k-1", 5)
     limits = Limits(rpm=2, tpm=5)
@@ -118,7 +136,7 @@ async def test_a_tpm_refusal_takes_no_request_slot(limiter: MemoryRateLimiter,
     assert (await limiter.admit("k-1", limits)).allowed
 
 
-async def test_a_lowered_limit_waits_for_enough_to_leave(limiter: MemoryRateLimiter,
+async def test_a_lowered_limit_waits_for_enough_to_leave(limiter: RateLimiter,
                                                          clock: FakeClock) -> None:
     for offset in range(4):
         clock.now = 1000.0 + offset
@@ -127,6 +145,6 @@ async def test_a_lowered_limit_waits_for_enough_to_leave(limiter: MemoryRateLimi
     assert refused.retry_after_s == pytest.approx(1062.0 - 1003.0)  # the third leaves
 
 
-async def test_no_limits_admit_everything(limiter: MemoryRateLimiter) -> None:
+async def test_no_limits_admit_everything(limiter: RateLimiter) -> None:
     for _ in range(1000):
         assert (await limiter.admit("k-1", Limits())).allowed
