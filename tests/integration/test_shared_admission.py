@@ -1,9 +1,11 @@
 """Two real ``sluice serve`` processes sharing one redis-server: one admission limit for
-both, and an outage of Redis under load that no client notices."""
+both, one set of managed keys and their RPM/TPM windows, and an outage of Redis under
+load that no client notices."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -108,6 +110,56 @@ async def test_one_admission_limit_holds_across_two_gateways(
     assert statuses.count(429) > 0
     assert statuses.count(200) >= LIMIT
     assert peak <= LIMIT
+
+
+ADMIN_TOKEN = "admin-" + "0123456789abcdef" * 2
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def test_a_keys_limits_hold_across_two_gateways(
+        redis_server: RedisServer, start_sim, serve: Serve) -> None:
+    sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=2))
+    gateways = [await serve(sim, redis_server.url, admin={"token": ADMIN_TOKEN})
+                for _ in range(2)]
+    rpm = 8
+    async with httpx.AsyncClient(timeout=30) as http:
+        made = await http.post(gateways[0] + "/admin/keys", headers=ADMIN,
+                               json={"name": "shared", "rpm": rpm})
+        assert made.status_code == 201, made.text
+        auth = {"Authorization": f"Bearer {made.json()['key']}"}
+        answers = await asyncio.gather(*(
+            http.post(gateways[i % 2] + "/v1/chat/completions", headers=auth,
+                      json={**CHAT, "max_tokens": 4, "stream": i % 3 == 0})
+            for i in range(30)))
+        listed = (await http.get(gateways[1] + "/admin/keys", headers=ADMIN)).json()
+
+        tpm = await http.post(gateways[1] + "/admin/keys", headers=ADMIN,
+                              json={"name": "tokens", "tpm": 20})
+        assert tpm.status_code == 201, tpm.text
+        tpm_auth = {"Authorization": f"Bearer {tpm.json()['key']}"}
+        streamed = await http.post(gateways[0] + "/v1/chat/completions", headers=tpm_auth,
+                                   json={**CHAT, "max_tokens": 25, "stream": True,
+                                         "stream_options": {"include_usage": True}})
+        after = await http.post(gateways[1] + "/v1/chat/completions", headers=tpm_auth,
+                                json={**CHAT, "max_tokens": 4})
+    statuses = [answer.status_code for answer in answers]
+    print(f"\nshared key limits: rpm {rpm}, 30 requests over 2 gateways: "
+          f"{statuses.count(200)} x 200, {statuses.count(429)} x 429")
+    assert sorted(statuses) == [200] * rpm + [429] * (30 - rpm)
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+            assert 1 <= int(answer.headers["retry-after"]) <= 60
+    assert [key["name"] for key in listed["data"]] == ["shared"]
+
+    assert streamed.status_code == 200
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    usage = [chunk["usage"] for chunk in chunks if chunk.get("usage")][-1]
+    assert usage["total_tokens"] > 20  # charged through gateway 0, spent for gateway 1
+    assert after.status_code == 429
+    assert "is limited to 20 tokens per minute" in after.json()["error"]["message"]
+    assert 1 <= int(after.headers["retry-after"]) <= 61
 
 
 async def test_a_redis_outage_under_load_fails_no_request(
