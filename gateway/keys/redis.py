@@ -15,9 +15,10 @@ both allow it. :meth:`RedisRateLimiter.charge` is ``HINCRBY`` + ``EXPIRE`` on th
 clock. The windows' math is :class:`~gateway.keys.memory.MemoryRateLimiter`'s.
 
 While Redis is down, looking a key up and admitting a request raise
-:class:`~gateway.stores.protocols.StoreUnavailable` (503: no key is honoured, and no
-limit is skipped, on a store that cannot be read); a charge that fails is dropped
-(counted in ``sluice_redis_errors_total``), since its request has already finished.
+:class:`~gateway.stores.protocols.StoreUnavailable` (no key is honoured, and no limit
+is skipped, on a store that cannot be read; there is no outage fallback); a charge
+that fails is dropped (counted in ``sluice_redis_errors_total``), since its request has
+already finished.
 """
 
 from __future__ import annotations
