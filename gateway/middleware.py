@@ -111,7 +111,14 @@ class AuthMiddleware:
         token = token.strip()
         refusal = "missing API key" if not sent else "invalid API key"
         if scheme.lower() == "bearer" and token:
-            principal, key = await self._identify(token, state.get("keys"))
+            try:
+                principal, key = await self._identify(token, state.get("keys"))
+            except SluiceError as exc:  # the key store is down: 503, never a 500
+                if scope["type"] == "websocket":
+                    await refuse(exc, scope, receive, send)
+                else:
+                    await _reject(exc, scope, receive, send)
+                return
             if key is not None and key.revoked:
                 refusal = "API key has been revoked"
             elif principal is not None:
