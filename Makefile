@@ -15,7 +15,7 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers \
-	gateway engine peer granian model redis chromium node-clients browser clients clean
+	bench-versions gateway engine peer granian model redis chromium node-clients browser clients clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
@@ -43,7 +43,7 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers  ## every benchmark the README reports
+	bench-scale bench-servers bench-workers bench-versions  ## every benchmark the README reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -70,6 +70,10 @@ bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM C
 
 bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
 	$(VENV)/bin/python -m loadtests.chaos.bench --out results/chaos
+
+bench-versions: gateway  ## guarded rollout timeline and shadow mirroring cost, 2 simulators
+	$(VENV)/bin/python -m loadtests.versions_bench --out results/versions_bench.json \
+		--plot docs/bench/rollout.png
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale
