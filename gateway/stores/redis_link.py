@@ -91,9 +91,16 @@ class RedisLink:
             self._set_up(False)
 
     async def probe(self) -> bool:
-        """PING Redis; when it answers, mark it up and run the beats."""
+        """PING Redis; when it answers, mark it up and run the beats.
+
+        While Redis is down the idle pooled connections are closed first: they may lead
+        to a Redis that has since restarted, and redis-py (with its maintenance
+        notifications on, the default) hands out a connection closed by the server
+        without checking it, so that each would fail one command after the recovery."""
         try:
             async with asyncio.timeout(self.bound_s):
+                if not self.up:
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
                 await self.client.ping()
         except (RedisError, *_OUTAGE) as exc:
             self.failed("ping", exc)
