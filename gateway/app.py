@@ -29,7 +29,7 @@ from gateway.engine.transport import Transport
 from gateway.engine.ws_transport import WebSocketDialer
 from gateway.handlers import EXCEPTION_HANDLERS
 from gateway.keys import KeyService, memory_keys
-from gateway.keys.redis import RedisKeyStore, RedisRateLimiter
+from gateway.keys.redis import redis_keys
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     OPEN_PATHS,
@@ -125,7 +125,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             if keys is not None:
                 key_service = keys
             elif redis is not None:
-                key_service = KeyService(RedisKeyStore(redis), RedisRateLimiter(redis))
+                key_service, watch_keys = redis_keys(redis, metrics)
+                stack.push_async_callback(
+                    _cancel, asyncio.create_task(watch_keys, name="keys-watch"))
             else:
                 key_service = memory_keys()
             connector = Connector(pool, scheduler, drain, metrics, settings.resilience)

@@ -231,11 +231,20 @@ class RedisSettings(BaseModel):
     counts, the response cache, adapter placement and version policies between every
     replica pointed at it.
 
-    ``fail_open`` (default true) decides what admission does while Redis is down: count
-    in this process only (each replica then enforces the limit alone, so the fleet total
-    is bounded by replicas x limit), or refuse (429). Open is the default because the
-    counters protect engines that have their own queues: an outage of the state store
-    should degrade the limit's precision, not turn into an outage of the gateway."""
+    With a URL, managed API keys and their RPM/TPM windows live there too. While Redis
+    is down a managed key this replica has looked up before (one of the last
+    ``known_keys``) authenticates with the record it last read, revoked ones staying
+    revoked; a key it has not seen is a 503 (static ``api_keys`` always work).
+
+    ``fail_open`` (default true) decides what limits do while Redis is down. Open: count
+    in this process only, with the same limits (each replica then enforces them alone, so
+    the fleet total is bounded by replicas x limit, never unlimited): admission slots,
+    and each managed key's RPM and TPM. Closed: refuse, admission with 429 and a managed
+    key with a limit with 503 and ``Retry-After``. Open is the default because the
+    counters protect engines that have their own queues, and a key's limits share its
+    traffic out fairly rather than guard a hard budget: an outage of the state store
+    should degrade the limits' precision, not turn into an outage of the gateway. Close
+    it for limits that must never be exceeded (a paid quota)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -256,6 +265,10 @@ class RedisSettings(BaseModel):
     cache_max_entry_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="larger cached answers are not stored")
     history_size: int = Field(default=20, ge=1, description="version policies kept per alias")
+    known_keys: int = Field(
+        default=10_000, ge=0, description="managed keys whose last read record this replica "
+                                          "keeps (LRU) to authenticate them while Redis is "
+                                          "down; 0: none (every managed key is then a 503)")
 
     @field_validator("url")
     @classmethod

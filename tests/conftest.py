@@ -115,7 +115,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A ``redis-server`` of this test's own on a free port (never 6379), without
     persistence, killed at teardown. Skipped locally without redis-server (``make test``
     installs it); in CI that fails."""
-    server = RedisServer(tmp_path)
+    yield from _redis(RedisServer(tmp_path))
+
+
+@pytest.fixture
+def durable_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Like ``redis_server``, with an append-only file written before each answer: what
+    it held is there again after a kill and a start."""
+    yield from _redis(RedisServer(tmp_path, persist=True))
+
+
+def _redis(server: RedisServer) -> Iterator[RedisServer]:
     try:
         server.start()
     except FileNotFoundError as exc:

@@ -1,4 +1,5 @@
-"""A real ``redis-server`` for tests: its own process, port and directory, no persistence."""
+"""A real ``redis-server`` for tests: its own process, port and directory; no persistence
+unless asked for (then every write is in its append-only file before it is answered)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from loadtests.launch import free_port
 
 class RedisServer:
     """``start()`` and ``kill()`` as often as a test likes; the port stays the same, so
-    a gateway pointed at :attr:`url` sees an outage and a recovery."""
+    a gateway pointed at :attr:`url` sees an outage and a recovery. With ``persist``
+    the data outlives a kill, as a production Redis's does."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *,
+                 persist: bool = False) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -30,7 +34,8 @@ class RedisServer:
             raise FileNotFoundError("redis-server is not installed")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+             "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while not self._pong():

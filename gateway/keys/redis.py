@@ -14,28 +14,39 @@ gateway shares: trim both windows, check RPM then TPM, record the admission only
 both allow it. :meth:`RedisRateLimiter.charge` is ``HINCRBY`` + ``EXPIRE`` on the same
 clock. The windows' math is :class:`~gateway.keys.memory.MemoryRateLimiter`'s.
 
-While Redis is down, looking a key up and admitting a request raise
-:class:`~gateway.stores.protocols.StoreUnavailable` (no key is honoured, and no limit
-is skipped, on a store that cannot be read; there is no outage fallback); a charge
-that fails is dropped (counted in ``sluice_redis_errors_total``), since its request has
-already finished.
+``revoke`` is one Lua script that also publishes the key id on ``P apikeys:revoked``:
+each replica's :class:`~gateway.keys.outage.LastKnownKeys` reads that key again, so
+that a record it remembers for an outage is never one revoked elsewhere.
+
+The backends themselves raise :class:`~gateway.stores.protocols.StoreUnavailable` while
+Redis is down (a charge too). :func:`redis_keys` puts them behind the outage fallbacks of
+:mod:`gateway.keys.outage`: a key this replica has read before authenticates with its
+last known record (a key it has not is a 503), and the limits follow ``redis.fail_open``.
+Open (the default) counts each key's RPM and TPM in this replica alone while Redis is
+down, so N replicas admit up to N times a limit, never without one: an outage of the
+state store should cost the limits their precision, not every keyed client its service.
+Closed refuses with 503 and ``Retry-After`` (for limits that must never be exceeded,
+such as a paid quota).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
+import math
 import uuid
-from collections.abc import Callable
-from typing import Literal, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, cast
 
 from redis.commands.core import AsyncScript
 
+from gateway.keys.memory import MemoryRateLimiter
+from gateway.keys.outage import LastKnownKeys, OutageLimiter
 from gateway.keys.protocols import ALLOWED, WINDOW_S, Decision
 from gateway.keys.records import ApiKey, Limits
-from gateway.stores.protocols import StoreUnavailable
-from gateway.stores.redis_link import RedisLink, as_bytes
+from gateway.keys.service import KeyService
+from gateway.metrics import GatewayMetrics
+from gateway.stores.redis_link import RedisLink, as_bytes, watch_channel
 
 Clock = Callable[[], float]
 
@@ -112,9 +123,11 @@ return 1
 REVOKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
-"""KEYS: record. ARGV: time. The record as it now is (the first revocation kept)."""
+"""KEYS: record, channel. ARGV: time, key id. The record as it now is (the first
+revocation kept)."""
 
 
 def _fields(key: ApiKey) -> dict[str, str]:
@@ -150,6 +163,8 @@ class RedisKeyStore:
         self._revoke: AsyncScript = client.register_script(REVOKE)
         self._digests = link.key("apikeys", "digests")
         self._ids = link.key("apikeys", "ids")
+        self.channel = link.key("apikeys", "revoked")
+        """Where revocations are published (the key id)."""
 
     def _key(self, key_id: str) -> str:
         return self._link.key("apikey", key_id)
@@ -184,7 +199,7 @@ class RedisKeyStore:
 
     async def revoke(self, key_id: str, at: float) -> ApiKey | None:
         raw = await self._link.call("keys-revoke", lambda: self._revoke(
-            keys=[self._key(key_id)], args=[repr(at)]))
+            keys=[self._key(key_id), self.channel], args=[repr(at), key_id]))
         return _record(raw) if raw else None
 
 
@@ -225,6 +240,21 @@ class RedisRateLimiter:
         if tokens <= 0:
             return
         args: list[str | int] = [self._now(), repr(WINDOW_S), tokens]
-        with contextlib.suppress(StoreUnavailable):  # counted; the request is over
-            await self._link.call("keys-charge", lambda: self._charge(
-                keys=[self._link.key("limit", key_id, "tpm")], args=args))
+        await self._link.call("keys-charge", lambda: self._charge(
+            keys=[self._link.key("limit", key_id, "tpm")], args=args))
+
+
+def redis_keys(link: RedisLink, metrics: GatewayMetrics
+               ) -> tuple[KeyService, Coroutine[Any, Any, None]]:
+    """The key service over Redis behind its outage fallbacks (see the module doc), and
+    the lifespan task that applies revocations published by any replica to the records
+    this one remembers."""
+    settings = link.settings
+    retry_after = max(1, math.ceil(settings.probe_interval_s))
+    store = RedisKeyStore(link)
+    known = LastKnownKeys(store, metrics, size=settings.known_keys,
+                          retry_after_s=retry_after)
+    limiter = OutageLimiter(RedisRateLimiter(link), MemoryRateLimiter(), metrics,
+                            fail_open=settings.fail_open, retry_after_s=retry_after)
+    watch = watch_channel(link, store.channel, known.reload, op="keys_watch")
+    return KeyService(known, limiter), watch

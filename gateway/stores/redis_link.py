@@ -91,9 +91,16 @@ class RedisLink:
             self._set_up(False)
 
     async def probe(self) -> bool:
-        """PING Redis; when it answers, mark it up and run the beats."""
+        """PING Redis; when it answers, mark it up and run the beats.
+
+        While Redis is down the idle pooled connections are closed first: they may lead
+        to a Redis that has since restarted, and redis-py (with its maintenance
+        notifications on, the default) hands out a connection closed by the server
+        without checking it, so that each would fail one command after the recovery."""
         try:
             async with asyncio.timeout(self.bound_s):
+                if not self.up:
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
                 await self.client.ping()
         except (RedisError, *_OUTAGE) as exc:
             self.failed("ping", exc)
@@ -127,3 +134,31 @@ class RedisLink:
     def _set_up(self, up: bool) -> None:
         self.up = up
         self._metrics.redis_up.set(1 if up else 0)
+
+
+OnMessage = Callable[[str | None], Awaitable[None]]
+"""Called with each message published on a channel, or None after each (re)subscription
+(messages published while unsubscribed are lost: read everything again)."""
+
+
+async def watch_channel(link: RedisLink, channel: str, on_message: OnMessage, *, op: str,
+                        poll_s: float = 1.0) -> None:
+    """Call ``on_message`` for every message published on ``channel``, forever (a
+    lifespan task). A broken subscription is counted under ``op`` and opened again after
+    a probe interval."""
+    while True:
+        pubsub = link.client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            await on_message(None)
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                   timeout=poll_s)
+                if message is not None and message.get("type") == "message":
+                    data = message["data"]
+                    await on_message(data.decode() if isinstance(data, bytes) else str(data))
+        except (RedisError, *_OUTAGE) as exc:
+            link.failed(op, exc)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        await asyncio.sleep(link.settings.probe_interval_s)

@@ -12,16 +12,14 @@ gateway keeps routing as it did); ``set``, ``rollback`` and ``history`` raise
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import orjson
-from redis.exceptions import RedisError
 
 from gateway.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable, VersionPolicy
-from gateway.stores.redis_link import RedisLink, as_bytes
+from gateway.stores.redis_link import RedisLink, as_bytes, watch_channel
 
 log = logging.getLogger("sluice.redis")
 
@@ -109,20 +107,5 @@ Reload = Callable[[str | None], Awaitable[None]]
 async def watch_versions(link: RedisLink, channel: str, reload: Reload, *,
                          poll_s: float = 1.0) -> None:
     """Call ``reload`` for every change published on ``channel``, forever (a lifespan
-    task). A broken subscription is counted and opened again after a probe interval."""
-    while True:
-        pubsub = link.client.pubsub()
-        try:
-            await pubsub.subscribe(channel)
-            await reload(None)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                   timeout=poll_s)
-                if message is not None and message.get("type") == "message":
-                    data = message["data"]
-                    await reload(data.decode() if isinstance(data, bytes) else str(data))
-        except (RedisError, OSError, TimeoutError) as exc:
-            link.failed("versions_watch", exc)
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-        await asyncio.sleep(link.settings.probe_interval_s)
+    task; see :func:`~gateway.stores.redis_link.watch_channel`)."""
+    await watch_channel(link, channel, reload, op="versions_watch", poll_s=poll_s)

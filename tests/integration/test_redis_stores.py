@@ -190,6 +190,28 @@ async def test_link_counts_each_failed_operation(redis_server: RedisServer) -> N
         await link.aclose()
 
 
+async def test_after_a_restart_no_pooled_connection_fails_a_command(
+        redis_server: RedisServer) -> None:
+    metrics = GatewayMetrics()
+    link = RedisLink(RedisSettings(url=redis_server.url, **FAST), metrics)
+
+    async def ping(op: str) -> None:
+        await link.call(op, link.client.ping)
+
+    try:
+        assert await link.probe()
+        await asyncio.gather(*(ping("before") for _ in range(4)))  # four pooled connections
+        redis_server.kill()
+        assert not await link.probe()
+        redis_server.start()
+        assert await link.probe()
+        await asyncio.gather(*(ping("after") for _ in range(4)))
+        assert link.up
+        assert _sample(metrics, "sluice_redis_errors_total", op="after") == 0
+    finally:
+        await link.aclose()
+
+
 async def _async(value: bool) -> bool:
     return value
 
