@@ -175,7 +175,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "rollouts": rollouts,
                 "passthrough": Passthrough(pool, connector, director, metrics,
                                            max_event_bytes=settings.max_event_bytes),
-                "realtime": RealtimeRelay(pool, scheduler, dialer, settings.websocket,
+                "realtime": RealtimeRelay(pool, scheduler, dialer, director,
+                                          settings.websocket,
                                           retries=settings.resilience.retries),
             }
 

@@ -19,11 +19,14 @@ from gateway.streaming import SERVER_SEND, SSE_HEADERS, ClientWatch
 
 
 class EventStreamResponse(Response):
-    """Sends ``head`` then ``body``; stops and closes the body when the client leaves."""
+    """Sends ``head`` then ``body``; stops and closes the body when the client leaves.
+    ``headers`` are added to the SSE ones."""
 
     def __init__(self, body: AsyncGenerator[list[bytes], None], watch: ClientWatch, *,
-                 head: list[bytes] | None = None) -> None:
+                 head: list[bytes] | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.background = None
+        self.extra_headers = headers or []
         self.body_iterator = body
         self.watch = watch
         self.head = head or []
@@ -32,7 +35,7 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": SSE_HEADERS})
+                        "headers": [*SSE_HEADERS, *self.extra_headers]})
             send = scope.get(SERVER_SEND, send)
             if self.head:
                 await send({"type": "http.response.body", "body": b"".join(self.head),

@@ -77,6 +77,13 @@ class SimMetrics:
             registry=registry,
             buckets=TTFT_BUCKETS,
         ).labels(*values)
+        self.http_requests = Counter(
+            "http_requests",
+            "Total number of requests by method, status and handler.",
+            ["method", "status", "handler"],
+            registry=registry,
+        )
+        """As vLLM's HTTP instrumentation counts them (status grouped as ``2xx``)."""
         self.lora_info: Gauge | None = None
         if max_loras > 0:
             # As in vLLM: no model_name label, and the value is the wall-clock time of the

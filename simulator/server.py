@@ -105,7 +105,7 @@ def create_sim_app(
     exits with status 1 (`os._exit`); in-process servers pass a hook that drops the
     listener and every connection instead (see `SimServer`).
     """
-    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_errors])
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_count, _errors])
     engine = SimEngine(config, SimMetrics(config.model, config.max_loras))
     app[SIM_STATE] = SimState(config, engine, on_crash or exit_process)
     app.cleanup_ctx.append(_engine_task)
@@ -126,6 +126,23 @@ def create_sim_app(
     add_realtime(app, config.model, engine.metrics.registry)
     app.router.add_post("/sim/faults", set_faults)
     return app
+
+
+UNCOUNTED = frozenset({"/metrics", "/health", "/version"})
+"""Routes vLLM's HTTP instrumentation leaves out of ``http_requests_total``."""
+
+
+@web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count each answered request in ``http_requests_total{method,status,handler}``, as
+    vLLM's instrumentation does (the route's path; ``none`` for a path it does not have)."""
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else "none"
+    if path not in UNCOUNTED:
+        request.app[SIM_STATE].engine.metrics.http_requests.labels(
+            request.method, f"{response.status // 100}xx", path).inc()
+    return response
 
 
 @web.middleware

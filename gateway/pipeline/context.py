@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from gateway.cache.flights import Flight
 
 
+PIN_HEADER = "x-sluice-version"
+"""Request header naming the version of a model alias to use (and the response header
+naming the one that served)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """An endpoint routed to engines: its metrics name, the engine path, and the request
@@ -193,6 +198,24 @@ class RequestContext:
         if arrived is not None:
             ctx.timings.arrived = arrived
         return ctx
+
+    def route_headers(self) -> dict[str, str]:
+        """What an answer says of the request's route: ``Server-Timing`` (the phases
+        before the first byte, as far as they went), ``x-sluice-engine`` (the engine that
+        answered, once one was picked), and for an alias ``x-sluice-version`` (its
+        version that served) and ``x-sluice-fallback-from`` (the version chosen first,
+        when it was down and the fallback chain answered)."""
+        headers: dict[str, str] = {}
+        timing = self.timings.server_timing()
+        if timing:
+            headers["server-timing"] = timing
+        if self.engine != "none":
+            headers["x-sluice-engine"] = self.engine
+        if self.version is not None:
+            headers[PIN_HEADER] = self.version
+        if self.fallback_from is not None:
+            headers["x-sluice-fallback-from"] = self.fallback_from
+        return headers
 
     @property
     def tokens(self) -> int:

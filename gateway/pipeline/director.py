@@ -90,8 +90,7 @@ class Director:
     async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
         self.default_model(ctx)
-        ctx.label = self.model_label(ctx.requested_model)
-        self._metrics.in_flight.labels(ctx.label).inc()
+        self.begin(ctx)
         try:
             self.check_open()
             self.authenticate(ctx)
@@ -109,6 +108,12 @@ class Director:
         except BaseException as exc:
             await self.finish(ctx, exc)
             raise
+
+    def begin(self, ctx: RequestContext) -> None:
+        """Give the request its metrics label and count it in flight (:meth:`finish`
+        counts it out)."""
+        ctx.label = self.model_label(ctx.requested_model)
+        self._metrics.in_flight.labels(ctx.label).inc()
 
     def model_label(self, requested: str) -> str:
         """The ``model`` label of a request's metrics: an alias's name, a served model's,
@@ -153,9 +158,7 @@ class Director:
             raise InvalidField("you must provide a model parameter (it may be left out only "
                                "when the engines serve exactly one model)", param="model",
                                code="missing_required_parameter")
-        ctx.model = ctx.requested_model
-        if self._versions is not None:
-            self._versions.resolve(ctx)
+        self.resolve_model(ctx, mirror=True)
         for name in _BUDGETS:  # acted on as integers: continuations shrink them
             if type(ctx.body.get(name)) is float:
                 ctx.body[name] = getattr(ctx.request, name)
@@ -164,6 +167,17 @@ class Director:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens. However, you "
                 f"requested {budget} output tokens.", param="max_tokens")
+
+    def resolve_model(self, ctx: RequestContext, *, mirror: bool = False) -> None:
+        """Map the requested name to the model the engines serve: an alias to one of its
+        versions by its policy (split, sticky caller, pin, fallback chain: see
+        :mod:`gateway.versions`), any other name unchanged. Every route that names a
+        model resolves it here: chat and completions (through :meth:`resolve`), the
+        passthrough endpoints and realtime sessions. ``mirror``: start the policy's
+        shadow copies (chat and completions only)."""
+        ctx.model = ctx.requested_model
+        if self._versions is not None:
+            self._versions.resolve(ctx, mirror=mirror)
 
     async def lookup(self, ctx: RequestContext) -> CachedResponse | Flight | None:
         """A stored answer, or an identical request in flight, when the request may be

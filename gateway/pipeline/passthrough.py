@@ -2,12 +2,15 @@
 
 Responses, embeddings, tokenization, scoring, reranking and pooling requests are
 forwarded as sent (the gateway reads only ``model`` and, for ``/v1/responses``,
-``stream``) with what chat and completions get: the director's drain check, admission
-and finish hooks (``sluice_requests_total{endpoint}``, durations, token counts), and the
-connector's scheduling, breaker accounting and retries before the first byte.
+``stream``) with what chat and completions get: the director's resolve of a model alias
+(the version chosen by the alias's policy; the body's ``model`` becomes the name its
+engines serve), drain check, admission and finish hooks (``sluice_requests_total
+{endpoint,version}``, durations, token counts, the per-version tallies of rollouts), and
+the connector's scheduling, breaker accounting and retries before the first byte.
 
-    check open -> resolve the model -> admit -> schedule + open upstream -> answer
-    (whole JSON, or a relayed event stream) -> finish hooks
+    check open -> resolve the model (an alias: one of its versions) -> admit ->
+    schedule + open upstream -> answer (whole JSON, or a relayed event stream) ->
+    finish hooks
 
 A missing ``model`` is the one base model the fleet serves, if it serves exactly one.
 An engine that answers 404 for the path itself (not for a model) does not have the
@@ -88,8 +91,7 @@ class Passthrough:
             self.resolve(ctx)
         except SluiceError as exc:
             invalid = exc
-        ctx.label = self._pool.model_label(ctx.model)
-        self._metrics.in_flight.labels(ctx.label).inc()
+        self._director.begin(ctx)
         try:
             if invalid is not None:
                 raise invalid
@@ -128,8 +130,10 @@ class Passthrough:
         raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
 
     def resolve(self, ctx: RequestContext) -> None:
-        """The model the request goes to: the body's, or the only one served. Raises a
-        400 naming ``model`` (or ``stream``) for a value of the wrong type."""
+        """The model the request goes to: the body's, or the only one served; an alias
+        is resolved to one of its versions as chat's is (the body's ``model`` rewritten
+        to the name the engines serve). Raises a 400 naming ``model`` (or ``stream``)
+        for a value of the wrong type, or the pin header for a version the alias lacks."""
         model = ctx.body.get("model")
         if model is None:
             bases = sorted({card["id"] for card in self._pool.models()
@@ -140,9 +144,10 @@ class Passthrough:
             model = ctx.body["model"] = bases[0]
         if not isinstance(model, str) or not model:
             raise InvalidField("model: Input should be a non-empty string", param="model")
-        ctx.requested_model = ctx.model = model
+        ctx.requested_model = model
         if not isinstance(ctx.body.get("stream", False), bool):
             raise InvalidField("stream: Input should be a valid boolean", param="stream")
+        self._director.resolve_model(ctx)
 
     def streamed(self, ctx: RequestContext) -> bool:
         return ctx.endpoint.path in STREAMABLE and ctx.body.get("stream") is True

@@ -25,8 +25,8 @@ CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
 
 async def new_context(request: Request, endpoint: Endpoint) -> RequestContext | None:
-    """The context of a request to ``endpoint`` once its JSON body is read; None when
-    the client left while sending it."""
+    """The context of a request to ``endpoint`` once its JSON body is read (with the
+    version it pins, ``x-sluice-version``); None when the client left while sending it."""
     arrived = time.perf_counter()
     check_media_type(header(request.scope, b"content-type"))
     try:
@@ -34,10 +34,11 @@ async def new_context(request: Request, endpoint: Endpoint) -> RequestContext | 
     except ClientDisconnect:
         return None
     principal, key = caller(request.scope)
-    return RequestContext.new(request.state.request_id, endpoint, parse_body(raw),
-                              arrived=arrived,
-                              session_key=header(request.scope, b"x-session-id"),
-                              principal=principal, key=key)
+    ctx = RequestContext.new(request.state.request_id, endpoint, parse_body(raw),
+                             arrived=arrived, session_key=header(request.scope, b"x-session-id"),
+                             principal=principal, key=key)
+    ctx.pinned_version = header(request.scope, PIN_HEADER.encode())
+    return ctx
 
 
 async def _generate(request: Request, endpoint: Endpoint) -> Response:
@@ -47,7 +48,6 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     read_directives(ctx.cache, header(request.scope, b"cache-control"),
                     header(request.scope, b"x-sluice-cache"))
     keepalive_s = request.state.settings.streaming.keepalive_s
-    ctx.pinned_version = header(request.scope, PIN_HEADER.encode())
     ctx.start_early = keepalive_s > 0
     watch = ClientWatch(request.receive)
     director_counts(request)
@@ -60,12 +60,12 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
         raise
     except SluiceError as exc:
         await watch.close()
-        exc.headers.update(_generation_headers(ctx))
+        exc.headers.update(generation_headers(ctx))
         raise
     except BaseException:
         await watch.close()
         raise
-    headers = _generation_headers(ctx)
+    headers = generation_headers(ctx)
     if isinstance(result, StartedStream):
         return SSEStreamResponse(
             result.body, watch, head=result.head,
@@ -75,23 +75,10 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     return Response(result, media_type="application/json", headers=headers)
 
 
-def _generation_headers(ctx: RequestContext) -> dict[str, str]:
-    """``Server-Timing`` (the phases before the first byte, as far as they went),
-    ``x-sluice-engine`` (the engine that answered, once one was picked),
-    ``x-sluice-cache`` (hit, miss, coalesced or bypass), and for an alias
-    ``x-sluice-version`` (its version that served) and ``x-sluice-fallback-from``
-    (the version chosen first, when it was down and the fallback chain answered)."""
-    headers: dict[str, str] = {"x-sluice-cache": ctx.cache.result}
-    timing = ctx.timings.server_timing()
-    if timing:
-        headers["server-timing"] = timing
-    if ctx.engine != "none":
-        headers["x-sluice-engine"] = ctx.engine
-    if ctx.version is not None:
-        headers[PIN_HEADER] = ctx.version
-    if ctx.fallback_from is not None:
-        headers["x-sluice-fallback-from"] = ctx.fallback_from
-    return headers
+def generation_headers(ctx: RequestContext) -> dict[str, str]:
+    """The request's route headers (:meth:`RequestContext.route_headers`) and
+    ``x-sluice-cache`` (hit, miss, coalesced or bypass)."""
+    return {"x-sluice-cache": ctx.cache.result, **ctx.route_headers()}
 
 
 async def chat_completions(request: Request) -> Response:

@@ -1,5 +1,6 @@
 """Passthrough routes: the rest of vLLM's OpenAI server, routed by the body's ``model``
-(see :mod:`gateway.pipeline.passthrough`); and a model's card, and the engines' version."""
+(an alias resolved as chat's is: see :mod:`gateway.pipeline.passthrough`); and a
+model's card, and the engines' version."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.accounting import director_counts
+from gateway.errors import SluiceError
 from gateway.event_stream import EventStreamResponse
 from gateway.pipeline.context import Endpoint
 from gateway.pipeline.director import StartedStream
@@ -33,13 +35,20 @@ async def _forward(request: Request, endpoint: Endpoint) -> Response:
         if watch.absorb_cancel():
             return Response(status_code=CLIENT_CLOSED)
         raise
+    except SluiceError as exc:
+        await watch.close()
+        exc.headers.update(ctx.route_headers())
+        raise
     except BaseException:
         await watch.close()
         raise
+    headers = ctx.route_headers()
     if isinstance(result, StartedStream):
-        return EventStreamResponse(result.body, watch, head=result.head)
+        return EventStreamResponse(
+            result.body, watch, head=result.head,
+            headers=[(k.encode(), v.encode()) for k, v in headers.items()])
     await watch.close()
-    return Response(result, media_type="application/json")
+    return Response(result, media_type="application/json", headers=headers)
 
 
 def _handler(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:

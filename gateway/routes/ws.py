@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway.headers import header
 from gateway.middleware import caller
 from gateway.settings import Settings
+from gateway.versions import PIN_HEADER
 from gateway.websocket.handshake import chosen_subprotocol, origin_refusal, refuse
 from gateway.websocket.mux import Multiplexer, SocketClosed
 from gateway.websocket.realtime import RealtimeRelay
@@ -42,7 +43,8 @@ async def requests_socket(websocket: WebSocket) -> None:
     mux = Multiplexer(websocket.state.director, send, socket_id=uuid.uuid4().hex[:12],
                       max_requests=settings.websocket.max_requests_per_socket,
                       session_key=header(websocket.scope, b"x-session-id"),
-                      principal=principal, key=key)
+                      principal=principal, key=key,
+                      pinned_version=header(websocket.scope, PIN_HEADER.encode()))
     try:
         while True:
             message = await websocket.receive()

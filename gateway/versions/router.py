@@ -21,17 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import InvalidField, SluiceError
-from gateway.pipeline.context import RequestContext
+from gateway.pipeline.context import PIN_HEADER, RequestContext
 from gateway.stores import VersionPolicies, VersionPolicy
 from gateway.versions.config import AliasSettings, VersionsSettings, policy_problem
 from gateway.versions.shadow import ShadowMirror
 
 log = logging.getLogger("sluice.versions")
-
-PIN_HEADER = "x-sluice-version"
-"""Request header naming the version to use (and the response header naming the one
-that served)."""
-
 
 def point(alias: str, key: str) -> float:
     """A stable point in [0, 1) for ``key`` (uniform over keys)."""
@@ -78,9 +73,11 @@ class VersionRouter:
         """The metrics label of an alias (itself); None for any other name."""
         return requested if requested in self.aliases else None
 
-    def resolve(self, ctx: RequestContext) -> None:
+    def resolve(self, ctx: RequestContext, *, mirror: bool = False) -> None:
         """Set ``ctx.version``, ``ctx.model`` (and the body's model) and ``ctx.adapter``
-        for a request to an alias; any other name passes through unchanged."""
+        for a request to an alias; any other name passes through unchanged. ``mirror``:
+        start the copies the policy's ``shadow`` asks for (generation requests only: a
+        copy is judged by its completion tokens)."""
         name = ctx.requested_model
         alias = self.aliases.get(name)
         if alias is None:
@@ -97,7 +94,8 @@ class VersionRouter:
             policy = self._policies[name]
             version = pick(alias, policy, point(name, key or ctx.id))
             version = self._fallback(alias, version, ctx)
-            self._shadow(ctx, name, alias, policy, version)
+            if mirror:
+                self._shadow(ctx, name, alias, policy, version)
         spec = alias.versions[version]
         ctx.version, ctx.adapter = version, spec.adapter
         ctx.model = ctx.body["model"] = spec.served

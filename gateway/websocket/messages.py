@@ -3,13 +3,18 @@
 Client → server (text frames, one JSON object each)::
 
     {"id": "r1", "type": "chat.completions", "body": {...OpenAI request...}}
-    {"id": "r2", "type": "completions", "body": {...}}
+    {"id": "r2", "type": "completions", "body": {...}, "version": "v2"}
     {"id": "r1", "type": "cancel"}
+
+``version`` pins a request to a model alias's version, as the ``x-sluice-version``
+header does over HTTP (the socket's handshake may carry that header too: it pins every
+request of the socket that names no version of its own).
 
 Server → client::
 
     {"id": "r1", "type": "chunk", "data": <the chunk object SSE would carry>}
     {"id": "r1", "type": "done", "usage": {...}}        # usage when the engine sent it
+    {"id": "r1", "type": "done", "version": "v2"}       # an alias: the version that served
     {"id": "r1", "type": "error", "error": {OpenAI error object}}
     {"id": "r1", "type": "cancelled"}
     {"id": null, "type": "error", "error": {...}}       # a frame that started nothing
@@ -48,11 +53,13 @@ class FrameError(InvalidRequest):
 
 @dataclass(frozen=True, slots=True)
 class Start:
-    """Start request ``id`` on ``endpoint`` with ``body`` (streaming forced on)."""
+    """Start request ``id`` on ``endpoint`` with ``body`` (streaming forced on),
+    pinned to ``version`` of an alias when it names one."""
 
     id: str
     endpoint: Endpoint
     body: dict[str, Any]
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +90,11 @@ def read_frame(text: str) -> Start | Cancel:
     if not isinstance(body, dict):
         raise FrameError("'body' must be a JSON object (the OpenAI request)",
                          request_id=request_id, param="body")
-    return Start(request_id, endpoint, {**body, "stream": True})
+    version = envelope.get("version")
+    if version is not None and (not isinstance(version, str) or not version):
+        raise FrameError("'version' must be a non-empty string (a version of the alias "
+                         "the body names)", request_id=request_id, param="version")
+    return Start(request_id, endpoint, {**body, "stream": True}, version)
 
 
 class Tagged:
@@ -95,12 +106,17 @@ class Tagged:
     def chunk(self, payload: bytes) -> bytes:
         return self._head + b'"chunk","data":' + payload + b"}"
 
-    def done(self, usage: dict[str, int] | None, cache: str | None = None) -> bytes:
-        """The request's last message: its usage when known, and what the response
-        cache did (``hit``, ``miss`` or ``coalesced``) when the request was cacheable."""
+    def done(self, usage: dict[str, int] | None, cache: str | None = None, *,
+             version: str | None = None, fallback_from: str | None = None) -> bytes:
+        """The request's last message: its usage when known, what the response cache
+        did (``hit``, ``miss`` or ``coalesced``) when the request was cacheable, and for
+        a model alias the version that served (and ``fallback_from``, the version chosen
+        first when it was down)."""
         tail = b"" if usage is None else b',"usage":' + orjson.dumps(usage)
-        if cache is not None:
-            tail += b',"cache":' + orjson.dumps(cache)
+        for name, value in (("cache", cache), ("version", version),
+                            ("fallback_from", fallback_from)):
+            if value is not None:
+                tail += b',"' + name.encode() + b'":' + orjson.dumps(value)
         return self._head + b'"done"' + tail + b"}"
 
     def error(self, error: SluiceError) -> bytes:

@@ -2,11 +2,13 @@
 
 The socket's reader turns frames into actions (:mod:`.messages`): a request starts a
 task that runs it through the director, streaming forced on, and sends its events as
-tagged messages; a cancel cancels that task, which closes the upstream stream (the
-engine sees the connection close and aborts). At most ``max_requests`` run at once
-per socket; past that a request is refused with ``too_many_requests``. When the socket
-closes, every request still running is cancelled the same way and awaited, so no
-upstream stream outlives its socket.
+tagged messages (a model alias is resolved as over HTTP, pinned by the frame's
+``version`` or the handshake's ``x-sluice-version``; ``done`` names the version); a
+cancel cancels that task, which closes the upstream stream (the engine sees the
+connection close and aborts). At most ``max_requests`` run at once per socket; past
+that a request is refused with ``too_many_requests``. When the socket closes, every
+request still running is cancelled the same way and awaited, so no upstream stream
+outlives its socket.
 
 Sends need no lock: the server writes each message whole, and a client that stops
 reading holds every task at its next send (the transport's flow control), never a
@@ -49,8 +51,10 @@ class Multiplexer:
 
     def __init__(self, director: Director, send: Send, *, socket_id: str,
                  max_requests: int, session_key: str | None = None,
-                 principal: str | None = None, key: ApiKey | None = None) -> None:
+                 principal: str | None = None, key: ApiKey | None = None,
+                 pinned_version: str | None = None) -> None:
         self._director = director
+        self._pinned_version = pinned_version
         self._principal = principal
         self._key = key
         self._send = send
@@ -120,6 +124,7 @@ class Multiplexer:
         ctx = RequestContext.new(f"{self._socket_id}-{next(self._serial)}", start.endpoint,
                                  start.body, session_key=self._session_key,
                                  principal=self._principal, key=self._key)
+        ctx.pinned_version = start.version or self._pinned_version
         try:
             await self._stream(start.id, ctx, tagged)
         except asyncio.CancelledError:
@@ -156,7 +161,8 @@ class Multiplexer:
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }, None if ctx.cache.key is None else ctx.cache.result))
+        }, None if ctx.cache.key is None else ctx.cache.result, version=ctx.version,
+            fallback_from=ctx.fallback_from))
 
     async def _end(self, request_id: str, message: bytes) -> None:
         """Send a request's terminal message (done, or its stream's error event)."""

@@ -17,6 +17,15 @@ The gateway needs the model before it can pick an engine:
   (``{"type": "error", "error": <text>, "code": <code>}``) and a close. A client that
   waits for ``session.created`` before it sends anything must use ``?model=``.
 
+A model alias is resolved as over HTTP (its policy's split, sticky caller, the
+``x-sluice-version`` pin header of the handshake, the fallback chain): the session goes
+to the chosen version's engines, ``model`` in the query and in every ``session.update``
+naming the alias is rewritten to the name they serve, and a handshake answered after
+``?model=`` carries ``x-sluice-version`` (and ``x-sluice-engine``). A session counts as
+one request of the ``realtime`` endpoint in the director's finish hooks (metrics by
+model and version, the per-version tallies of rollouts): a server error when the
+engine's socket failed.
+
 After that the session is pinned to that engine and every message passes through as it
 is, text or binary, both ways; the query string is passed on to the engine. Either
 side's close closes the other with the same code (1014, bad gateway, when the engine's
@@ -32,8 +41,10 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from starlette.types import Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.engine.ws_transport import (
@@ -45,18 +56,19 @@ from gateway.engine.ws_transport import (
     sendable_close_code,
 )
 from gateway.errors import (
+    EngineError,
     EngineUnavailable,
     InvalidRequest,
     ModelNotFound,
     Overloaded,
-    PermissionDenied,
     SluiceError,
     UpstreamRejected,
 )
-from gateway.keys import ApiKey
+from gateway.headers import header
 from gateway.middleware import caller
 from gateway.pipeline.connector import Scheduler
-from gateway.pipeline.context import Endpoint, RequestContext
+from gateway.pipeline.context import PIN_HEADER, Endpoint, RequestContext
+from gateway.pipeline.director import Director
 from gateway.protocol import GenerationRequest
 from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.settings import WebSocketSettings
@@ -87,6 +99,25 @@ def model_of(event: object) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
+def renamed(text: str, alias: str, served: str) -> str:
+    """``text``, with a ``session.update`` that names ``alias`` (as ``model`` or
+    ``session.model``) made to name ``served``; any other message unchanged."""
+    if "session.update" not in text:  # audio appends pass without being parsed
+        return text
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if model_of(event) is None:
+        return text
+    session = event.get("session")
+    changed = False
+    for holder in (event, session if isinstance(session, dict) else {}):
+        if holder.get("model") == alias:
+            holder["model"], changed = served, True
+    return orjson.dumps(event).decode() if changed else text
+
+
 def error_event(message: str, code: str | None) -> str:
     """An ``error`` event in vLLM's realtime shape."""
     return orjson.dumps({"type": "error", "error": message, "code": code}).decode()
@@ -96,10 +127,11 @@ class RealtimeRelay:
     """Relays realtime sessions to engines (see the module docstring)."""
 
     def __init__(self, pool: EnginePool, scheduler: Scheduler, dialer: WebSocketDialer,
-                 settings: WebSocketSettings, *, retries: int) -> None:
+                 director: Director, settings: WebSocketSettings, *, retries: int) -> None:
         self._pool = pool
         self._scheduler = scheduler
         self._dialer = dialer
+        self._director = director
         self._settings = settings
         self._retries = retries
         self.sessions = 0
@@ -119,37 +151,52 @@ class RealtimeRelay:
 
     async def _serve(self, websocket: WebSocket) -> None:
         scope = websocket.scope
-        query = scope.get("query_string", b"").decode("latin-1")
-        _, key = caller(scope)
         model = websocket.query_params.get("model")
         first: str | None = None
-        if model:
-            try:
-                upstream = await self._open(model, query, key)
-            except SluiceError as exc:
-                await refuse(exc, scope, websocket.receive, websocket.send)
-                return
-            try:
-                await websocket.accept(subprotocol=chosen_subprotocol(scope))
-            except BaseException:
-                await upstream.socket.close()
-                raise
-        else:
+        if not model:
             await websocket.accept(subprotocol=chosen_subprotocol(scope))
             opening = await self._first_message(websocket)
             if opening is None:
                 return
             first, model = opening
-            try:
-                upstream = await self._open(model, query, key)
-            except SluiceError as exc:
-                await self._fail(websocket, exc)
-                return
+        principal, key = caller(scope)
+        ctx = RequestContext.new(f"rt-{uuid.uuid4().hex[:12]}", REALTIME, {"model": model},
+                                 principal=principal, key=key,
+                                 session_key=header(scope, b"x-session-id"))
+        ctx.pinned_version = header(scope, PIN_HEADER.encode())
+        self._director.begin(ctx)
+        error: BaseException | None = None
         try:
+            error = await self._session(websocket, ctx, first)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._director.finish(ctx, error)
+
+    async def _session(self, websocket: WebSocket, ctx: RequestContext,
+                       first: str | None) -> SluiceError | None:
+        """Open the engine's socket (answering the handshake when it is still open,
+        i.e. ``first`` is None) and relay; what the session failed with, if anything."""
+        scope = websocket.scope
+        try:
+            upstream = await self._open(ctx, _query(scope, ctx))
+        except SluiceError as exc:
+            if first is None:
+                exc.headers.update(ctx.route_headers())
+                await refuse(exc, scope, websocket.receive, websocket.send)
+            else:
+                await self._fail(websocket, exc)
+            return exc
+        try:
+            if first is None:
+                await websocket.accept(
+                    subprotocol=chosen_subprotocol(scope),
+                    headers=[(k.encode(), v.encode()) for k, v in ctx.route_headers().items()])
             with self._pool.lease(upstream.engine):
                 if first is not None:
-                    await upstream.socket.send(first)
-                await self._relay(websocket, upstream.socket)
+                    await upstream.socket.send(_renamed(first, ctx))
+                return await self._relay(websocket, upstream.socket, ctx)
         finally:
             await upstream.socket.close()
 
@@ -177,15 +224,13 @@ class RealtimeRelay:
             return None
         return text, model
 
-    async def _open(self, model: str, query: str, key: ApiKey | None) -> Upstream:
-        """A socket to an engine serving ``model``; engines that cannot be reached are
-        marked down and the next one tried (``retries`` more at most). A managed key
-        not allowed the model is refused (403), as the director refuses it."""
-        if key is not None and not key.allows(model):
-            raise PermissionDenied(f"key {key.id} may not use model '{model}'",
-                                   param="model", code="model_not_allowed")
-        ctx = RequestContext.new(f"rt-{uuid.uuid4().hex[:12]}", REALTIME, {"model": model})
-        ctx.label = self._pool.model_label(model)
+    async def _open(self, ctx: RequestContext, query: str) -> Upstream:
+        """A socket to an engine serving the session's model (an alias resolved to its
+        version by the director); engines that cannot be reached are marked down and the
+        next one tried (``retries`` more at most). A managed key not allowed the model
+        is refused (403), as the director refuses it."""
+        self._director.authenticate(ctx)
+        self._director.resolve_model(ctx)
         last: SluiceError | None = None
         for _ in range(self._retries + 1):
             try:
@@ -195,6 +240,7 @@ class RealtimeRelay:
                     raise
                 raise last from None
             ctx.tried.add(engine.name)
+            ctx.engine = engine.name
             url = engine.client.base_url.replace("http", "ws", 1) + REALTIME.path
             try:
                 socket = await self._dialer.connect(url + (f"?{query}" if query else ""))
@@ -212,14 +258,16 @@ class RealtimeRelay:
                 engine.breaker.release()
                 raise
             self._pool.record_success(engine)
-            log.debug("realtime session for %s on %s", model, engine.name)
+            log.debug("realtime session for %s on %s", ctx.model, engine.name)
             return Upstream(engine, socket)
         assert last is not None
         raise last
 
-    async def _relay(self, websocket: WebSocket, upstream: EngineSocket) -> None:
-        """Pass messages both ways until one side closes; then close the other."""
-        to_engine = asyncio.create_task(self._client_to_engine(websocket, upstream))
+    async def _relay(self, websocket: WebSocket, upstream: EngineSocket,
+                     ctx: RequestContext) -> SluiceError | None:
+        """Pass messages both ways until one side closes; then close the other. An
+        engine socket that failed is the session's error."""
+        to_engine = asyncio.create_task(self._client_to_engine(websocket, upstream, ctx))
         to_client = asyncio.create_task(self._engine_to_client(websocket, upstream))
         try:
             done, _ = await asyncio.wait((to_engine, to_client),
@@ -234,16 +282,21 @@ class RealtimeRelay:
             code = _outcome(to_client, BAD_GATEWAY)
             if code is not None:
                 await self._close_client(websocket, sendable_close_code(code, BAD_GATEWAY))
+            if code == BAD_GATEWAY:
+                return EngineError("the engine's realtime socket failed")
+        return None
 
     @staticmethod
-    async def _client_to_engine(websocket: WebSocket, upstream: EngineSocket) -> int:
+    async def _client_to_engine(websocket: WebSocket, upstream: EngineSocket,
+                                ctx: RequestContext) -> int:
         """Until the client closes: its close code."""
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return sendable_close_code(message.get("code"), NORMAL)
             text = message.get("text")
-            await upstream.send(text if text is not None else message.get("bytes") or b"")
+            await upstream.send(_renamed(text, ctx) if text is not None
+                                else message.get("bytes") or b"")
 
     @staticmethod
     async def _engine_to_client(websocket: WebSocket, upstream: EngineSocket) -> int | None:
@@ -279,6 +332,21 @@ class RealtimeRelay:
     async def _close_client(websocket: WebSocket, code: int) -> None:
         with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
             await websocket.close(code)
+
+
+def _renamed(text: str, ctx: RequestContext) -> str:
+    """A client message as the engine must get it (see :func:`renamed`)."""
+    return text if ctx.version is None else renamed(text, ctx.requested_model, ctx.model)
+
+
+def _query(scope: Scope, ctx: RequestContext) -> str:
+    """The client's query string for the engine: ``model`` naming an alias is made to
+    name the version's served model; anything else as sent."""
+    query = str(scope.get("query_string", b"").decode("latin-1"))
+    if ctx.version is None:
+        return query
+    return urlencode([(k, ctx.model if k == "model" and v == ctx.requested_model else v)
+                      for k, v in parse_qsl(query, keep_blank_values=True)])
 
 
 def _outcome(task: asyncio.Task[int | None], failed: int) -> int | None:

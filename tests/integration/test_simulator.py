@@ -281,6 +281,16 @@ async def test_metrics_use_vllm_names_and_count(client: httpx.AsyncClient) -> No
     assert await metric(client, "vllm:request_success_total", finished_reason="length") == 1
     assert await metric(client, "vllm:time_to_first_token_seconds_count") == 1
     assert await metric(client, "vllm:num_requests_running") == 0
+    await client.post("/tokenize", json={"prompt": "a b"})
+    await client.post("/tokenize", json={"model": "nope", "prompt": "a"})
+    await client.post("/no/such/path", json={})
+    text = (await client.get("/metrics")).text
+    assert 'http_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 1.0' \
+        in text
+    assert 'http_requests_total{handler="/tokenize",method="POST",status="2xx"} 1.0' in text
+    assert 'http_requests_total{handler="/tokenize",method="POST",status="4xx"} 1.0' in text
+    assert 'http_requests_total{handler="none",method="POST",status="4xx"} 1.0' in text
+    assert 'handler="/metrics"' not in text
 
 
 async def test_prefix_cache_hits_are_counted_in_tokens(client: httpx.AsyncClient) -> None:

@@ -7,13 +7,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.drain import Drain
 from gateway.engine.client import EngineClient
 from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
 from gateway.engine.ws_transport import Closed
+from gateway.fleet_settings import AdmissionSettings, ResilienceSettings
 from gateway.metrics import GatewayMetrics
+from gateway.pipeline.admission import Admission
+from gateway.pipeline.connector import Connector
+from gateway.pipeline.director import Director
 from gateway.routing.breaker import CircuitBreaker
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, TimeoutSettings, WebSocketSettings
+from gateway.stores.memory import MemoryCounters
 from gateway.websocket.realtime import RealtimeRelay
 from tests.unit.pipeline.conftest import InOrder
 
@@ -58,7 +64,8 @@ class ClientSide:
         self.accept_hangs = accept_hangs
         self.accepting = asyncio.Event()
 
-    async def accept(self, subprotocol: str | None = None) -> None:
+    async def accept(self, subprotocol: str | None = None,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.accepting.set()
         if self.accept_hangs:
             await asyncio.Event().wait()
@@ -82,8 +89,13 @@ def relay_for(dialer: Dialer) -> tuple[RealtimeRelay, EnginePool]:
     engine = pool.engines[0]
     engine.healthy = True
     engine.cards = {"m": {"id": "m"}}
-    relay = RealtimeRelay(pool, InOrder(), dialer, WebSocketSettings(),  # type: ignore[arg-type]
-                          retries=0)
+    metrics, resilience, scheduler = GatewayMetrics(), ResilienceSettings(), InOrder()
+    drain = Drain(30, metrics)
+    director = Director(pool, Connector(pool, scheduler, drain, metrics, resilience),
+                        Admission(AdmissionSettings(), MemoryCounters()), None, drain,
+                        metrics, resilience)
+    relay = RealtimeRelay(pool, scheduler, dialer, director,  # type: ignore[arg-type]
+                          WebSocketSettings(), retries=0)
     return relay, pool
 
 

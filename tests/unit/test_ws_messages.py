@@ -17,7 +17,7 @@ from gateway.websocket.messages import (
     is_error_event,
     read_frame,
 )
-from gateway.websocket.realtime import model_of
+from gateway.websocket.realtime import model_of, renamed
 
 
 def test_a_request_frame_starts_a_stream() -> None:
@@ -26,6 +26,8 @@ def test_a_request_frame_starts_a_stream() -> None:
     frame = '{"id": "r2", "type": "completions", "body": {"prompt": "x"}}'
     assert read_frame(frame) == Start("r2", COMPLETIONS, {"prompt": "x", "stream": True})
     assert read_frame('{"id": "r1", "type": "cancel"}') == Cancel("r1")
+    frame = '{"id": "r3", "type": "completions", "body": {}, "version": "v2"}'
+    assert read_frame(frame) == Start("r3", COMPLETIONS, {"stream": True}, "v2")
 
 
 @pytest.mark.parametrize(("frame", "request_id", "code"), [
@@ -41,6 +43,8 @@ def test_a_request_frame_starts_a_stream() -> None:
     ('{"id": "a", "type": "completions", "body": "x"}', "a", "invalid_message"),
     ('{"id": "a", "type": "completions", "body": ' + "[" * 70 + "]" * 70 + "}",
      None, "invalid_message"),
+    ('{"id": "a", "type": "completions", "body": {}, "version": 2}', "a", "invalid_message"),
+    ('{"id": "a", "type": "completions", "body": {}, "version": ""}', "a", "invalid_message"),
 ])
 def test_frames_that_start_nothing(frame: str, request_id: str | None, code: str) -> None:
     with pytest.raises(FrameError) as caught:
@@ -60,6 +64,8 @@ def test_messages_are_tagged_without_re_encoding_the_chunk() -> None:
         "id": 'a"b', "type": "done", "usage": {"prompt_tokens": 1}}
     assert orjson.loads(tagged.done(None, "hit")) == {"id": 'a"b', "type": "done",
                                                       "cache": "hit"}
+    assert orjson.loads(tagged.done(None, version="v2", fallback_from="v1")) == {
+        "id": 'a"b', "type": "done", "version": "v2", "fallback_from": "v1"}
     assert orjson.loads(tagged.cancelled()) == {"id": 'a"b', "type": "cancelled"}
     error = InvalidField("bad", param="x")
     assert orjson.loads(Tagged(None).error(error)) == {"id": None, "type": "error",
@@ -101,6 +107,21 @@ def test_realtime_model_comes_from_a_session_update() -> None:
     assert model_of({"type": "session.update", "model": ""}) is None
     assert model_of({"type": "input_audio_buffer.commit", "model": "m"}) is None
     assert model_of(["session.update"]) is None
+
+
+def test_a_session_update_naming_an_alias_is_renamed_for_the_engine() -> None:
+    def rename(event: object) -> object:
+        return orjson.loads(renamed(orjson.dumps(event).decode(), "chat", "sim-b"))
+
+    assert rename({"type": "session.update", "model": "chat"}) == {
+        "type": "session.update", "model": "sim-b"}
+    assert rename({"type": "session.update", "session": {"model": "chat", "x": 1}}) == {
+        "type": "session.update", "session": {"model": "sim-b", "x": 1}}
+    untouched = ['{"type": "session.update", "model": "other"}',
+                 '{"type": "input_audio_buffer.append", "audio": "session.update chat"}',
+                 '{"type": "session.update", "model": "chat"',  # not JSON
+                 '{"type": "input_audio_buffer.commit", "model": "chat"}']
+    assert [renamed(text, "chat", "sim-b") for text in untouched] == untouched
 
 
 @pytest.mark.parametrize(("code", "sent"), [

@@ -170,10 +170,14 @@ def test_a_shadow_fraction_mirrors_that_share_of_requests_to_other_versions() ->
     r.mirror = recorder  # type: ignore[assignment]
     r._policies["chat"] = VersionPolicy({"v1": 1}, shadow={"v1": 1.0, "v3": 0.2})
     for i in range(5000):
-        r.resolve(ctx(f"req-{i}"))
-    r.resolve(ctx("pinned", pin="v1"))
+        r.resolve(ctx(f"req-{i}"), mirror=True)
+    r.resolve(ctx("pinned", pin="v1"), mirror=True)
     assert {(v, s) for _, v, s in recorder.started} == {("v3", "base-c")}
     assert abs(len(recorder.started) / 5000 - 0.2) <= 0.015
+    recorder.started.clear()
+    for i in range(200):  # not a generation request (an embedding, a realtime session)
+        r.resolve(ctx(f"req-{i}"))
+    assert recorder.started == []
 
 
 async def test_the_periodic_reconcile_picks_up_a_change_made_elsewhere() -> None:
