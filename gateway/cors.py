@@ -18,7 +18,8 @@ from gateway.handlers import error_response
 from gateway.headers import header
 
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
-EXPOSED_HEADERS = b"x-request-id, retry-after, server-timing, x-sluice-engine, x-sluice-cache"
+EXPOSED_HEADERS = (b"x-request-id, retry-after, server-timing, x-sluice-engine, x-sluice-cache, "
+                   b"x-sluice-version, x-sluice-fallback-from")
 """Readable by a page: the request id, when to come back (429, 503), the gateway's
 phases before the first byte, and the engine that answered."""
 

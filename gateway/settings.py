@@ -179,7 +179,7 @@ class CorsSettings(BaseModel):
                     "no API keys are configured, none when they are")
     allowed_headers: list[str] = Field(
         default=["authorization", "content-type", "x-request-id", "x-session-id",
-                 "cache-control", "x-sluice-cache", "x-stainless-*"],
+                 "cache-control", "x-sluice-cache", "x-sluice-version", "x-stainless-*"],
         description="request headers a page may send; 'prefix*' allows every header "
                     "starting with prefix (x-stainless-*: the OpenAI SDKs' own headers)")
     max_age_s: int = Field(default=600, ge=0, description="how long a browser may keep a "

@@ -12,7 +12,8 @@ CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "
 KEY = "k1-0123456789abcdef"
 PAGE = "https://playground.example"
 QUICK = SimConfig(decode_step_ms=1, prefill_base_ms=1)
-EXPOSED = "x-request-id, retry-after, server-timing, x-sluice-engine, x-sluice-cache"
+EXPOSED = ("x-request-id, retry-after, server-timing, x-sluice-engine, x-sluice-cache, "
+           "x-sluice-version, x-sluice-fallback-from")
 
 
 def preflight(origin: str, headers: str = "authorization, content-type") -> dict[str, str]:
@@ -25,7 +26,7 @@ async def test_without_keys_any_origin_may_call(start_sim: StartSim,
     gateway = await start_gateway([await start_sim(QUICK)])
     async with httpx.AsyncClient(base_url=gateway, timeout=10) as http:
         pre = await http.options("/v1/chat/completions", headers=preflight(PAGE, (
-            "content-type, x-stainless-os, x-stainless-retry-count, x-evil")))
+            "content-type, x-sluice-version, x-stainless-os, x-stainless-retry-count, x-evil")))
         chat = await http.post("/v1/chat/completions", json={**CHAT, "stream": True},
                                headers={"Origin": PAGE})
         plain = await http.post("/v1/chat/completions", json=CHAT)
@@ -35,7 +36,7 @@ async def test_without_keys_any_origin_may_call(start_sim: StartSim,
     assert pre.headers["access-control-allow-methods"] == "GET, POST, OPTIONS"
     allowed = pre.headers["access-control-allow-headers"].split(", ")
     assert {"authorization", "content-type", "x-request-id", "x-session-id",
-            "cache-control", "x-sluice-cache", "x-stainless-os",
+            "cache-control", "x-sluice-cache", "x-sluice-version", "x-stainless-os",
             "x-stainless-retry-count"} <= set(allowed)
     assert "x-evil" not in allowed
     assert int(pre.headers["access-control-max-age"]) == 600
