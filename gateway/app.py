@@ -112,7 +112,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             pool = EnginePool(engines, client, metrics,
                               health_interval_s=settings.health_interval_s,
                               scrape_interval_s=settings.routing.scrape_interval_s,
-                              breaker=settings.resilience.breaker)
+                              breaker=settings.resilience.breaker,
+                              served_as=settings.versions.served_as())
             pool.on_restart = scheduler.engine_restarted
             redis: RedisLink | None = None
             if stores is not None:

@@ -1,7 +1,19 @@
 """Every Prometheus metric the gateway exports, on a registry owned by one app.
 
-``version`` labels name the version of a model alias that served (``none`` for a model
-that is not an alias, and for requests that never reached one): configured names only.
+Every per-request metric carries ``model`` and ``version``. ``model`` is the name the
+client asked for (an alias, or a served model; ``unknown`` for a name no engine serves),
+``version`` the version of a model alias that served (``none`` for a model that is not
+an alias, and for requests that never reached one): configured names only, so neither
+grows without bound.
+
+Per-engine metrics (``sluice_engine_*``, ``sluice_upstream_errors``) are about an engine,
+not a request, and carry ``engine`` only. ``sluice_engine_info{engine,model,version}`` is
+1 for each model an engine serves: every served name with ``version="none"``, and each
+alias version whose model (or adapter) it serves under the alias's name. Join on
+``engine`` to read an engine metric by model and version, e.g.::
+
+    sluice_engine_kv_cache_usage * on(engine) group_right
+        sluice_engine_info{model="chat", version="v2"}
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ class GatewayMetrics:
             ["model", "version", "engine", "endpoint", "status"], registry=r)
         self.in_flight = Gauge(
             "sluice_requests_in_flight", "Generation requests being served.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.ttft = Histogram(
             "sluice_time_to_first_token_seconds",
             "Request arrival to the first streamed bytes of output.",
@@ -48,10 +60,10 @@ class GatewayMetrics:
             ["engine", "kind"], registry=r)
         self.retries = Counter(
             "sluice_retries", "Requests re-sent to another engine before the first byte.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.client_disconnects = Counter(
             "sluice_client_disconnects", "Streams the client closed before the end.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.engine_up = Gauge(
             "sluice_engine_up", "1 when the engine answered its last health check.",
             ["engine"], registry=r)
@@ -68,33 +80,38 @@ class GatewayMetrics:
         self.engine_kv_usage = Gauge(
             "sluice_engine_kv_cache_usage", "KV-cache usage the engine reports (1 = full).",
             ["engine"], registry=r)
+        self.engine_info = Gauge(
+            "sluice_engine_info", "1 for each model and version the engine serves (a "
+            "served name with version none; an alias's version under the alias's name): "
+            "join engine metrics on engine.", ["engine", "model", "version"], registry=r)
         self.routing_decisions = Counter(
             "sluice_routing_decisions", "Engine picks, by the policy's strategy and why.",
-            ["model", "strategy", "reason"], registry=r)
+            ["model", "version", "strategy", "reason"], registry=r)
         self.scheduler_plugin_duration = Histogram(
             "sluice_scheduler_plugin_duration_seconds",
             "Time of one scheduling plugin call (only with routing.plugin_timing on).",
             ["plugin", "kind"], buckets=_PLUGIN_BUCKETS, registry=r)
         self.retry_budget_exhausted = Counter(
             "sluice_retry_budget_exhausted", "Retries not made because the budget was spent.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.failovers = Counter(
             "sluice_failovers",
             "Streams broken after the first byte: continued on another engine, or ended "
-            "with an error event.", ["model", "outcome"], registry=r)
+            "with an error event.", ["model", "version", "outcome"], registry=r)
         self.admission_rejections = Counter(
             "sluice_admission_rejections", "Requests refused with 429: the model's fleet is full.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.key_requests = Counter(
             "sluice_key_requests", "Generation requests per API key (operator-made ids: "
-            "static-<n> or a managed key's id), by status.", ["key_id", "status"], registry=r)
+            "static-<n> or a managed key's id), by status.",
+            ["key_id", "model", "version", "status"], registry=r)
         self.key_tokens = Counter(
             "sluice_key_tokens", "Tokens (prompt + completion) streamed per API key.",
-            ["key_id"], registry=r)
+            ["key_id", "model", "version"], registry=r)
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
             "(a stored answer), coalesced (an identical request in flight), miss.",
-            ["model", "result"], registry=r)
+            ["model", "version", "result"], registry=r)
         self.shadow_requests = Counter(
             "sluice_shadow_requests", "Mirrored copies of requests to an alias's shadow "
             "version, by outcome (ok, error, dropped: the in-flight bound was reached, "

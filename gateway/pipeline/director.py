@@ -91,11 +91,11 @@ class Director:
         """JSON bytes for a non-streamed request, a started stream for a streamed one."""
         self.default_model(ctx)
         ctx.label = self.model_label(ctx.requested_model)
-        self._metrics.in_flight.labels(ctx.label).inc()
         try:
             self.check_open()
             self.authenticate(ctx)
             self.resolve(ctx)
+            self.enter(ctx)
             await self.limit(ctx)
             found = await self.lookup(ctx)
             if found is not None:
@@ -109,6 +109,12 @@ class Director:
         except BaseException as exc:
             await self.finish(ctx, exc)
             raise
+
+    def enter(self, ctx: RequestContext) -> None:
+        """Count the request in flight, under its model and (once resolved) version
+        labels; :meth:`finish` lowers the gauge under the same labels."""
+        ctx.gauged = (ctx.label, ctx.version_label)
+        self._metrics.in_flight.labels(*ctx.gauged).inc()
 
     def model_label(self, requested: str) -> str:
         """The ``model`` label of a request's metrics: an alias's name, a served model's,
@@ -250,7 +256,7 @@ class Director:
             ctx.admitted = await self._admission.enter(
                 ctx.model, self._pool.healthy_count(ctx.model))
         except Overloaded:
-            self._metrics.admission_rejections.labels(ctx.label).inc()
+            self._metrics.admission_rejections.labels(ctx.label, ctx.version_label).inc()
             raise
         ctx.timings.admitted = time.perf_counter()
 
@@ -323,10 +329,11 @@ class Director:
                 log.exception("finish hook %s failed", getattr(hook, "__name__", hook))
 
     async def _record_metrics(self, ctx: RequestContext) -> None:
-        m, label, version = self._metrics, ctx.label, ctx.version or "none"
-        m.in_flight.labels(label).dec()
+        m, label, version = self._metrics, ctx.label, ctx.version_label
+        if ctx.gauged is not None:
+            m.in_flight.labels(*ctx.gauged).dec()
         if ctx.outcome.client_left:
-            m.client_disconnects.labels(label).inc()
+            m.client_disconnects.labels(label, version).inc()
         m.requests.labels(label, version, ctx.engine, ctx.endpoint.name,
                           ctx.outcome.status).inc()
         assert ctx.timings.finished is not None
@@ -340,10 +347,10 @@ class Director:
         """Per-key metrics, and the tokens streamed charged to the key's TPM window."""
         if ctx.principal is None:
             return
-        tokens = ctx.tokens
-        self._metrics.key_requests.labels(ctx.principal, ctx.outcome.status).inc()
+        tokens, labels = ctx.tokens, (ctx.principal, ctx.label, ctx.version_label)
+        self._metrics.key_requests.labels(*labels, ctx.outcome.status).inc()
         if tokens:
-            self._metrics.key_tokens.labels(ctx.principal).inc(tokens)
+            self._metrics.key_tokens.labels(*labels).inc(tokens)
         if ctx.key is not None and self._keys is not None:
             await self._keys.charge(ctx.key, tokens)
 

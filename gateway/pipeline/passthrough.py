@@ -89,7 +89,7 @@ class Passthrough:
         except SluiceError as exc:
             invalid = exc
         ctx.label = self._pool.model_label(ctx.model)
-        self._metrics.in_flight.labels(ctx.label).inc()
+        self._director.enter(ctx)
         try:
             if invalid is not None:
                 raise invalid
@@ -198,7 +198,7 @@ class Passthrough:
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
-            version = ctx.version or "none"
+            version = ctx.version_label
             self._metrics.ttft.labels(ctx.label, version).observe(last - ctx.timings.arrived)
             yield head
             itl = self._metrics.itl.labels(ctx.label, version)

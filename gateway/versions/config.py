@@ -129,6 +129,15 @@ class VersionsSettings(BaseModel):
         default=16, ge=1, description="mirrored requests running at once (per replica); "
                                       "past it a request is not mirrored")
 
+    def served_as(self) -> dict[str, list[tuple[str, str]]]:
+        """The (alias, version) pairs each model name the engines are asked for stands
+        for (a name in no alias is not a key)."""
+        served: dict[str, list[tuple[str, str]]] = {}
+        for alias, settings in self.aliases.items():
+            for version, spec in settings.versions.items():
+                served.setdefault(spec.served, []).append((alias, version))
+        return served
+
     @field_validator("aliases")
     @classmethod
     def _alias_names(cls, aliases: dict[str, AliasSettings]) -> dict[str, AliasSettings]:
