@@ -25,6 +25,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 _PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
 _RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
+_SIMILARITY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
@@ -117,8 +118,14 @@ class GatewayMetrics:
             "version, by outcome (ok, error, dropped: the in-flight bound was reached, "
             "no_engine).", ["model", "version", "outcome"], registry=r)
         self.shadow_divergence = Counter(
-            "sluice_shadow_divergence", "Mirrored requests whose status or completion "
-            "tokens differ from the answer the client got.", ["model", "version"], registry=r)
+            "sluice_shadow_divergence", "Mirrored requests whose answer differs from the "
+            "one the client got, by reason: status (alone: then nothing else is compared), "
+            "tokens (completion tokens), text (choice 0's text less alike than "
+            "versions.shadow_text_threshold).", ["model", "version", "reason"], registry=r)
+        self.shadow_text_similarity = Histogram(
+            "sluice_shadow_text_similarity", "How alike a mirrored answer's text is to the "
+            "one the client got (0 to 1, word bigrams; both answered 200).",
+            ["model", "version"], buckets=_SIMILARITY_BUCKETS, registry=r)
         self.shadow_latency_ratio = Histogram(
             "sluice_shadow_latency_ratio", "A mirrored request's latency over the latency "
             "of the request it copies.", ["model", "version"], buckets=_RATIO_BUCKETS,

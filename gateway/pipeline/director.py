@@ -41,7 +41,7 @@ from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import RequestContext, Usage
 from gateway.pipeline.session import StreamSession
-from gateway.protocol import validate
+from gateway.protocol import choice_text, validate
 from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.stores import CachedResponse
 from gateway.versions import VersionRouter
@@ -277,6 +277,8 @@ class Director:
                     raise self._engine_fault(attempt.engine, "invalid usage counts")
             if ctx.cache.flight is not None:
                 ctx.cache.answer, ctx.cache.complete = raw, finished(answer)
+            if ctx.keep_text:
+                ctx.answer_text = choice_text(answer, chat=ctx.endpoint.chat)[:ctx.keep_text]
         finally:
             await attempt.stack.aclose()
         await self.finish(ctx, None)

@@ -135,6 +135,8 @@ class StreamSession:
             await attempt.stack.aclose()
             ctx.usage = relay.reported_usage
             ctx.streamed_tokens = relay.transcript.tokens
+            if ctx.keep_text:
+                ctx.answer_text = relay.transcript.head(ctx.keep_text)
             await self._on_end(ctx, error)
 
     async def _open(self) -> tuple[Attempt, list[bytes]]:
