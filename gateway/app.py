@@ -112,7 +112,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             pool = EnginePool(engines, client, metrics,
                               health_interval_s=settings.health_interval_s,
                               scrape_interval_s=settings.routing.scrape_interval_s,
-                              breaker=settings.resilience.breaker)
+                              breaker=settings.resilience.breaker,
+                              served_as=settings.versions.served_as())
             pool.on_restart = scheduler.engine_restarted
             redis: RedisLink | None = None
             if stores is not None:
@@ -139,7 +140,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             versions = VersionRouter(settings.versions, state.versions, pool.serving)
             versions.mirror = mirror = ShadowMirror(
                 pool, metrics, max_in_flight=settings.versions.shadow_max_in_flight,
-                max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s)
+                max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s,
+                text_chars=settings.versions.shadow_text_chars,
+                text_threshold=settings.versions.shadow_text_threshold)
             stack.push_async_callback(mirror.aclose)
             version_admin, stats = VersionService(versions), VersionStats()
             rollouts = Rollouts(version_admin, versions, stats, settings.versions.rollout)

@@ -1,7 +1,19 @@
 """Every Prometheus metric the gateway exports, on a registry owned by one app.
 
-``version`` labels name the version of a model alias that served (``none`` for a model
-that is not an alias, and for requests that never reached one): configured names only.
+Every per-request metric carries ``model`` and ``version``. ``model`` is the name the
+client asked for (an alias, or a served model; ``unknown`` for a name no engine serves),
+``version`` the version of a model alias that served (``none`` for a model that is not
+an alias, and for requests that never reached one): configured names only, so neither
+grows without bound.
+
+Per-engine metrics (``sluice_engine_*``, ``sluice_upstream_errors``) are about an engine,
+not a request, and carry ``engine`` only. ``sluice_engine_info{engine,model,version}`` is
+1 for each model an engine serves: every served name with ``version="none"``, and each
+alias version whose model (or adapter) it serves under the alias's name. Join on
+``engine`` to read an engine metric by model and version, e.g.::
+
+    sluice_engine_kv_cache_usage * on(engine) group_right
+        sluice_engine_info{model="chat", version="v2"}
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 _PLUGIN_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3)
 _RATIO_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
+_SIMILARITY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
 
 
@@ -28,7 +41,7 @@ class GatewayMetrics:
             ["model", "version", "engine", "endpoint", "status"], registry=r)
         self.in_flight = Gauge(
             "sluice_requests_in_flight", "Generation requests being served.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.ttft = Histogram(
             "sluice_time_to_first_token_seconds",
             "Request arrival to the first streamed bytes of output.",
@@ -48,10 +61,10 @@ class GatewayMetrics:
             ["engine", "kind"], registry=r)
         self.retries = Counter(
             "sluice_retries", "Requests re-sent to another engine before the first byte.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.client_disconnects = Counter(
             "sluice_client_disconnects", "Streams the client closed before the end.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.engine_up = Gauge(
             "sluice_engine_up", "1 when the engine answered its last health check.",
             ["engine"], registry=r)
@@ -68,40 +81,51 @@ class GatewayMetrics:
         self.engine_kv_usage = Gauge(
             "sluice_engine_kv_cache_usage", "KV-cache usage the engine reports (1 = full).",
             ["engine"], registry=r)
+        self.engine_info = Gauge(
+            "sluice_engine_info", "1 for each model and version the engine serves (a "
+            "served name with version none; an alias's version under the alias's name): "
+            "join engine metrics on engine.", ["engine", "model", "version"], registry=r)
         self.routing_decisions = Counter(
             "sluice_routing_decisions", "Engine picks, by the policy's strategy and why.",
-            ["model", "strategy", "reason"], registry=r)
+            ["model", "version", "strategy", "reason"], registry=r)
         self.scheduler_plugin_duration = Histogram(
             "sluice_scheduler_plugin_duration_seconds",
             "Time of one scheduling plugin call (only with routing.plugin_timing on).",
             ["plugin", "kind"], buckets=_PLUGIN_BUCKETS, registry=r)
         self.retry_budget_exhausted = Counter(
             "sluice_retry_budget_exhausted", "Retries not made because the budget was spent.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.failovers = Counter(
             "sluice_failovers",
             "Streams broken after the first byte: continued on another engine, or ended "
-            "with an error event.", ["model", "outcome"], registry=r)
+            "with an error event.", ["model", "version", "outcome"], registry=r)
         self.admission_rejections = Counter(
             "sluice_admission_rejections", "Requests refused with 429: the model's fleet is full.",
-            ["model"], registry=r)
+            ["model", "version"], registry=r)
         self.key_requests = Counter(
             "sluice_key_requests", "Generation requests per API key (operator-made ids: "
-            "static-<n> or a managed key's id), by status.", ["key_id", "status"], registry=r)
+            "static-<n> or a managed key's id), by status.",
+            ["key_id", "model", "version", "status"], registry=r)
         self.key_tokens = Counter(
             "sluice_key_tokens", "Tokens (prompt + completion) streamed per API key.",
-            ["key_id"], registry=r)
+            ["key_id", "model", "version"], registry=r)
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
             "(a stored answer), coalesced (an identical request in flight), miss.",
-            ["model", "result"], registry=r)
+            ["model", "version", "result"], registry=r)
         self.shadow_requests = Counter(
             "sluice_shadow_requests", "Mirrored copies of requests to an alias's shadow "
             "version, by outcome (ok, error, dropped: the in-flight bound was reached, "
             "no_engine).", ["model", "version", "outcome"], registry=r)
         self.shadow_divergence = Counter(
-            "sluice_shadow_divergence", "Mirrored requests whose status or completion "
-            "tokens differ from the answer the client got.", ["model", "version"], registry=r)
+            "sluice_shadow_divergence", "Mirrored requests whose answer differs from the "
+            "one the client got, by reason: status (alone: then nothing else is compared), "
+            "tokens (completion tokens), text (choice 0's text less alike than "
+            "versions.shadow_text_threshold).", ["model", "version", "reason"], registry=r)
+        self.shadow_text_similarity = Histogram(
+            "sluice_shadow_text_similarity", "How alike a mirrored answer's text is to the "
+            "one the client got (0 to 1, word bigrams; both answered 200).",
+            ["model", "version"], buckets=_SIMILARITY_BUCKETS, registry=r)
         self.shadow_latency_ratio = Histogram(
             "sluice_shadow_latency_ratio", "A mirrored request's latency over the latency "
             "of the request it copies.", ["model", "version"], buckets=_RATIO_BUCKETS,

@@ -156,6 +156,23 @@ def validate(model: type[M], body: dict[str, Any]) -> M:
                            param=param, code=_code(first["type"])) from exc
 
 
+def choice_text(answer: object, *, chat: bool) -> str:
+    """The text of choice 0 of a non-streamed chat or completions answer (a chat
+    message's ``content``, a completion's ``text``); empty when it has none."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list):
+        return ""
+    for choice in choices:
+        if isinstance(choice, dict) and choice.get("index", 0) == 0:
+            if chat:
+                message = choice.get("message")
+                text = message.get("content") if isinstance(message, dict) else None
+            else:
+                text = choice.get("text")
+            return text if isinstance(text, str) else ""
+    return ""
+
+
 def _param(body: dict[str, Any], error: ErrorDetails) -> str | None:
     """The path of the failing field as it is in the body (``messages.0.role``): pydantic's
     location without the union member it tried last (``content.str``)."""

@@ -196,9 +196,13 @@ async def shadow_metrics(url: str) -> dict[str, float]:
     out = {f"shadow_{o}": metric_sum(text, "sluice_shadow_requests_total", outcome=o)
            for o in ("ok", "error", "dropped", "no_engine")}
     out["divergence"] = metric_sum(text, "sluice_shadow_divergence_total")
-    count = metric_sum(text, "sluice_shadow_latency_ratio_count")
-    out["latency_ratio_mean"] = (metric_sum(text, "sluice_shadow_latency_ratio_sum") / count
-                                 if count else 0.0)
+    for reason in ("status", "tokens", "text"):
+        out[f"divergence_{reason}"] = metric_sum(text, "sluice_shadow_divergence_total",
+                                                 reason=reason)
+    for name in ("latency_ratio", "text_similarity"):
+        count = metric_sum(text, f"sluice_shadow_{name}_count")
+        out[f"{name}_mean"] = (metric_sum(text, f"sluice_shadow_{name}_sum") / count
+                               if count else 0.0)
     return out
 
 
@@ -310,8 +314,11 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{row['ok']} / {row['requests']} |")
     m = shadow["metrics"]
     lines.append(f"\nshadow metrics: ok {m['shadow_ok']:.0f}, error {m['shadow_error']:.0f}, "
-                 f"dropped {m['shadow_dropped']:.0f}, divergence {m['divergence']:.0f}, "
-                 f"mean latency ratio {m['latency_ratio_mean']:.2f}")
+                 f"dropped {m['shadow_dropped']:.0f}, divergence by reason: status "
+                 f"{m['divergence_status']:.0f}, tokens {m['divergence_tokens']:.0f}, text "
+                 f"{m['divergence_text']:.0f}; mean text similarity "
+                 f"{m['text_similarity_mean']:.2f}, mean latency ratio "
+                 f"{m['latency_ratio_mean']:.2f}")
     return "\n".join(lines)
 
 

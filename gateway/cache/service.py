@@ -131,7 +131,7 @@ class ResponseCaching:
         answer, and land its flight."""
         use = ctx.cache
         if use.key is not None:
-            self._metrics.cache_lookups.labels(ctx.label, use.result).inc()
+            self._metrics.cache_lookups.labels(ctx.label, ctx.version_label, use.result).inc()
         flight = use.flight
         if flight is None:
             return

@@ -93,7 +93,7 @@ class Connector:
         for attempt in range(self._settings.retries + 1):
             if attempt:
                 self._spend(ctx, last)
-                self._metrics.retries.labels(ctx.label).inc()
+                self._metrics.retries.labels(ctx.label, ctx.version_label).inc()
                 await asyncio.sleep(self._backoff(attempt))
             try:
                 engine = self._scheduler.schedule(ctx, self._pool.engines)
@@ -125,7 +125,7 @@ class Connector:
 
     def _spend(self, ctx: RequestContext, last: SluiceError | None = None) -> None:
         if not self.budget.try_spend():
-            self._metrics.retry_budget_exhausted.labels(ctx.label).inc()
+            self._metrics.retry_budget_exhausted.labels(ctx.label, ctx.version_label).inc()
             raise last or EngineUnavailable("the retry budget is spent; not retrying")
 
     def engine_failed(self, engine: EngineState, exc: SluiceError) -> bool:

@@ -161,6 +161,9 @@ class RequestContext:
     label: str = "unknown"
     """The ``model`` label of its metrics: ``unknown`` when no engine has the model, so
     client-chosen names cannot grow the metrics without bound."""
+    gauged: tuple[str, str] | None = None
+    """The (model, version) labels the in-flight gauge was raised under; it is lowered
+    under the same ones when the request ends (None: not counted in flight)."""
     request: GenerationRequest | None = None
     """The validated view of ``body`` (fields the gateway acts on)."""
     tried: set[str] = field(default_factory=set)
@@ -182,6 +185,12 @@ class RequestContext:
     first event (SSE keep-alive); a failure before that event then ends the stream with
     an error event instead of an HTTP error status."""
     cache: CacheUse = field(default_factory=CacheUse)
+    keep_text: int = 0
+    """Characters of choice 0's answer text to keep in ``answer_text`` (0: none; a shadow
+    mirror that compares texts asks for them)."""
+    answer_text: str | None = None
+    """The start of choice 0's text as the client got it, when ``keep_text`` asked for it
+    and the engines answered (None otherwise: a cached answer keeps none)."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-request data that plugins compute once and share (e.g. prompt block hashes),
     keyed by the plugin's name."""
@@ -223,6 +232,12 @@ class RequestContext:
         if self.usage is not None:
             return self.usage.prompt_tokens + self.usage.completion_tokens
         return self.streamed_tokens
+
+    @property
+    def version_label(self) -> str:
+        """The ``version`` label of its metrics: the alias's version that serves it,
+        ``none`` for a model that is not an alias (or before the version is known)."""
+        return self.version or "none"
 
     @property
     def stream(self) -> bool:

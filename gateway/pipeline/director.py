@@ -41,7 +41,7 @@ from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.context import RequestContext, Usage
 from gateway.pipeline.session import StreamSession
-from gateway.protocol import validate
+from gateway.protocol import choice_text, validate
 from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.stores import CachedResponse
 from gateway.versions import VersionRouter
@@ -95,6 +95,7 @@ class Director:
             self.check_open()
             self.authenticate(ctx)
             self.resolve(ctx)
+            self.enter(ctx)
             await self.limit(ctx)
             found = await self.lookup(ctx)
             if found is not None:
@@ -110,10 +111,14 @@ class Director:
             raise
 
     def begin(self, ctx: RequestContext) -> None:
-        """Give the request its metrics label and count it in flight (:meth:`finish`
-        counts it out)."""
+        """Give the request its ``model`` metrics label (every path calls this first)."""
         ctx.label = self.model_label(ctx.requested_model)
-        self._metrics.in_flight.labels(ctx.label).inc()
+
+    def enter(self, ctx: RequestContext) -> None:
+        """Count the request in flight, under its model and (once resolved) version
+        labels; :meth:`finish` lowers the gauge under the same labels."""
+        ctx.gauged = (ctx.label, ctx.version_label)
+        self._metrics.in_flight.labels(*ctx.gauged).inc()
 
     def model_label(self, requested: str) -> str:
         """The ``model`` label of a request's metrics: an alias's name, a served model's,
@@ -264,7 +269,7 @@ class Director:
             ctx.admitted = await self._admission.enter(
                 ctx.model, self._pool.healthy_count(ctx.model))
         except Overloaded:
-            self._metrics.admission_rejections.labels(ctx.label).inc()
+            self._metrics.admission_rejections.labels(ctx.label, ctx.version_label).inc()
             raise
         ctx.timings.admitted = time.perf_counter()
 
@@ -285,6 +290,8 @@ class Director:
                     raise self._engine_fault(attempt.engine, "invalid usage counts")
             if ctx.cache.flight is not None:
                 ctx.cache.answer, ctx.cache.complete = raw, finished(answer)
+            if ctx.keep_text:
+                ctx.answer_text = choice_text(answer, chat=ctx.endpoint.chat)[:ctx.keep_text]
         finally:
             await attempt.stack.aclose()
         await self.finish(ctx, None)
@@ -337,10 +344,11 @@ class Director:
                 log.exception("finish hook %s failed", getattr(hook, "__name__", hook))
 
     async def _record_metrics(self, ctx: RequestContext) -> None:
-        m, label, version = self._metrics, ctx.label, ctx.version or "none"
-        m.in_flight.labels(label).dec()
+        m, label, version = self._metrics, ctx.label, ctx.version_label
+        if ctx.gauged is not None:
+            m.in_flight.labels(*ctx.gauged).dec()
         if ctx.outcome.client_left:
-            m.client_disconnects.labels(label).inc()
+            m.client_disconnects.labels(label, version).inc()
         m.requests.labels(label, version, ctx.engine, ctx.endpoint.name,
                           ctx.outcome.status).inc()
         assert ctx.timings.finished is not None
@@ -354,10 +362,10 @@ class Director:
         """Per-key metrics, and the tokens streamed charged to the key's TPM window."""
         if ctx.principal is None:
             return
-        tokens = ctx.tokens
-        self._metrics.key_requests.labels(ctx.principal, ctx.outcome.status).inc()
+        tokens, labels = ctx.tokens, (ctx.principal, ctx.label, ctx.version_label)
+        self._metrics.key_requests.labels(*labels, ctx.outcome.status).inc()
         if tokens:
-            self._metrics.key_tokens.labels(ctx.principal).inc(tokens)
+            self._metrics.key_tokens.labels(*labels).inc(tokens)
         if ctx.key is not None and self._keys is not None:
             await self._keys.charge(ctx.key, tokens)
 

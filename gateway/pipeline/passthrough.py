@@ -92,6 +92,7 @@ class Passthrough:
         except SluiceError as exc:
             invalid = exc
         self._director.begin(ctx)
+        self._director.enter(ctx)
         try:
             if invalid is not None:
                 raise invalid
@@ -203,7 +204,7 @@ class Passthrough:
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
-            version = ctx.version or "none"
+            version = ctx.version_label
             self._metrics.ttft.labels(ctx.label, version).observe(last - ctx.timings.arrived)
             yield head
             itl = self._metrics.itl.labels(ctx.label, version)

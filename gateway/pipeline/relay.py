@@ -34,6 +34,7 @@ class Transcript:
     """What the client has received so far."""
 
     parts: list[str] = field(default_factory=list)
+    """The text of choice 0, in the pieces it came in."""
     tokens: int = 0
     """Events that carried output text: one token each as vLLM streams (an estimate when
     one event carries several)."""
@@ -46,6 +47,17 @@ class Transcript:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def head(self, chars: int) -> str:
+        """The first ``chars`` characters of the text (joining no more than that)."""
+        kept: list[str] = []
+        size = 0
+        for part in self.parts:
+            if size >= chars:
+                break
+            kept.append(part)
+            size += len(part)
+        return "".join(kept)[:chars]
 
 
 class Relay:
@@ -134,7 +146,8 @@ class Relay:
         for choice in choices:
             if not isinstance(choice, dict):
                 raise EngineError("engine sent a choice that is not an object")
-            if choice.get("index", 0) != 0:
+            first = choice.get("index", 0) == 0
+            if not first:
                 t.obstacle = "several choices (n > 1)"
             if choice.get("finish_reason"):
                 t.finished = True
@@ -147,7 +160,8 @@ class Relay:
             else:
                 text = choice.get("text")
             if isinstance(text, str) and text:
-                t.parts.append(text)
+                if first:
+                    t.parts.append(text)
                 t.tokens += 1
 
     def _as_first_stream(self, obj: dict[str, Any], choices: Any,

@@ -79,7 +79,7 @@ class StreamSession:
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
-            version = ctx.version or "none"
+            version = ctx.version_label
             self._metrics.ttft.labels(ctx.label, version).observe(last - ctx.timings.arrived)
             if tap is not None and head:
                 tap.append(head)
@@ -135,6 +135,8 @@ class StreamSession:
             await attempt.stack.aclose()
             ctx.usage = relay.reported_usage
             ctx.streamed_tokens = relay.transcript.tokens
+            if ctx.keep_text:
+                ctx.answer_text = relay.transcript.head(ctx.keep_text)
             await self._on_end(ctx, error)
 
     async def _open(self) -> tuple[Attempt, list[bytes]]:
@@ -179,27 +181,27 @@ class StreamSession:
         await attempt.stack.aclose()
         transcript = self.relay.transcript
         if isinstance(cause, EngineTimeout) and not cause.blames_engine:
-            failovers.labels(ctx.label, "error_event").inc()
+            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
             raise cause  # the request's own time is up: no engine gets more of it
         if transcript.finished and transcript.obstacle is None:
-            failovers.labels(ctx.label, "completed").inc()
+            failovers.labels(ctx.label, ctx.version_label, "completed").inc()
             return None
         follow: dict[str, Any] | str = "failover is off"
         if self._settings.failover and ctx.continuations < self._settings.max_failovers:
             follow = continuation(self._payload, transcript, chat=ctx.endpoint.chat)
         if isinstance(follow, str):
             log.warning("cannot continue the stream of %s: %s", ctx.model, follow)
-            failovers.labels(ctx.label, "error_event").inc()
+            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
             raise cause
         try:
             new = await self._connector.open(ctx, orjson.dumps(follow), streamed=True,
                                              continuation=True)
         except SluiceError as exc:
-            failovers.labels(ctx.label, "error_event").inc()
+            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
             raise cause from exc
         ctx.continuations += 1
         self.relay.continue_from_here()
-        failovers.labels(ctx.label, "continued").inc()
+        failovers.labels(ctx.label, ctx.version_label, "continued").inc()
         log.info("stream of %s continued on %s after %d tokens", ctx.model, new.engine.name,
                  transcript.tokens)
         return new

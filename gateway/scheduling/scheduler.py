@@ -1,7 +1,7 @@
 """The scheduler: picks the engine for one request by its model's profile.
 
 ``schedule`` runs the profile's filters, its weighted scorers and its picker, and counts
-the decision in ``sluice_routing_decisions{model,strategy,reason}``: the strategy (or
+the decision in ``sluice_routing_decisions{model,version,strategy,reason}``: the strategy (or
 profile) name and the reason of the first affinity scorer, else of the first scorer
 (``single_candidate`` when the filters left one engine). It changes no data producer:
 what a request teaches them is recorded by :meth:`Scheduler.attempt_opened`, once an
@@ -62,7 +62,8 @@ class Scheduler:
                                                     [c.load for c in candidates], turn))
         engine = candidates[index]
         engine.breaker.on_pick()
-        self._metrics.routing_decisions.labels(ctx.label, plan.name, reason).inc()
+        self._metrics.routing_decisions.labels(
+            ctx.label, ctx.version_label, plan.name, reason).inc()
         return engine
 
     def attempt_opened(self, ctx: RequestContext, engine: Candidate) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +76,10 @@ class EnginePool:
     def __init__(self, configs: list[EngineConfig], clients: ClientFactory,
                  metrics: GatewayMetrics, *, health_interval_s: float,
                  scrape_interval_s: float = 0.25,
-                 breaker: BreakerSettings = BreakerSettings()) -> None:
+                 breaker: BreakerSettings = BreakerSettings(),
+                 served_as: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> None:
+        """``served_as``: the (alias, version) pairs each served model name stands for
+        (``sluice_engine_info``; see :meth:`VersionsSettings.served_as`)."""
         self._engines = [
             EngineState(clients(c), CircuitBreaker(breaker.failure_threshold, breaker.open_s))
             for c in configs
@@ -86,6 +89,9 @@ class EnginePool:
         self._scrape_interval = scrape_interval_s
         self._known: set[str] = set()
         """Every model some engine served since start (metrics label values)."""
+        self._served_as = served_as or {}
+        self._info: dict[str, set[tuple[str, str]]] = {}
+        """The (model, version) labels of each engine's ``sluice_engine_info`` now."""
         self.on_restart: Callable[[str], None] | None = None
         """Called with an engine's name when it restarted (its caches are empty): a
         health check found it down and a later one up, or its prefix-cache counters went
@@ -202,8 +208,21 @@ class EnginePool:
             engine.last_error = None
         engine.healthy, engine.cards = healthy, cards if healthy else engine.cards
         self._known.update(cards)
+        self._publish_info(engine)
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)
         self._publish_circuit(engine)
+
+    def _publish_info(self, engine: EngineState) -> None:
+        """``sluice_engine_info`` of what the engine serves (or served when last up):
+        each model name with version ``none``, and each alias version it serves."""
+        labels = {(model, "none") for model in engine.cards}
+        labels.update(pair for model in engine.cards for pair in self._served_as.get(model, ()))
+        before = self._info.get(engine.name, set())
+        for model, version in before - labels:
+            self._metrics.engine_info.remove(engine.name, model, version)
+        for model, version in labels - before:
+            self._metrics.engine_info.labels(engine.name, model, version).set(1)
+        self._info[engine.name] = labels
 
     async def scrape(self) -> None:
         """Read every healthy engine's load once (concurrently)."""

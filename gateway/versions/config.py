@@ -128,6 +128,28 @@ class VersionsSettings(BaseModel):
     shadow_max_in_flight: int = Field(
         default=16, ge=1, description="mirrored requests running at once (per replica); "
                                       "past it a request is not mirrored")
+    shadow_text_threshold: float = Field(
+        default=0.9, ge=0, le=1,
+        description="a mirrored answer whose text is less alike the client's than this "
+                    "(0 to 1, see gateway/versions/similarity.py) counts as a text "
+                    "divergence. 0.9 passes about one word in twenty changed, or the last "
+                    "tenth of an answer gone another way (greedy decoding on GPUs is not "
+                    "reproducible bit for bit across batches); 1.0 counts any different "
+                    "word. Sampled answers differ more than that between any two runs: "
+                    "read the similarity histogram for them")
+    shadow_text_chars: int = Field(
+        default=16384, ge=1, le=1024 * 1024,
+        description="characters of each answer's text compared (the first ones): bounds "
+                    "the memory and the time of a comparison")
+
+    def served_as(self) -> dict[str, list[tuple[str, str]]]:
+        """The (alias, version) pairs each model name the engines are asked for stands
+        for (a name in no alias is not a key)."""
+        served: dict[str, list[tuple[str, str]]] = {}
+        for alias, settings in self.aliases.items():
+            for version, spec in settings.versions.items():
+                served.setdefault(spec.served, []).append((alias, version))
+        return served
 
     @field_validator("aliases")
     @classmethod

@@ -3,10 +3,21 @@
 A policy's ``shadow`` gives a fraction per version: that share of an alias's requests
 (chosen by a hash of the request id, so the same on every replica) is also sent, not
 streamed, to the version's engines. The copy starts when the request is resolved, runs
-beside it, and is compared with it once both have ended: status, completion tokens and
-latency (``sluice_shadow_*`` metrics). Its answer never reaches the client and nothing
-the client waits for waits on it. At most ``shadow_max_in_flight`` copies run at once
-per replica; past that a copy is not made (counted ``dropped``).
+beside it, and is compared with it once both have ended: status, completion tokens,
+the text of choice 0, and latency (``sluice_shadow_*`` metrics). Its answer never reaches
+the client and nothing the client waits for waits on it. At most
+``shadow_max_in_flight`` copies run at once per replica; past that a copy is not made
+(counted ``dropped``).
+
+A copy whose status differs diverges for that ``reason`` alone (an error has no tokens
+or text to compare). When both answered 200, the completion tokens and the texts are
+compared apart: each that differs counts once under its reason (``tokens``, ``text``).
+Texts are compared on their first ``shadow_text_chars`` characters (the client's as the
+relay delivered it, streamed or not; the copy's from its JSON) by
+:func:`~gateway.versions.similarity.similarity`, observed in
+``sluice_shadow_text_similarity``; below ``shadow_text_threshold`` it is a ``text``
+divergence. A request answered from the response cache keeps no text: only its status
+and tokens are compared.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ import orjson
 from gateway.errors import SluiceError
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline.context import RequestContext
+from gateway.protocol import choice_text
+from gateway.versions.similarity import similarity
 
 if TYPE_CHECKING:  # the engine pool imports the settings, which import this package
     from gateway.services.engine_pool import EnginePool
@@ -38,22 +51,37 @@ class Mirror:
 
     alias: str
     version: str
+    chat: bool
     primary_done: asyncio.Event = field(default_factory=asyncio.Event)
     primary_status: str = ""
     primary_latency_s: float = 0.0
     primary_tokens: int | None = None
+    primary_text: str | None = None
+    """The start of the text the client got (None: not known, not compared)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a mirrored request got back."""
+
+    status: str = "200"
+    tokens: int | None = None
+    text: str = ""
 
 
 class ShadowMirror:
     """Starts mirrors and compares them with the requests they copy."""
 
     def __init__(self, pool: EnginePool, metrics: GatewayMetrics, *, max_in_flight: int,
-                 max_answer_bytes: int, wait_s: float) -> None:
+                 max_answer_bytes: int, wait_s: float, text_chars: int = 16384,
+                 text_threshold: float = 0.9) -> None:
         self._pool = pool
         self._metrics = metrics
         self._max = max_in_flight
         self._max_bytes = max_answer_bytes
         self._wait_s = wait_s
+        self._text_chars = text_chars
+        self._text_threshold = text_threshold
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -65,8 +93,9 @@ class ShadowMirror:
         if len(self._tasks) >= self._max:
             self._metrics.shadow_requests.labels(alias, version, "dropped").inc()
             return
-        mirror = Mirror(alias, version)
+        mirror = Mirror(alias, version, ctx.endpoint.chat)
         ctx.scratch.setdefault(SCRATCH, []).append(mirror)
+        ctx.keep_text = max(ctx.keep_text, self._text_chars)
         payload = {k: v for k, v in ctx.body.items() if k != "stream_options"}
         payload.update(model=served, stream=False)
         task = asyncio.get_running_loop().create_task(
@@ -82,6 +111,7 @@ class ShadowMirror:
             end = ctx.timings.finished or time.perf_counter()
             mirror.primary_latency_s = end - ctx.timings.arrived
             mirror.primary_tokens = None if ctx.usage is None else ctx.usage.completion_tokens
+            mirror.primary_text = ctx.answer_text
             mirror.primary_done.set()
 
     async def _run(self, mirror: Mirror, path: str, payload: bytes, served: str,
@@ -93,20 +123,20 @@ class ShadowMirror:
             return
         engine = min(engines, key=lambda e: e.load)
         began = time.perf_counter()
-        status, tokens = "200", None
         try:
             with self._pool.lease(engine):
                 async with engine.client.open(path, payload, streamed=False,
                                               headers={"X-Request-Id": request_id + "-shadow"}
                                               ) as response:
-                    tokens = _completion_tokens(await response.read(self._max_bytes))
+                    answer = self._read(await response.read(self._max_bytes), mirror.chat)
         except SluiceError as exc:
-            status = str(exc.status_code)
+            answer = Answer(str(exc.status_code))
         except Exception:  # a mirror must never fail anything else: count and log it
             log.exception("shadow request %s failed in the gateway", request_id)
-            status = "500"
+            answer = Answer("500")
         latency = time.perf_counter() - began
-        self._metrics.shadow_requests.labels(*labels, "ok" if status == "200" else "error").inc()
+        outcome = "ok" if answer.status == "200" else "error"
+        self._metrics.shadow_requests.labels(*labels, outcome).inc()
         try:
             await asyncio.wait_for(mirror.primary_done.wait(), self._wait_s)
         except TimeoutError:
@@ -114,8 +144,20 @@ class ShadowMirror:
         if mirror.primary_latency_s > 0:
             self._metrics.shadow_latency_ratio.labels(*labels).observe(
                 latency / mirror.primary_latency_s)
-        if status != mirror.primary_status or tokens != mirror.primary_tokens:
-            self._metrics.shadow_divergence.labels(*labels).inc()
+        reasons, alike = compare(mirror, answer, self._text_threshold)
+        if alike is not None:
+            self._metrics.shadow_text_similarity.labels(*labels).observe(alike)
+        for reason in reasons:
+            self._metrics.shadow_divergence.labels(*labels, reason).inc()
+
+    def _read(self, raw: bytes, chat: bool) -> Answer:
+        """A mirrored request's completion tokens and the start of its text."""
+        try:
+            answer: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return Answer()
+        return Answer(tokens=_completion_tokens(answer),
+                      text=choice_text(answer, chat=chat)[:self._text_chars])
 
     async def aclose(self) -> None:
         """Cancel the mirrors still running (at shutdown)."""
@@ -125,10 +167,24 @@ class ShadowMirror:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _completion_tokens(raw: bytes) -> int | None:
+def compare(mirror: Mirror, answer: Answer, threshold: float
+            ) -> tuple[list[str], float | None]:
+    """Why the copy's ``answer`` diverges from the request it copies (see the module
+    doc), and how alike their texts are (None: not compared)."""
+    if answer.status != mirror.primary_status:
+        return ["status"], None
+    reasons = [] if answer.tokens == mirror.primary_tokens else ["tokens"]
+    if answer.status != "200" or mirror.primary_text is None:
+        return reasons, None
+    alike = similarity(mirror.primary_text, answer.text)
+    if alike < threshold:
+        reasons.append("text")
+    return reasons, alike
+
+
+def _completion_tokens(answer: Any) -> int | None:
     try:
-        answer: Any = orjson.loads(raw)
         tokens = answer["usage"]["completion_tokens"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
         return None
     return tokens if type(tokens) is int else None

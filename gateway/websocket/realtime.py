@@ -231,6 +231,7 @@ class RealtimeRelay:
         is refused (403), as the director refuses it."""
         self._director.authenticate(ctx)
         self._director.resolve_model(ctx)
+        self._director.enter(ctx)
         last: SluiceError | None = None
         for _ in range(self._retries + 1):
             try:

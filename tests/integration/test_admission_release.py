@@ -23,7 +23,7 @@ from tests.integration.helpers import events_of, gateway_metric, sim_queued, wai
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "tell me a story"}]}
 SHORT = {**CHAT, "max_tokens": 2}
 LONG_STREAM = {**CHAT, "stream": True, "max_tokens": 500}
-IN_FLIGHT = 'sluice_requests_in_flight{model="sim-model"}'
+IN_FLIGHT = 'sluice_requests_in_flight{model="sim-model",version="none"}'
 
 
 @dataclass
@@ -47,7 +47,8 @@ class OneSlot:
         response = await self.http.post("/v1/chat/completions", json=SHORT)
         assert response.status_code == 200, response.text
         rejected = await gateway_metric(
-            self.http, self.gateway, 'sluice_admission_rejections_total{model="sim-model"}')
+            self.http, self.gateway, 'sluice_admission_rejections_total{model="sim-model",'
+                                     'version="none"}')
         assert rejected == 0
 
 

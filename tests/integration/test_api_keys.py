@@ -113,7 +113,8 @@ async def test_static_keys_keep_working_beside_managed_ones(start_sim, start_gat
                                 headers={"Authorization": "Bearer sk-sluice-nothing"})
         http.headers["Authorization"] = f"Bearer {STATIC_KEY}"  # /metrics needs a key
         counted = await gateway_metric(
-            http, gateway, 'sluice_key_requests_total{key_id="static-1",status="200"}')
+            http, gateway, 'sluice_key_requests_total{key_id="static-1",model="sim-model",'
+                           'status="200",version="none"}')
     assert static.status_code == 200
     assert none.status_code == wrong.status_code == 401
     assert wrong.json()["error"]["message"] == "invalid API key"
@@ -144,7 +145,7 @@ async def test_an_rpm_limit_lets_exactly_n_through(start_sim, start_gateway) -> 
             for i in range(12)))
         refused_metric = await gateway_metric(
             http, gateway, f'sluice_key_requests_total{{key_id="{created["id"]}",'
-                           'status="429"}')
+                           'model="sim-model",status="429",version="none"}')
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [200] * 5 + [429] * 7
     for answer in answers:
@@ -172,7 +173,8 @@ async def test_tpm_counts_the_tokens_streamed(start_sim, start_gateway) -> None:
     auth = {"Authorization": f"Bearer {created['key']}"}
     async with httpx.AsyncClient(base_url=gateway, headers=auth) as http:
         charged = await gateway_metric(
-            http, gateway, f'sluice_key_tokens_total{{key_id="{created["id"]}"}}')
+            http, gateway, f'sluice_key_tokens_total{{key_id="{created["id"]}",'
+                           'model="sim-model",version="none"}')
     assert usage.completion_tokens == 6
     assert charged == usage.prompt_tokens + usage.completion_tokens
     assert "is limited to 1 tokens per minute" in info.value.message
@@ -210,5 +212,5 @@ async def test_websocket_requests_carry_the_key(start_sim, start_gateway) -> Non
     async with httpx.AsyncClient(base_url=gateway, headers=auth) as http:
         counted = await gateway_metric(
             http, gateway, f'sluice_key_requests_total{{key_id="{created["id"]}",'
-                           'status="403"}')
+                           'model="sim-model",status="403",version="none"}')
     assert counted == 1

@@ -204,7 +204,8 @@ async def test_bad_usage_after_the_answer_ends_the_stream_without_it(
     assert seen.charged == 1
     assert metric(seen.metrics, "sluice_tokens_total") == 0
     assert metric(seen.metrics,
-                  f'sluice_failovers_total{{model="{MODEL}",outcome="completed"}}') == 1
+                  f'sluice_failovers_total{{model="{MODEL}",outcome="completed",'
+                  'version="none"}') == 1
     seen.assert_not_a_disconnect()
 
 

@@ -45,7 +45,8 @@ async def test_chat_stream_continues_on_another_engine(start_sim, start_gateway)
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
     usage = chunks[-1]["usage"]
     assert usage["completion_tokens"] == 20
-    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="continued"}') == 1
+    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="continued",'
+                           'version="none"}') == 1
 
 
 async def test_completion_stream_continues_with_the_prompt_extended(start_sim,
@@ -76,7 +77,8 @@ async def test_stream_that_cannot_continue_ends_with_an_error_event(start_sim,
     events = events_of(response.content)
     assert events[-1] == "data: [DONE]"
     assert orjson.loads(events[-2][6:])["error"]["type"] == "upstream_error"
-    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="error_event"}') == 1
+    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="error_event",'
+                           'version="none"}') == 1
 
 
 async def test_failover_off_ends_with_an_error_event(start_sim, start_gateway) -> None:
@@ -102,7 +104,7 @@ async def test_non_streamed_request_is_retried_when_its_engine_dies(start_sim,
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 8
     # vLLM sends a non-streamed answer whole: a crash is a failure before the first byte.
-    assert metric(metrics, 'sluice_retries_total{model="sim-model"}') == 1
+    assert metric(metrics, 'sluice_retries_total{model="sim-model",version="none"}') == 1
 
 
 async def test_breaker_opens_then_a_probe_closes_it(start_sim, start_gateway) -> None:
@@ -145,8 +147,9 @@ async def test_retry_budget_spent_means_no_retry(spawn_sim, start_sim, start_gat
     assert first.status_code == 503  # the dead engine, and no budget to try another
     assert first.json()["error"]["code"] == "engine_unavailable"
     assert second.status_code == 200  # the dead engine was marked down on the way
-    assert metric(metrics, 'sluice_retry_budget_exhausted_total{model="sim-model"}') == 1
-    assert metric(metrics, 'sluice_retries_total{model="sim-model"}') == 0
+    assert metric(metrics, 'sluice_retry_budget_exhausted_total{model="sim-model",'
+                           'version="none"}') == 1
+    assert metric(metrics, 'sluice_retries_total{model="sim-model",version="none"}') == 0
 
 
 async def test_admission_limit_answers_429_with_retry_after(start_sim, start_gateway) -> None:
@@ -167,7 +170,8 @@ async def test_admission_limit_answers_429_with_retry_after(start_sim, start_gat
     assert refused.headers["retry-after"] == "3"
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert after.status_code == 200
-    assert metric(metrics, 'sluice_admission_rejections_total{model="sim-model"}') == 1
+    assert metric(metrics, 'sluice_admission_rejections_total{model="sim-model",'
+                           'version="none"}') == 1
 
 
 @pytest.mark.parametrize("limit_from", ["per_engine", "per_model"])

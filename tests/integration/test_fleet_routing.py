@@ -60,7 +60,7 @@ async def test_session_affinity_keeps_each_session_on_one_engine(
     assert sorted(bob) == [0, 0, 5]
     assert all(n > 0 for n in requests_by_engine(metrics, 3))  # many keys spread out
     assert metric(metrics, 'sluice_routing_decisions_total{model="sim-model",'
-                           'reason="session_sticky",strategy="session"}') == 40
+                           'reason="session_sticky",strategy="session",version="none"}') == 40
 
 
 async def test_prefix_affinity_sends_a_conversation_back_to_its_cache(
@@ -96,7 +96,7 @@ async def test_prefix_affinity_sends_a_conversation_back_to_its_cache(
     assert owners_by_turn[1:] == [first_owners, first_owners]
     assert len(set(first_owners)) == 3  # new conversations were spread over the engines
     assert metric(metrics, 'sluice_routing_decisions_total{model="sim-model",'
-                           'reason="prefix_hit",strategy="prefix"}') == 10
+                           'reason="prefix_hit",strategy="prefix",version="none"}') == 10
     hits, queries = sum(h for h, _ in sim_hits), sum(q for _, q in sim_hits)
     assert hits / queries > 0.5  # turns 2 and 3 found their history cached
 

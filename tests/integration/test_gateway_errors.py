@@ -160,7 +160,7 @@ async def test_engine_dying_before_the_first_byte_is_retried_elsewhere(
         metrics = (await http.get("/metrics")).text
     assert statuses == [200] * 6
     assert [e["healthy"] for e in ready["engines"]] == [False, True]
-    assert 'sluice_retries_total{model="sim-model"} 1.0' in metrics
+    assert 'sluice_retries_total{model="sim-model",version="none"} 1.0' in metrics
     assert 'sluice_engine_up{engine="e0"} 0.0' in metrics
 
 

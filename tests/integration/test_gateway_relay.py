@@ -13,6 +13,7 @@ from simulator import SimConfig
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Say hello"}],
         "max_tokens": 8}
+IDLE = 'sluice_requests_in_flight{model="sim-model",version="none"}'
 
 
 def sse_events(text: str) -> list[str]:
@@ -127,8 +128,8 @@ async def test_client_disconnect_aborts_the_engine_request(start_sim, start_gate
             await asyncio.sleep(0.05)
         assert await running_requests(sim) == 0
         metrics = (await http.get("/metrics")).text
-    assert 'sluice_client_disconnects_total{model="sim-model"} 1.0' in metrics
-    assert 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics
+    assert 'sluice_client_disconnects_total{model="sim-model",version="none"} 1.0' in metrics
+    assert f"{IDLE} 0.0" in metrics
     assert 'status="499"' in metrics
 
 
@@ -175,12 +176,12 @@ async def test_client_leaving_before_the_first_token_aborts_too(start_sim,
         for _ in range(40):
             metrics = (await http.get("/metrics")).text
             if await running_requests(sim) + await waiting_requests(sim) == 0 \
-                    and 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics:
+                    and f"{IDLE} 0.0" in metrics:
                 break
             await asyncio.sleep(0.05)
     assert await running_requests(sim) + await waiting_requests(sim) == 0
-    assert 'sluice_requests_in_flight{model="sim-model"} 0.0' in metrics
-    assert 'sluice_client_disconnects_total{model="sim-model"} 1.0' in metrics
+    assert f"{IDLE} 0.0" in metrics
+    assert 'sluice_client_disconnects_total{model="sim-model",version="none"} 1.0' in metrics
 
 
 

@@ -87,7 +87,7 @@ async def test_a_restarted_engine_has_no_prefix_affinity(start_gateway: StartGat
             async def decisions(reason: str) -> float:
                 return await gateway_metric(
                     http, gateway, 'sluice_routing_decisions_total{model="sim-model",'
-                                   f'reason="prefix_{reason}",strategy="prefix"}}')
+                                   f'reason="prefix_{reason}",strategy="prefix",version="none"}}')
 
             async def healthy(index: int, state: bool) -> bool:
                 return bool((await http.get("/ready")).json()["engines"][index]["healthy"]

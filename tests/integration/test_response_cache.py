@@ -49,7 +49,8 @@ async def test_a_repeated_request_is_answered_without_an_engine_call(
         sampled = await post(http, {**CHAT, "temperature": 0.7})
         assert sampled.headers["x-sluice-cache"] == "bypass"
         page = (await http.get("/metrics")).text
-    assert metric(page, 'sluice_cache_lookups_total{model="sim-model",result="hit"}') == 1
+    assert metric(page, 'sluice_cache_lookups_total{model="sim-model",result="hit",'
+                        'version="none"}') == 1
 
 
 async def test_a_streamed_hit_is_valid_sse_the_openai_client_reads(

@@ -68,7 +68,8 @@ async def test_stream_ending_before_done_is_continued_elsewhere(
     assert not [e for e in events if '"error"' in e]
     assert _content(events) == " one two three four five"
     assert {orjson.loads(e[6:])["id"] for e in events[:-1]} == {"chatcmpl-first"}
-    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="continued"}') == 1
+    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="continued",'
+                           'version="none"}') == 1
     continued = [body for e in engines for body in e.received
                  if body.get("continue_final_message")]
     assert len(continued) == 1
@@ -93,5 +94,6 @@ async def test_finished_stream_missing_only_done_gets_it_added(
     assert events[-1] == "data: [DONE]"
     assert not [e for e in events if '"error"' in e]
     assert _content(events) == " one two"
-    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="completed"}') == 1
+    assert metric(metrics, 'sluice_failovers_total{model="sim-model",outcome="completed",'
+                           'version="none"}') == 1
     assert sum(len(e.received) for e in engines) == 1  # nothing was sent anywhere else

@@ -37,7 +37,8 @@ async def test_first_token_timeout_is_not_retried(start_sim: StartSim,
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         response = await http.post("/v1/chat/completions", json={**CHAT, "stream": stream})
         received = [await sim_received(http, sim) for sim in sims]
-        retries = await gateway_metric(http, gateway, 'sluice_retries_total{model="sim-model"}')
+        retries = await gateway_metric(http, gateway, 'sluice_retries_total{model="sim-model",'
+                                                      'version="none"}')
     assert response.status_code == 504, response.text
     assert response.json()["error"]["type"] == "timeout_error"
     assert sorted(received) == [0, 1]  # one engine waited; the other never saw the request
@@ -64,7 +65,8 @@ async def test_engine_4xx_is_passed_on_unchanged_and_not_retried(
     gateway = await start_gateway([e.url for e in engines], routing={"default": ROUND_ROBIN})
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         response = await http.post("/v1/chat/completions", json={**CHAT, "stream": stream})
-        retries = await gateway_metric(http, gateway, 'sluice_retries_total{model="sim-model"}')
+        retries = await gateway_metric(http, gateway, 'sluice_retries_total{model="sim-model",'
+                                                      'version="none"}')
         ready = (await http.get("/ready")).json()
     assert response.status_code == status
     passed = response.json()["error"]

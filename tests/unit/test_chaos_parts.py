@@ -59,8 +59,8 @@ def test_snapshot_reads_the_engine_and_fleet_series() -> None:
         'sluice_requests_total{model="m",engine="e0",endpoint="chat",status="502"} 2.0',
         'sluice_engine_in_flight{engine="e0"} 4.0',
         'sluice_engine_up{engine="e0"} 1.0',
-        'sluice_failovers_total{model="m",outcome="continued"} 6.0',
-        'sluice_retries_total{model="m"} 2.0',
+        'sluice_failovers_total{model="m",outcome="continued",version="none"} 6.0',
+        'sluice_retries_total{model="m",version="none"} 2.0',
     ]) + "\n"
     s = parse_snapshot(text, "e0", 1.0, 1.5)
     assert (s.errors, s.ok, s.in_flight, s.up, s.retries) == (4.0, 5.0, 4.0, 1.0, 2.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from gateway.engine.client import EngineClient
@@ -10,6 +12,7 @@ from gateway.errors import EngineUnavailable
 from gateway.metrics import GatewayMetrics
 from gateway.services.engine_pool import EnginePool
 from gateway.settings import EngineConfig, TimeoutSettings
+from gateway.versions import VersionsSettings
 
 MODELS = orjson.dumps({"object": "list", "data": [{"id": "m", "max_model_len": 64}]})
 
@@ -31,11 +34,41 @@ class Engines:
         page = f"vllm:prefix_cache_queries_total {self.prefix_queries[engine]}\n"
         return MemoryResponse(200, page.encode())
 
-    def pool(self) -> EnginePool:
+    def pool(self, metrics: GatewayMetrics | None = None, **options: Any) -> EnginePool:
         return EnginePool(
             [EngineConfig(name=n, url=f"http://{n}") for n in ("a", "b")],
             lambda c: EngineClient(c.name, c.base_url, self.transport, TimeoutSettings()),
-            GatewayMetrics(), health_interval_s=1)
+            metrics or GatewayMetrics(), health_interval_s=1, **options)
+
+
+def models(*names: str) -> bytes:
+    return orjson.dumps({"object": "list", "data": [{"id": n} for n in names]})
+
+
+def info(metrics: GatewayMetrics) -> set[tuple[str, str, str]]:
+    """The ``sluice_engine_info`` series set to 1, as (engine, model, version)."""
+    return {(s.labels["engine"], s.labels["model"], s.labels["version"])
+            for family in metrics.registry.collect() if family.name == "sluice_engine_info"
+            for s in family.samples if s.value == 1}
+
+
+async def test_engine_info_names_each_model_and_alias_version_an_engine_serves() -> None:
+    engines = Engines()
+    served_as = VersionsSettings.model_validate({"aliases": {"chat": {"versions": {
+        "v1": {"model": "m"}, "v2": {"model": "m", "adapter": "lora"}}}}}).served_as()
+    metrics = GatewayMetrics()
+    pool = engines.pool(metrics, served_as=served_as)
+    engines.models["b"] = models("m", "lora")
+    await pool.refresh()
+    assert info(metrics) == {("a", "m", "none"), ("a", "chat", "v1"),
+                          ("b", "m", "none"), ("b", "lora", "none"),
+                          ("b", "chat", "v1"), ("b", "chat", "v2")}
+    engines.models["b"] = models("other")  # it no longer serves the alias: series go
+    await pool.refresh()
+    assert {i for i in info(metrics) if i[0] == "b"} == {("b", "other", "none")}
+    engines.models["b"] = b"{oops"  # down: what it served when last up stays
+    await pool.refresh()
+    assert {i for i in info(metrics) if i[0] == "b"} == {("b", "other", "none")}
 
 
 async def test_a_malformed_models_answer_marks_only_that_engine_down() -> None:

@@ -7,6 +7,7 @@ from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     check_media_type,
+    choice_text,
     parse_body,
     validate,
 )
@@ -138,3 +139,17 @@ def test_nesting_past_the_limit_names_the_field(depth: int) -> None:
 def test_many_shallow_containers_are_not_too_deep() -> None:
     raw = orjson.dumps({"model": "m", "prompt": [[1, 2]] * 5000, "x": [{"a": {}}] * 100})
     assert len(parse_body(raw)["prompt"]) == 5000
+
+
+@pytest.mark.parametrize(("answer", "chat", "text"), [
+    ({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}]}, True,
+     "Hi"),
+    ({"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}, False, "a"),
+    ({"choices": [{"message": {"content": None, "tool_calls": [{}]}}]}, True, ""),
+    ({"choices": [{"text": "not a chat answer"}]}, True, ""),
+    ({"choices": []}, False, ""),
+    ({"error": {"message": "no"}}, True, ""),
+    (["not", "an", "object"], False, ""),
+])
+def test_choice_text_is_choice_0s_text_or_empty(answer: object, chat: bool, text: str) -> None:
+    assert choice_text(answer, chat=chat) == text

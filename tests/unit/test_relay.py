@@ -197,6 +197,17 @@ def test_transcript_is_kept_incrementally() -> None:
         " Paris!", 2, False, "c1", None)
 
 
+def test_the_transcript_text_is_choice_0s_and_its_head_is_bounded() -> None:
+    r = relay(chat=False)
+    r.feed(event({"id": "c1", "choices": [{"index": 1, "text": " other"},
+                                          {"index": 0, "text": " one"}]})
+           + event({"id": "c1", "choices": [{"index": 0, "text": " two"}]}))
+    t = r.transcript
+    assert (t.text, t.tokens, t.obstacle) == (" one two", 3, "several choices (n > 1)")
+    assert [t.head(n) for n in (0, 2, 4, 6, 100)] == ["", " o", " one", " one t",
+                                                      " one two"]
+
+
 def test_a_continuation_looks_like_the_first_stream() -> None:
     r = relay(forward_usage=True)
     r.feed(ROLE + TOKEN + TOKEN)

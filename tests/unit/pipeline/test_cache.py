@@ -43,7 +43,7 @@ def cached_rig(rig_factory: Callable[..., Rig], resilience: dict[str, Any] | Non
 
 
 def lookups(rig: Rig, result: str) -> float:
-    return rig.sample("sluice_cache_lookups_total", model="m", result=result)
+    return rig.sample("sluice_cache_lookups_total", model="m", version="none", result=result)
 
 
 async def run(rig: Rig, body: dict[str, Any], **use: bool) -> tuple[RequestContext, Any]:
@@ -67,7 +67,7 @@ async def test_a_repeated_answer_is_served_without_an_engine_call(
     assert second.outcome.status == "200"
     assert second.usage is None
     assert (lookups(rig, "miss"), lookups(rig, "hit")) == (1, 1)
-    assert rig.sample("sluice_requests_in_flight", model="m") == 0
+    assert rig.sample("sluice_requests_in_flight", model="m", version="none") == 0
 
 
 async def test_a_sampled_request_is_not_cached_unless_opted_in(
@@ -179,7 +179,7 @@ async def test_identical_requests_in_flight_share_one_upstream_call(
     assert all(answer == runs[0][1] for _, answer in runs)
     assert all(ctx.outcome.status == "200" for ctx, _ in runs)
     assert len(rig.caching.flights) == 0  # type: ignore[union-attr]
-    assert rig.sample("sluice_requests_in_flight", model="m") == 0
+    assert rig.sample("sluice_requests_in_flight", model="m", version="none") == 0
 
 
 async def test_followers_make_their_own_call_when_the_leader_fails_first(

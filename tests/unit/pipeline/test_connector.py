@@ -36,7 +36,7 @@ async def test_a_failed_engine_is_retried_on_the_next(rig_factory: Callable[...,
     assert (ctx.tried, ctx.attempts, ctx.engine) == ({"a", "b"}, 2, "b")
     assert rig.scheduler.opened == ["b"]  # only an open attempt is attributed
     assert not rig.pool.engines[0].breaker.available()
-    assert rig.sample("sluice_retries_total", model="m") == 1
+    assert rig.sample("sluice_retries_total", model="m", version="none") == 1
     assert await rig.admission.in_flight("m") == 0
     # vLLM takes X-Request-Id as its request id: every attempt carries the same one.
     assert [r.headers["X-Request-Id"] for r in rig.transport.requests] == ["req-1"] * 2
@@ -141,4 +141,4 @@ async def test_the_retry_budget_stops_retries(rig_factory: Callable[..., Rig]) -
     with pytest.raises(EngineError):
         await rig.director.generate(rig.ctx({}))
     assert rig.sent_to("b") == []
-    assert rig.sample("sluice_retry_budget_exhausted_total", model="m") == 1
+    assert rig.sample("sluice_retry_budget_exhausted_total", model="m", version="none") == 1

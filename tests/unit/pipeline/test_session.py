@@ -68,7 +68,7 @@ async def test_a_broken_stream_is_continued_on_another_engine(
     assert events[-1]["usage"] == {"prompt_tokens": 10, "completion_tokens": 4,
                                    "total_tokens": 14}
     assert (ctx.continuations, ctx.tried) == (1, {"a", "b"})
-    assert rig.sample("sluice_failovers_total", model="m", outcome="continued") == 1
+    assert rig.sample("sluice_failovers_total", model="m", version="none", outcome="continued") == 1
 
 
 async def test_the_budget_refuses_a_continuation_storm(
@@ -90,7 +90,7 @@ async def test_the_budget_refuses_a_continuation_storm(
         events = await collect(await rig.director.generate(rig.ctx({"stream": True})))
         outcomes.append("error" if "error" in events[-1] else texts(events))
     assert outcomes == ["xy", "xy", "error", "error"]
-    assert rig.sample("sluice_retry_budget_exhausted_total", model="m") == 2
+    assert rig.sample("sluice_retry_budget_exhausted_total", model="m", version="none") == 2
 
 
 async def test_an_error_event_from_the_engine_is_not_passed_on(
@@ -177,7 +177,7 @@ async def test_a_client_leaving_mid_stream_releases_everything(
     assert ctx.outcome.status == "499"
     assert rig.sent_to("a")[0].aborted
     assert await rig.admission.in_flight("m") == 0
-    assert rig.sample("sluice_client_disconnects_total", model="m") == 1
+    assert rig.sample("sluice_client_disconnects_total", model="m", version="none") == 1
 
 
 @pytest.mark.parametrize("after_first_token", [False, True])
@@ -247,4 +247,4 @@ async def test_an_early_start_closed_before_the_head_is_a_disconnect(
     await result.body.aclose()  # the client left before the engine was asked
     assert (ctx.outcome.status, ctx.outcome.client_left) == ("499", True)
     assert await rig.admission.in_flight("m") == 0
-    assert rig.sample("sluice_requests_in_flight", model="m") == 0
+    assert rig.sample("sluice_requests_in_flight", model="m", version="none") == 0

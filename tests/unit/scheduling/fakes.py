@@ -51,7 +51,7 @@ def request(text: str = "x", *, model: str = "m", session_key: str | None = None
 
 
 def decisions(metrics: GatewayMetrics) -> Counter[tuple[str, str, str]]:
-    """``sluice_routing_decisions_total`` by (model, strategy, reason)."""
+    """``sluice_routing_decisions_total`` by (model, strategy, reason), over versions."""
     counts: Counter[tuple[str, str, str]] = Counter()
     for family in metrics.registry.collect():
         if family.name == "sluice_routing_decisions":
@@ -59,7 +59,7 @@ def decisions(metrics: GatewayMetrics) -> Counter[tuple[str, str, str]]:
                 if sample.name.endswith("_total"):
                     labels = sample.labels
                     key = (labels["model"], labels["strategy"], labels["reason"])
-                    counts[key] = int(sample.value)
+                    counts[key] += int(sample.value)
     return counts
 
 

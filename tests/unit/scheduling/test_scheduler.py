@@ -11,7 +11,7 @@ import pytest
 from gateway.errors import NoHealthyEngine
 from gateway.fleet_settings import RoutingPolicy, RoutingSettings
 from gateway.scheduling.profiles import legacy_profile
-from tests.unit.scheduling.fakes import Engine, Harness
+from tests.unit.scheduling.fakes import Engine, Harness, request
 
 
 def harness(strategy: str = "least_loaded", **policy: Any) -> Harness:
@@ -146,13 +146,18 @@ def test_explicit_weights_replace_the_preset() -> None:
     assert (decision.index, decision.strategy, decision.reason) == (1, "prefix", "least_loaded")
 
 
-def test_the_decision_is_counted_with_the_request_label() -> None:
+def test_the_decision_is_counted_with_the_request_labels() -> None:
     h = harness("least_loaded")
     h.pick([Engine("a", load=1), Engine("b")])
     h.pick([Engine("a"), Engine("b")])
+    alias = request()  # a request to an alias "chat" resolved to v2, served as "m"
+    alias.label, alias.version = "chat", "v2"
+    h.pick_ctx(alias, [Engine("a"), Engine("b")])
     sample = h.metrics.registry.get_sample_value
-    for reason in ("least_loaded", "even"):
-        labels = {"model": "m", "strategy": "least_loaded", "reason": reason}
+    for model, version, reason in (("m", "none", "least_loaded"), ("m", "none", "even"),
+                                   ("chat", "v2", "even")):
+        labels = {"model": model, "version": version, "strategy": "least_loaded",
+                  "reason": reason}
         assert sample("sluice_routing_decisions_total", labels) == 1
 
 
