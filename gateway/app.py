@@ -64,7 +64,7 @@ from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
 from gateway.versions.shadow import ShadowMirror
-from gateway.versions.stats import VersionStats
+from gateway.versions.stats import VersionMeasure, VersionStats
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -118,10 +118,13 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             if stores is not None:
                 state = stores
             elif settings.redis.url:
-                shared = await stack.enter_async_context(redis_stores(settings.redis, metrics))
+                shared = await stack.enter_async_context(redis_stores(
+                    settings.redis, metrics,
+                    measure_retention_s=settings.versions.measure_retention_s))
                 state, redis = shared.stores, shared.link
             else:
-                state = memory_stores(settings.cache)
+                state = memory_stores(
+                    settings.cache, measure_retention_s=settings.versions.measure_retention_s)
             if keys is not None:
                 key_service = keys
             elif redis is not None:
@@ -159,7 +162,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, connector, Admission(settings.admission, state.counters),
                 _caching(settings, state, metrics), drain, metrics, settings.resilience,
                 max_event_bytes=settings.max_event_bytes, keys=key_service,
-                versions=versions, hooks=[mirror.finished, stats.record])
+                versions=versions,
+                hooks=[mirror.finished, stats.record, VersionMeasure(state.measurements).record])
             yield {
                 "settings": settings,
                 "metrics": metrics,

@@ -228,8 +228,8 @@ class CacheSettings(BaseModel):
 class RedisSettings(BaseModel):
     """The shared state store. An empty ``url`` keeps every store in memory (one
     gateway); a ``redis://`` (or ``rediss://``, ``unix://``) URL shares admission
-    counts, the response cache, adapter placement and version policies between every
-    replica pointed at it.
+    counts, the response cache, adapter placement, version policies and per-version
+    measurements between every replica pointed at it.
 
     ``fail_open`` (default true) decides what admission does while Redis is down: count
     in this process only (each replica then enforces the limit alone, so the fleet total
@@ -256,6 +256,9 @@ class RedisSettings(BaseModel):
     cache_max_entry_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="larger cached answers are not stored")
     history_size: int = Field(default=20, ge=1, description="version policies kept per alias")
+    measure_flush_s: float = Field(
+        default=0.5, gt=0, le=60, description="each replica adds the per-version "
+                                              "measurements it counted to Redis this often")
 
     @field_validator("url")
     @classmethod

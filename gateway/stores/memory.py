@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.stores.protocols import CachedResponse, Stores, VersionPolicy
+from gateway.stores.windows import RETENTION_S, Seconds, Window
 
 if TYPE_CHECKING:
     from gateway.settings import CacheSettings
@@ -147,8 +148,24 @@ class MemoryVersionPolicies:
         return previous
 
 
-def memory_stores(cache: CacheSettings | None = None) -> Stores:
+class MemoryMeasurements:
+    """Per-second measurements of this process's requests."""
+
+    def __init__(self, retention_s: float = RETENTION_S) -> None:
+        self.retention_s = retention_s
+        self._seconds = Seconds(retention_s)
+
+    def record(self, alias: str, version: str, *, at: float, error: bool,
+               ttft_s: float | None) -> None:
+        self._seconds.count(alias, version, at, error, ttft_s)
+
+    async def window(self, alias: str, version: str, since: int, until: int) -> Window:
+        return self._seconds.window(alias, version, since, until)
+
+
+def memory_stores(cache: CacheSettings | None = None, *,
+                  measure_retention_s: float = RETENTION_S) -> Stores:
     """Fresh in-memory stores (one set per app); ``cache`` bounds the response cache."""
     store = MemoryCache() if cache is None else MemoryCache(cache.max_entries, cache.max_bytes)
     return Stores(MemoryCounters(), store, MemoryAdapterPlacement(),
-                  MemoryVersionPolicies())
+                  MemoryVersionPolicies(), MemoryMeasurements(measure_retention_s))

@@ -1,7 +1,9 @@
-"""The store protocols: counters, response cache, adapter placement, version policies.
+"""The store protocols: counters, response cache, adapter placement, version policies,
+and per-version measurements.
 
 They are async because a shared backend answers over the network; nothing on the
-per-token path calls them (a request touches them on arrival and when it ends).
+per-token path calls them (a request touches them on arrival and when it ends; the
+measurements of a finished request are counted locally and shared in batches).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.errors import SluiceError
+from gateway.stores.windows import Window
 
 
 class Counters(Protocol):
@@ -103,12 +106,31 @@ class VersionPolicies(Protocol):
         ...
 
 
+class VersionMeasurements(Protocol):
+    """Requests, server errors and a TTFT histogram per (alias, version) and whole
+    second (see :mod:`gateway.stores.windows`), kept ``retention_s``: what a guarded
+    rollout judges a version by. Every replica's requests count, whichever judges."""
+
+    retention_s: float
+
+    def record(self, alias: str, version: str, *, at: float, error: bool,
+               ttft_s: float | None) -> None:
+        """Count one request that ended at ``at`` (epoch seconds); ``ttft_s`` is None
+        when it failed before its first byte. Local and synchronous: no I/O."""
+        ...
+
+    async def window(self, alias: str, version: str, since: int, until: int) -> Window:
+        """The version's figures over the seconds ``[since, until)`` (epoch seconds)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Stores:
     counters: Counters
     cache: ResponseCache
     adapters: AdapterPlacement
     versions: VersionPolicies
+    measurements: VersionMeasurements
     locks: Locks | None = None
     """Shared leases for coalescing across replicas; None for one gateway alone (its
     own flights coalesce identical requests)."""

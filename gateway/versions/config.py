@@ -22,6 +22,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.stores import VersionPolicy
+from gateway.stores.windows import RETENTION_S
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Alias and version names: they are metric label values and header values."""
@@ -125,6 +126,11 @@ class VersionsSettings(BaseModel):
         description="every this often each replica re-reads every alias's policy from the "
                     "store (a backstop for a missed change notification)")
     rollout: RolloutSettings = RolloutSettings()
+    measure_retention_s: float = Field(
+        default=RETENTION_S, ge=60, le=7 * 86400,
+        description="per-version measurements (requests, errors, TTFT per second) are kept "
+                    "this long, in memory or in Redis; a rollout's hold_s x "
+                    "max_hold_factor must fit in it")
     shadow_max_in_flight: int = Field(
         default=16, ge=1, description="mirrored requests running at once (per replica); "
                                       "past it a request is not mirrored")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +13,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.settings import RedisSettings
 from gateway.stores import CachedResponse, Stores, VersionPolicy, memory_stores
 from gateway.stores.redis_stores import redis_stores
+from tests.integration.helpers import wait_until
 from tests.redis_server import RedisServer
 
 
@@ -92,3 +95,30 @@ async def test_version_policies_keep_a_history_and_roll_back(stores: Stores) -> 
     history = await versions.history("big")
     assert len(history) == 20
     assert history[0] == VersionPolicy(weights={"v23": 1.0})
+
+
+async def test_measurements_sum_a_window_of_whole_seconds(stores: Stores) -> None:
+    measurements = stores.measurements
+    now = math.floor(time.time())
+    for n in range(100):
+        measurements.record("chat", "v2", at=now - 5 + n / 100, error=n < 3,
+                            ttft_s=None if n < 3 else (2.0 if n >= 97 else 0.05))
+    measurements.record("chat", "v2", at=now - 10, error=True, ttft_s=None)  # before
+    measurements.record("chat", "v2", at=now, error=True, ttft_s=None)  # at until: after
+    measurements.record("chat", "v1", at=now - 5, error=False, ttft_s=9.0)  # another
+
+    async def counted() -> bool:  # a shared backend adds them in batches
+        return (await measurements.window("chat", "v2", now - 5, now)).requests == 100
+
+    await wait_until(counted, "the measurements to be counted", timeout_s=10)
+    measured = await measurements.window("chat", "v2", now - 5, now)
+    assert (measured.errors, measured.ttft_samples) == (3, 97)
+    p50, p99 = measured.ttft_p50_s, measured.ttft_p99_s
+    assert p50 is not None
+    assert p99 is not None
+    assert p50 == pytest.approx(0.05, rel=0.15)
+    assert p99 == pytest.approx(2.0, rel=0.15)
+    assert (await measurements.window("chat", "v2", now - 11, now)).errors == 4
+    assert (await measurements.window("chat", "v2", now - 4, now)).requests == 0
+    assert (await measurements.window("chat", "v2", now - 4, now + 1)).requests == 1
+    assert (await measurements.window("chat", "v1", now - 5, now)).requests == 1
