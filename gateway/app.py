@@ -64,7 +64,7 @@ from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
 from gateway.versions.shadow import ShadowMirror
-from gateway.versions.stats import VersionMeasure, VersionStats
+from gateway.versions.stats import VersionMeasure
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -142,8 +142,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, metrics, max_in_flight=settings.versions.shadow_max_in_flight,
                 max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s)
             stack.push_async_callback(mirror.aclose)
-            version_admin, stats = VersionService(versions), VersionStats()
-            rollouts = Rollouts(version_admin, versions, stats, settings.versions.rollout)
+            version_admin = VersionService(versions)
+            rollouts = Rollouts(version_admin, versions, state.measurements,
+                                settings.versions.rollout)
             stack.push_async_callback(rollouts.aclose)
             await versions.seed()
             stack.push_async_callback(
@@ -163,7 +164,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 _caching(settings, state, metrics), drain, metrics, settings.resilience,
                 max_event_bytes=settings.max_event_bytes, keys=key_service,
                 versions=versions,
-                hooks=[mirror.finished, stats.record, VersionMeasure(state.measurements).record])
+                hooks=[mirror.finished, VersionMeasure(state.measurements).record])
             yield {
                 "settings": settings,
                 "metrics": metrics,

@@ -272,7 +272,23 @@ def _schemas() -> dict[str, Any]:
             "alias": {"type": "string"}, "to": {"type": "string"}, "base": {"type": "string"},
             "steps": {"type": "array", "items": {"type": "number"}},
             "hold_s": {"type": "number"}, "state": {"type": "string"},
-            "before": _ref("Policy"), "decisions": {"type": "array", "items": _OBJECT}}},
+            "before": _ref("Policy"),
+            "decisions": {"type": "array", "items": _ref("RolloutDecision")}}},
+        "RolloutDecision": {"type": "object", "properties": {
+            "at": {"type": "number", "description": "epoch seconds"},
+            "step": {"type": "integer"}, "percent": {"type": "number"},
+            "action": {"type": "string", "description": "step, promote, extend, breach, "
+                       "rollback, superseded, done, cancelled or failed"},
+            "reason": {"type": "string"}, "new": _ref("VersionFigures"),
+            "base": _ref("VersionFigures")}},
+        "VersionFigures": {
+            "type": "object", "description": "A version's requests over the step's hold so "
+            "far, through every replica (empty on decisions made without figures)",
+            "properties": {
+                "requests": {"type": "integer"}, "errors": {"type": "integer"},
+                "error_rate": {"type": "number"},
+                "ttft_p50_s": {"type": ["number", "null"]},
+                "ttft_p99_s": {"type": ["number", "null"]}}},
         "AliasList": {"type": "object", "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Alias")}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {

@@ -5,14 +5,14 @@ A rollout (``POST /admin/versions/{alias}/rollout``: ``to``, ``steps`` in percen
 ``hold_s``) runs in the replica that took the call. At each step it writes the split
 (``100 - p`` on the base version, ``p`` on the new one), then holds: every
 ``check_interval_s`` it compares the new version's requests since the step began with
-the base version's (error rate, mean latency; :class:`~gateway.versions.stats.Tally`),
+the base version's (error rate, TTFT p99; the store's
+:class:`~gateway.stores.VersionMeasurements`, which count every replica's requests),
 and a breach rolls the alias back to the policy it had before the rollout, at once.
 When the hold ends within bounds (with at least ``min_requests`` judged) the next step
 follows; after the last, the rollout is done. Every decision is logged and kept with
-the rollout, which the admin API shows.
+the rollout, with the figures it was made on, which the admin API shows.
 
-The tallies are this replica's: with several replicas, each sees its own share of the
-traffic (the split is the same everywhere, so the shares judge alike).
+The window of a step starts at the whole second its split was written in.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import AliasNotFound, Conflict, InvalidField, SluiceError
-from gateway.stores import VersionPolicy
+from gateway.stores import VersionMeasurements, VersionPolicy, Window
 from gateway.versions.config import RolloutSettings
 from gateway.versions.router import VersionRouter, policy_json
 from gateway.versions.service import VersionService
-from gateway.versions.stats import Tally, VersionStats
 
 log = logging.getLogger("sluice.rollout")
 
@@ -44,8 +44,10 @@ class Decision:
     requests yet), ``breach``, ``rollback``, ``superseded``, ``done``, ``cancelled``,
     ``failed``."""
     reason: str
-    new: dict[str, float] = field(default_factory=dict)
-    base: dict[str, float] = field(default_factory=dict)
+    new: dict[str, float | int | None] = field(default_factory=dict)
+    base: dict[str, float | int | None] = field(default_factory=dict)
+    """The figures of each side over the hold so far: requests, errors, error_rate,
+    ttft_p50_s, ttft_p99_s (None without a TTFT)."""
 
 
 @dataclass(slots=True)
@@ -81,11 +83,11 @@ class _Superseded(Exception):
 class Rollouts:
     """The guarded rollouts of this replica: at most one running per alias."""
 
-    def __init__(self, service: VersionService, router: VersionRouter, stats: VersionStats,
-                 settings: RolloutSettings) -> None:
+    def __init__(self, service: VersionService, router: VersionRouter,
+                 measurements: VersionMeasurements, settings: RolloutSettings) -> None:
         self._service = service
         self._router = router
-        self._stats = stats
+        self._measurements = measurements
         self._bounds = settings
         self._rollouts: dict[str, Rollout] = {}
 
@@ -118,6 +120,12 @@ class Rollouts:
             base = max(others, key=lambda n: others[n])
         if base == to or base not in versions:
             raise InvalidField("base must be another version of the alias", param="base")
+        longest = hold_s * self._bounds.max_hold_factor
+        if longest > self._measurements.retention_s:
+            raise InvalidField(
+                f"a hold may last {longest:g} s (hold_s x max_hold_factor); measurements "
+                f"are kept {self._measurements.retention_s:g} s (measure_retention_s)",
+                param="hold_s")
         rollout = Rollout(alias, to, base, list(steps), hold_s, current)
         self._rollouts[alias] = rollout
         rollout.task = asyncio.get_running_loop().create_task(
@@ -138,7 +146,7 @@ class Rollouts:
             await self.cancel(alias)
 
     def _decide(self, rollout: Rollout, step: int, action: str, reason: str,
-                new: Tally | None = None, base: Tally | None = None) -> None:
+                new: Window | None = None, base: Window | None = None) -> None:
         percent = rollout.steps[step] if step < len(rollout.steps) else 100.0
         decision = Decision(time.time(), step, percent, action, reason,
                             new.public() if new else {}, base.public() if base else {})
@@ -179,16 +187,16 @@ class Rollouts:
         """None when the step held within bounds; else why it did not."""
         bounds = self._bounds
         start = time.monotonic()
-        marks = (self._stats.get(rollout.alias, rollout.to),
-                 self._stats.get(rollout.alias, rollout.base))
+        since = math.floor(time.time())
         deadline, extended = start + rollout.hold_s, False
         while True:
             now = time.monotonic()
             await asyncio.sleep(max(0.0, min(bounds.check_interval_s, deadline - now)))
             if self._router.policy(rollout.alias) != rollout.written:
                 raise _Superseded
-            new = self._stats.get(rollout.alias, rollout.to) - marks[0]
-            base = self._stats.get(rollout.alias, rollout.base) - marks[1]
+            until = math.floor(time.time()) + 1
+            new = await self._measurements.window(rollout.alias, rollout.to, since, until)
+            base = await self._measurements.window(rollout.alias, rollout.base, since, until)
             breach = self._breach(new, base)
             if breach is not None:
                 self._decide(rollout, step, "breach", breach, new, base)
@@ -208,15 +216,25 @@ class Rollouts:
             deadline = min(now + bounds.check_interval_s,
                            start + rollout.hold_s * bounds.max_hold_factor)
 
-    def _breach(self, new: Tally, base: Tally) -> str | None:
-        bounds = self._bounds
-        if new.requests < bounds.min_requests:
-            return None
-        if new.error_rate > bounds.max_error_rate:
-            return (f"error rate {new.error_rate:.1%} over {new.requests} requests > "
-                    f"{bounds.max_error_rate:.1%}")
-        if base.requests >= bounds.min_requests and base.mean_latency_s > 0:
-            ratio = new.mean_latency_s / base.mean_latency_s
-            if ratio > bounds.max_latency_ratio:
-                return f"mean latency {ratio:.2f}x the base's > {bounds.max_latency_ratio:g}x"
+    def _breach(self, new: Window, base: Window) -> str | None:
+        return breach(self._bounds, new, base)
+
+
+def breach(bounds: RolloutSettings, new: Window, base: Window) -> str | None:
+    """Why ``new`` is out of bounds against ``base`` (None: it is not, or it has too
+    few requests to judge yet). The TTFT p99s are compared once each side has
+    ``min_requests`` TTFTs."""
+    if new.requests < bounds.min_requests:
         return None
+    if new.error_rate > bounds.max_error_rate:
+        return (f"error rate {new.error_rate:.1%} over {new.requests} requests > "
+                f"{bounds.max_error_rate:.1%}")
+    new_p99, base_p99 = new.ttft_p99_s, base.ttft_p99_s
+    if new_p99 is None or base_p99 is None \
+            or min(new.ttft_samples, base.ttft_samples) < bounds.min_requests:
+        return None
+    limit = base_p99 * bounds.max_ttft_p99_ratio + bounds.ttft_p99_slack_s
+    if new_p99 > limit:
+        return (f"TTFT p99 {new_p99 * 1000:.0f} ms > {bounds.max_ttft_p99_ratio:g} x the "
+                f"base's {base_p99 * 1000:.0f} ms + {bounds.ttft_p99_slack_s * 1000:.0f} ms")
+    return None
