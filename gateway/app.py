@@ -143,12 +143,14 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 max_answer_bytes=settings.max_answer_bytes, wait_s=settings.timeouts.total_s)
             stack.push_async_callback(mirror.aclose)
             version_admin = VersionService(versions)
-            rollouts = Rollouts(version_admin, versions, state.measurements,
+            rollouts = Rollouts(version_admin, versions, state.measurements, state.rollouts,
                                 settings.versions.rollout)
             stack.push_async_callback(rollouts.aclose)
             await versions.seed()
             stack.push_async_callback(
                 _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(rollouts.run_watch(), name="rollout-watch"))
             if redis is not None and isinstance(state.versions, RedisVersionPolicies):
                 watch = watch_versions(redis, state.versions.channel, versions.reload)
                 stack.push_async_callback(

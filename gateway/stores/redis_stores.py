@@ -17,6 +17,7 @@ from gateway.stores.redis_link import RedisLink
 from gateway.stores.redis_locks import RedisLocks
 from gateway.stores.redis_measurements import RedisMeasurements
 from gateway.stores.redis_placement import RedisAdapterPlacement
+from gateway.stores.redis_rollouts import RedisRollouts
 from gateway.stores.redis_versions import RedisVersionPolicies
 from gateway.stores.windows import RETENTION_S
 
@@ -40,7 +41,7 @@ async def redis_stores(settings: RedisSettings, metrics: GatewayMetrics, *,
     measurements = RedisMeasurements(link, metrics, retention_s=measure_retention_s,
                                      flush_s=settings.measure_flush_s)
     stores = Stores(counters, RedisCache(link, metrics), RedisAdapterPlacement(link, metrics),
-                    RedisVersionPolicies(link, metrics), measurements,
+                    RedisVersionPolicies(link, metrics), measurements, RedisRollouts(link),
                     locks=RedisLocks(link, metrics))
     try:
         await link.probe()

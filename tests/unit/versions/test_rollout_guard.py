@@ -9,17 +9,18 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from gateway.pipeline.context import CHAT, RequestContext
 from gateway.stores import Window
-from gateway.stores.memory import MemoryMeasurements, MemoryVersionPolicies
+from gateway.stores.memory import MemoryMeasurements, MemoryRollouts, MemoryVersionPolicies
 from gateway.stores.windows import Counts
 from gateway.versions import VersionRouter, VersionsSettings
 from gateway.versions.config import RolloutSettings
-from gateway.versions.rollout import Rollouts, breach
+from gateway.versions.rollout import Rollouts, breach, public
 from gateway.versions.service import VersionService
 from gateway.versions.stats import VersionMeasure
 
@@ -82,18 +83,19 @@ async def traffic(measurements: MemoryMeasurements, v2_ttft_s: float
             await task
 
 
-async def rollout_with(v2_ttft_s: float) -> dict[str, object]:
+async def rollout_with(v2_ttft_s: float) -> dict[str, Any]:
     settings = VersionsSettings.model_validate({"aliases": {"chat": ALIAS}})
     router = VersionRouter(settings, MemoryVersionPolicies(), lambda _: True)
     await router.seed()
     measurements = MemoryMeasurements()
     bounds = BOUNDS.model_copy(update={"check_interval_s": 0.02})
-    rollouts = Rollouts(VersionService(router), router, measurements, bounds)
-    async with traffic(measurements, v2_ttft_s):
-        rollout = await rollouts.start("chat", "v2", [10, 50, 100], 0.1)
-        assert rollout.task is not None
-        await asyncio.wait_for(rollout.task, 30)
-    shown = rollout.public()
+    rollouts = Rollouts(VersionService(router), router, measurements, MemoryRollouts(),
+                        bounds)
+    async with traffic(measurements, v2_ttft_s), asyncio.timeout(30):
+        await rollouts.start("chat", "v2", [10, 50, 100], 0.1)
+        while rollouts.driving("chat"):  # noqa: ASYNC110 - the driver is a task of its own
+            await asyncio.sleep(0.01)
+    shown = public(await rollouts.get("chat"))
     shown["applied"] = router.policy("chat").weights
     return shown
 
