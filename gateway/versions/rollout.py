@@ -112,6 +112,7 @@ class Rollouts:
         self.replica = replica or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         """This replica's id, as a rollout's ``owner`` (the process id first)."""
         self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._watch_failed = False
 
     @property
     def lease_s(self) -> float:
@@ -192,11 +193,17 @@ class Rollouts:
                 if record is None or record.state != "running":
                     await self._records.release(alias, self.replica)
                     continue
-            except SluiceError as exc:
-                log.warning("rollout watch of %s: %s", alias, exc.message)
-                continue
+            except SluiceError as exc:  # the store is out of reach: once per outage
+                if not self._watch_failed:
+                    log.warning("rollout watch failed (until the store answers): %s",
+                                exc.message)
+                self._watch_failed = True
+                return taken
             taken.append(alias)
             self._spawn(record, resumed=True)
+        if self._watch_failed:
+            log.info("rollout watch: the store answers again")
+            self._watch_failed = False
         return taken
 
     async def run_watch(self) -> None:
