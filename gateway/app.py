@@ -64,7 +64,7 @@ from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
 from gateway.versions.shadow import ShadowMirror
-from gateway.versions.stats import VersionStats
+from gateway.versions.stats import VersionMeasure
 from gateway.websocket.realtime import RealtimeRelay
 
 
@@ -119,10 +119,13 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             if stores is not None:
                 state = stores
             elif settings.redis.url:
-                shared = await stack.enter_async_context(redis_stores(settings.redis, metrics))
+                shared = await stack.enter_async_context(redis_stores(
+                    settings.redis, metrics,
+                    measure_retention_s=settings.versions.measure_retention_s))
                 state, redis = shared.stores, shared.link
             else:
-                state = memory_stores(settings.cache)
+                state = memory_stores(
+                    settings.cache, measure_retention_s=settings.versions.measure_retention_s)
             if keys is not None:
                 key_service = keys
             elif redis is not None:
@@ -144,12 +147,15 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 text_chars=settings.versions.shadow_text_chars,
                 text_threshold=settings.versions.shadow_text_threshold)
             stack.push_async_callback(mirror.aclose)
-            version_admin, stats = VersionService(versions), VersionStats()
-            rollouts = Rollouts(version_admin, versions, stats, settings.versions.rollout)
+            version_admin = VersionService(versions)
+            rollouts = Rollouts(version_admin, versions, state.measurements, state.rollouts,
+                                settings.versions.rollout)
             stack.push_async_callback(rollouts.aclose)
             await versions.seed()
             stack.push_async_callback(
                 _cancel, asyncio.create_task(versions.run_reconcile(), name="versions"))
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(rollouts.run_watch(), name="rollout-watch"))
             if redis is not None and isinstance(state.versions, RedisVersionPolicies):
                 watch = watch_versions(redis, state.versions.channel, versions.reload)
                 stack.push_async_callback(
@@ -164,7 +170,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, connector, Admission(settings.admission, state.counters),
                 _caching(settings, state, metrics), drain, metrics, settings.resilience,
                 max_event_bytes=settings.max_event_bytes, keys=key_service,
-                versions=versions, hooks=[mirror.finished, stats.record])
+                versions=versions,
+                hooks=[mirror.finished, VersionMeasure(state.measurements).record])
             yield {
                 "settings": settings,
                 "metrics": metrics,

@@ -199,5 +199,6 @@ def rollout(alias: str,
 
 @versions_app.command("rollout-status")
 def rollout_status(alias: str, url: UrlOption = DEFAULT_URL, token: TokenOption = "") -> None:
-    """The alias's latest rollout (on the replica asked) and every decision."""
+    """The alias's latest rollout and every decision (any replica answers: rollouts
+    live in the shared store)."""
     _print(call(url, token, "GET", f"/admin/versions/{alias}/rollout"))

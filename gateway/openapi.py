@@ -122,10 +122,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Start a guarded progressive rollout (202; admin token)", "admin", "RolloutRequest",
         "Rollout"),
     ("get", "/admin/versions/{alias}/rollout"): Operation(
-        "The alias's latest rollout on this replica and every decision (admin token)",
+        "The alias's latest rollout and every decision, from the store (admin token)",
         "admin", response="Rollout"),
     ("delete", "/admin/versions/{alias}/rollout"): Operation(
-        "Stop the alias's running rollout where it is (admin token)", "admin",
+        "Cancel the alias's running rollout where it is, whichever replica drives it "
+        "(admin token)", "admin",
         response="Rollout"),
     ("get", "/"): Operation("The playground: a chat page (HTML)", "playground",
                             response="Text"),
@@ -271,8 +272,29 @@ def _schemas() -> dict[str, Any]:
         "Rollout": {"type": "object", "properties": {
             "alias": {"type": "string"}, "to": {"type": "string"}, "base": {"type": "string"},
             "steps": {"type": "array", "items": {"type": "number"}},
-            "hold_s": {"type": "number"}, "state": {"type": "string"},
-            "before": _ref("Policy"), "decisions": {"type": "array", "items": _OBJECT}}},
+            "hold_s": {"type": "number"}, "state": {"type": "string", "description":
+                "running, done, rolled_back, superseded, cancelled or failed"},
+            "before": _ref("Policy"), "step": {"type": "integer"},
+            "step_started_at": {"type": "number", "description": "epoch seconds: the "
+                                "current step's hold began"},
+            "owner": {"type": "string", "description": "the replica driving it (or that "
+                      "drove it last): its process id, a dash, a random suffix"},
+            "decisions": {"type": "array", "items": _ref("RolloutDecision")}}},
+        "RolloutDecision": {"type": "object", "properties": {
+            "at": {"type": "number", "description": "epoch seconds"},
+            "step": {"type": "integer"}, "percent": {"type": "number"},
+            "action": {"type": "string", "description": "step, promote, extend, breach, "
+                       "rollback, resume, superseded, done, cancelled or failed"},
+            "reason": {"type": "string"}, "new": _ref("VersionFigures"),
+            "base": _ref("VersionFigures")}},
+        "VersionFigures": {
+            "type": "object", "description": "A version's requests over the step's hold so "
+            "far, through every replica (empty on decisions made without figures)",
+            "properties": {
+                "requests": {"type": "integer"}, "errors": {"type": "integer"},
+                "error_rate": {"type": "number"},
+                "ttft_p50_s": {"type": ["number", "null"]},
+                "ttft_p99_s": {"type": ["number", "null"]}}},
         "AliasList": {"type": "object", "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Alias")}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {

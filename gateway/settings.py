@@ -228,8 +228,8 @@ class CacheSettings(BaseModel):
 class RedisSettings(BaseModel):
     """The shared state store. An empty ``url`` keeps every store in memory (one
     gateway); a ``redis://`` (or ``rediss://``, ``unix://``) URL shares admission
-    counts, the response cache, adapter placement and version policies between every
-    replica pointed at it.
+    counts, the response cache, adapter placement, version policies and per-version
+    measurements between every replica pointed at it.
 
     With a URL, managed API keys and their RPM/TPM windows live there too. While Redis
     is down a managed key this replica has looked up before (one of the last
@@ -269,6 +269,9 @@ class RedisSettings(BaseModel):
         default=10_000, ge=0, description="managed keys whose last read record this replica "
                                           "keeps (LRU) to authenticate them while Redis is "
                                           "down; 0: none (every managed key is then a 503)")
+    measure_flush_s: float = Field(
+        default=0.5, gt=0, le=60, description="each replica adds the per-version "
+                                              "measurements it counted to Redis this often")
 
     @field_validator("url")
     @classmethod

@@ -41,8 +41,8 @@ API_KEY = "sk-bench-0123456789abcdef"
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 MODELS = {"v1": "sim-a", "v2": "sim-b"}
 SIM = {"prefill_base_ms": 5.0, "decode_step_ms": 5.0, "max_num_seqs": 1024}
-BOUNDS = {"max_error_rate": 0.05, "max_latency_ratio": 2.0, "min_requests": 20,
-          "check_interval_s": 0.25, "max_hold_factor": 3}
+BOUNDS = {"max_error_rate": 0.05, "max_ttft_p99_ratio": 1.5, "ttft_p99_slack_s": 0.05,
+          "min_requests": 20, "check_interval_s": 0.25, "max_hold_factor": 3}
 """The README's default bounds, checked every 250 ms instead of every second."""
 
 

@@ -5,7 +5,7 @@
 ``GET .../history`` lists earlier policies, newest first; ``PUT /admin/versions/{alias}``
 replaces the policy in one write; ``POST .../rollback`` restores the previous one;
 ``POST .../rollout`` starts a guarded rollout (202), ``GET`` shows it with its
-decisions, ``DELETE`` stops it.
+decisions, ``DELETE`` stops it (any replica: rollouts live in the store).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gateway.protocol import (
 )
 from gateway.routes.admin import check_admin_token, json_response
 from gateway.stores import VersionPolicy
-from gateway.versions.rollout import Rollouts
+from gateway.versions.rollout import Rollouts, public
 from gateway.versions.service import VersionService
 
 
@@ -73,16 +73,16 @@ async def start_rollout(request: Request) -> Response:
     spec = validate(RolloutRequest, parse_body(await request.body()))
     started = await rollouts.start(request.path_params["alias"], spec.to, spec.steps,
                                    spec.hold_s, spec.base)
-    return json_response(started.public(), status_code=202)
+    return json_response(public(started), status_code=202)
 
 
 async def show_rollout(request: Request) -> Response:
-    return json_response(_rollouts(request).get(request.path_params["alias"]).public())
+    return json_response(public(await _rollouts(request).get(request.path_params["alias"])))
 
 
 async def cancel_rollout(request: Request) -> Response:
     cancelled = await _rollouts(request).cancel(request.path_params["alias"])
-    return json_response(cancelled.public())
+    return json_response(public(cancelled))
 
 
 routes = [

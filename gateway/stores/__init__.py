@@ -13,9 +13,12 @@ from gateway.stores.protocols import (
     Locks,
     ResponseCache,
     Stores,
+    VersionMeasurements,
     VersionPolicies,
     VersionPolicy,
 )
+from gateway.stores.windows import Window
 
 __all__ = ["AdapterPlacement", "CachedResponse", "Counters", "Locks", "MemoryLocks",
-           "ResponseCache", "Stores", "VersionPolicies", "VersionPolicy", "memory_stores"]
+           "ResponseCache", "Stores", "VersionMeasurements", "VersionPolicies",
+           "VersionPolicy", "Window", "memory_stores"]

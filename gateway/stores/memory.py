@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from gateway.stores.protocols import CachedResponse, Stores, VersionPolicy
+from gateway.stores.protocols import (
+    CachedResponse,
+    Held,
+    RolloutRecord,
+    Stores,
+    VersionPolicy,
+)
+from gateway.stores.windows import RETENTION_S, Seconds, Window
 
 if TYPE_CHECKING:
     from gateway.settings import CacheSettings
@@ -147,8 +155,90 @@ class MemoryVersionPolicies:
         return previous
 
 
-def memory_stores(cache: CacheSettings | None = None) -> Stores:
+class MemoryMeasurements:
+    """Per-second measurements of this process's requests."""
+
+    def __init__(self, retention_s: float = RETENTION_S) -> None:
+        self.retention_s = retention_s
+        self._seconds = Seconds(retention_s)
+
+    def record(self, alias: str, version: str, *, at: float, error: bool,
+               ttft_s: float | None) -> None:
+        self._seconds.count(alias, version, at, error, ttft_s)
+
+    async def window(self, alias: str, version: str, since: int, until: int) -> Window:
+        return self._seconds.window(alias, version, since, until)
+
+
+class MemoryRollouts:
+    """Rollout records and their leases in one process (tests run several replicas'
+    rollouts over one)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._records: dict[str, RolloutRecord] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    def _holder(self, alias: str) -> str | None:
+        lease = self._leases.get(alias)
+        if lease is not None and self._clock() >= lease[1]:
+            del self._leases[alias]
+            lease = None
+        return None if lease is None else lease[0]
+
+    def _running(self, alias: str) -> RolloutRecord | None:
+        record = self._records.get(alias)
+        return record if record is not None and record.state == "running" else None
+
+    async def get(self, alias: str) -> RolloutRecord | None:
+        return self._records.get(alias)
+
+    async def start(self, record: RolloutRecord, owner: str, lease_s: float) -> bool:
+        if self._running(record.alias) is not None:
+            return False
+        self._records[record.alias] = replace(record, state="running")
+        self._leases[record.alias] = (owner, self._clock() + lease_s)
+        return True
+
+    async def update(self, record: RolloutRecord, owner: str, lease_s: float,
+                     decisions: Sequence[dict[str, Any]] = ()) -> Held:
+        alias, holder = record.alias, self._holder(record.alias)
+        if holder is not None and holder != owner:
+            return "lost"
+        current = self._running(alias)
+        if current is None:
+            return "stopped"
+        self._records[alias] = replace(record, decisions=(*current.decisions, *decisions))
+        if record.state == "running":
+            self._leases[alias] = (owner, self._clock() + lease_s)
+        else:
+            self._leases.pop(alias, None)
+        return "held"
+
+    async def cancel(self, alias: str, decision: dict[str, Any]) -> bool:
+        current = self._running(alias)
+        if current is None:
+            return False
+        self._records[alias] = replace(current, state="cancelled",
+                                       decisions=(*current.decisions, decision))
+        self._leases.pop(alias, None)
+        return True
+
+    async def take(self, alias: str, owner: str, lease_s: float) -> bool:
+        if self._running(alias) is None or self._holder(alias) is not None:
+            return False
+        self._leases[alias] = (owner, self._clock() + lease_s)
+        return True
+
+    async def release(self, alias: str, owner: str) -> None:
+        if self._holder(alias) == owner:
+            del self._leases[alias]
+
+
+def memory_stores(cache: CacheSettings | None = None, *,
+                  measure_retention_s: float = RETENTION_S) -> Stores:
     """Fresh in-memory stores (one set per app); ``cache`` bounds the response cache."""
     store = MemoryCache() if cache is None else MemoryCache(cache.max_entries, cache.max_bytes)
     return Stores(MemoryCounters(), store, MemoryAdapterPlacement(),
-                  MemoryVersionPolicies())
+                  MemoryVersionPolicies(), MemoryMeasurements(measure_retention_s),
+                  MemoryRollouts())

@@ -1,15 +1,19 @@
-"""The store protocols: counters, response cache, adapter placement, version policies.
+"""The store protocols: counters, response cache, adapter placement, version policies,
+per-version measurements and guarded rollouts.
 
 They are async because a shared backend answers over the network; nothing on the
-per-token path calls them (a request touches them on arrival and when it ends).
+per-token path calls them (a request touches them on arrival and when it ends; the
+measurements of a finished request are counted locally and shared in batches).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from gateway.errors import SluiceError
+from gateway.stores.windows import Window
 
 
 class Counters(Protocol):
@@ -103,12 +107,97 @@ class VersionPolicies(Protocol):
         ...
 
 
+class VersionMeasurements(Protocol):
+    """Requests, server errors and a TTFT histogram per (alias, version) and whole
+    second (see :mod:`gateway.stores.windows`), kept ``retention_s``: what a guarded
+    rollout judges a version by. Every replica's requests count, whichever judges."""
+
+    retention_s: float
+
+    def record(self, alias: str, version: str, *, at: float, error: bool,
+               ttft_s: float | None) -> None:
+        """Count one request that ended at ``at`` (epoch seconds); ``ttft_s`` is None
+        when it failed before its first byte. Local and synchronous: no I/O."""
+        ...
+
+    async def window(self, alias: str, version: str, since: int, until: int) -> Window:
+        """The version's figures over the seconds ``[since, until)`` (epoch seconds)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """A guarded rollout as the store keeps it: the plan, where it stands, and its
+    decisions (JSON objects, oldest first)."""
+
+    alias: str
+    to: str
+    base: str
+    steps: tuple[float, ...]
+    hold_s: float
+    before: VersionPolicy
+    """The policy before the rollout: what a rollback restores."""
+    started_at: float
+    state: str = "running"
+    """``running``, ``done``, ``rolled_back``, ``superseded``, ``cancelled``, ``failed``."""
+    step: int = 0
+    step_started: float = 0.0
+    """When the current step's split was written (epoch seconds): its hold's start."""
+    written: VersionPolicy | None = None
+    """The split the rollout wrote last."""
+    owner: str = ""
+    """The replica that drives it (or drove it last)."""
+    decisions: tuple[dict[str, Any], ...] = ()
+
+
+Held = Literal["held", "lost", "stopped"]
+"""What an owner's update found: its lease held (the update was written), another
+replica holds the lease (nothing written), or the rollout is no longer running (it was
+cancelled: nothing written)."""
+
+
+class RolloutRecords(Protocol):
+    """Each alias's latest guarded rollout, and the lease on driving it. A running
+    rollout has one driver: the replica holding its lease (``lease_s``, renewed by
+    every update); a replica that finds the lease lapsed takes it and resumes."""
+
+    async def get(self, alias: str) -> RolloutRecord | None: ...
+
+    async def start(self, record: RolloutRecord, owner: str, lease_s: float) -> bool:
+        """Store ``record`` (running) as its alias's rollout, leased to ``owner``, in
+        one step; False (nothing stored) while a rollout of the alias is running."""
+        ...
+
+    async def update(self, record: RolloutRecord, owner: str, lease_s: float,
+                     decisions: Sequence[dict[str, Any]] = ()) -> Held:
+        """Write ``record``'s state and progress, append ``decisions`` and renew the
+        lease (end it when the state is no longer ``running``): if the stored rollout is
+        still running and no other replica holds its lease (``owner``'s own lease that
+        lapsed unseen is taken back)."""
+        ...
+
+    async def cancel(self, alias: str, decision: dict[str, Any]) -> bool:
+        """Mark the running rollout cancelled (its owner stops at its next check);
+        False when none is running."""
+        ...
+
+    async def take(self, alias: str, owner: str, lease_s: float) -> bool:
+        """Take the lease of the alias's running rollout if nobody holds it."""
+        ...
+
+    async def release(self, alias: str, owner: str) -> None:
+        """Give the lease back, if ``owner`` holds it (the rollout stays running)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Stores:
     counters: Counters
     cache: ResponseCache
     adapters: AdapterPlacement
     versions: VersionPolicies
+    measurements: VersionMeasurements
+    rollouts: RolloutRecords
     locks: Locks | None = None
     """Shared leases for coalescing across replicas; None for one gateway alone (its
     own flights coalesce identical requests)."""

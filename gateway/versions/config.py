@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.stores import VersionPolicy
+from gateway.stores.windows import RETENTION_S
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Alias and version names: they are metric label values and header values."""
@@ -92,19 +94,28 @@ class AliasSettings(BaseModel):
 
 
 class RolloutSettings(BaseModel):
-    """The bounds a guarded rollout holds the new version to at every step (compared
-    with the version it replaces over the same hold)."""
+    """The bounds a guarded rollout holds the new version to at every step, over the
+    step's hold so far, compared with the version it replaces over the same window
+    (every replica's requests: see :class:`~gateway.stores.VersionMeasurements`).
+
+    A breach is a server-error share above ``max_error_rate``, or a TTFT p99 above
+    ``max_ttft_p99_ratio`` times the base's plus ``ttft_p99_slack_s`` (the slack keeps
+    a base of a few milliseconds from turning noise into a breach)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_error_rate: float = Field(
         default=0.05, ge=0, le=1, description="share of the new version's requests that "
                                               "may end in a server error (5xx)")
-    max_latency_ratio: float = Field(
-        default=2.0, gt=1, description="its mean latency over the old version's, at most")
+    max_ttft_p99_ratio: float = Field(
+        default=1.5, ge=1, description="its TTFT p99 over the base version's, at most "
+                                       "(plus ttft_p99_slack_s)")
+    ttft_p99_slack_s: float = Field(
+        default=0.05, ge=0, description="seconds of TTFT p99 allowed beyond the ratio")
     min_requests: int = Field(
         default=20, ge=1, description="requests the new version must serve in a hold "
-                                      "before it is judged")
+                                      "before it is judged (and TTFTs each side must have "
+                                      "before their p99s are compared)")
     check_interval_s: float = Field(
         default=1.0, gt=0, description="how often the bounds are checked during a hold "
                                        "(a breach rolls back at once)")
@@ -112,6 +123,15 @@ class RolloutSettings(BaseModel):
         default=3.0, ge=1, description="a hold without min_requests is extended up to this "
                                        "many holds, then rolled back (too little traffic "
                                        "to judge)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_latency_ratio" in data:
+            raise ValueError("max_latency_ratio was replaced by max_ttft_p99_ratio (and "
+                             "ttft_p99_slack_s): the guard compares TTFT p99s, not mean "
+                             "latencies")
+        return data
 
 
 class VersionsSettings(BaseModel):
@@ -125,6 +145,11 @@ class VersionsSettings(BaseModel):
         description="every this often each replica re-reads every alias's policy from the "
                     "store (a backstop for a missed change notification)")
     rollout: RolloutSettings = RolloutSettings()
+    measure_retention_s: float = Field(
+        default=RETENTION_S, ge=60, le=7 * 86400,
+        description="per-version measurements (requests, errors, TTFT per second) are kept "
+                    "this long, in memory or in Redis; a rollout's hold_s x "
+                    "max_hold_factor must fit in it")
     shadow_max_in_flight: int = Field(
         default=16, ge=1, description="mirrored requests running at once (per replica); "
                                       "past it a request is not mirrored")

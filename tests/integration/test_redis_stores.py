@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -17,6 +19,7 @@ from gateway.stores import CachedResponse, VersionPolicy
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_counters import RedisCounters
 from gateway.stores.redis_link import RedisLink
+from gateway.stores.redis_measurements import RedisMeasurements
 from gateway.stores.redis_stores import RedisState, redis_stores
 from gateway.stores.redis_versions import watch_versions
 from tests.integration.helpers import wait_until
@@ -163,6 +166,88 @@ async def test_policy_changes_reach_other_replicas(replica: Replica) -> None:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_measurements_of_every_replica_add_up_in_batches(replica: Replica) -> None:
+    (a, _), (b, _) = await replica(measure_flush_s=0.1), await replica(measure_flush_s=0.1)
+    now = math.floor(time.time())
+    before = await _command_calls(a, "hincrby")
+    for _ in range(1000):  # one request each: counted locally, no Redis call
+        a.stores.measurements.record("chat", "v2", at=now, error=False, ttft_s=0.05)
+    for _ in range(20):  # 2 % of the TTFTs: the p99 is among them
+        b.stores.measurements.record("chat", "v2", at=now, error=False, ttft_s=3.0)
+    b.stores.measurements.record("chat", "v2", at=now, error=True, ttft_s=None)
+
+    async def both_counted() -> bool:
+        window = await a.stores.measurements.window("chat", "v2", now, now + 1)
+        return window.requests == 1021
+
+    await _until(both_counted)
+    window = await a.stores.measurements.window("chat", "v2", now, now + 1)
+    assert window.errors == 1
+    assert window.ttft_p99_s == pytest.approx(3.0, rel=0.15)  # b's slow tail, read by a
+    # One HINCRBY per second, kind and bucket: 1021 requests took at most a handful.
+    assert await _command_calls(a, "hincrby") - before <= 6
+    ttl = await a.link.client.ttl(a.link.key("measure", "chat", "v2", str(now // 60)))
+    assert 0 < ttl <= a.stores.measurements.retention_s + 60
+
+
+async def test_measurements_ride_out_an_outage(redis_server: RedisServer,
+                                               replica: Replica) -> None:
+    (a, metrics), (b, _) = await replica(measure_flush_s=0.1), await replica()
+    now = math.floor(time.time())
+    measurements = a.stores.measurements
+    measurements.record("chat", "v2", at=now - 2, error=False, ttft_s=0.1)
+    await _until(lambda: _eq(_requests(b, now - 2, now), 1))
+
+    redis_server.kill()
+    await _until(lambda: _async(not a.link.up))
+    for _ in range(5):
+        measurements.record("chat", "v2", at=now - 1, error=True, ttft_s=None)
+    await asyncio.sleep(0.3)  # flushes fail meanwhile; the counts are kept
+    assert isinstance(measurements, RedisMeasurements)
+    assert measurements.pending == 1
+    own = await measurements.window("chat", "v2", now - 2, now)  # this replica's own
+    assert (own.requests, own.errors) == (6, 5)
+    assert _sample(metrics, "sluice_redis_bypassed_total", store="measurements") == 1
+
+    redis_server.start()  # empty: the restart lost the first flush
+    await _until(lambda: _eq(_requests(b, now - 2, now), 5))
+    assert measurements.pending == 0
+    shared = await b.stores.measurements.window("chat", "v2", now - 2, now)
+    assert shared.errors == 5
+
+
+async def test_unflushed_measurements_are_kept_only_within_their_retention(
+        redis_server: RedisServer) -> None:
+    clock = [1000.0]
+    link = RedisLink(RedisSettings(url=redis_server.url, **FAST), GatewayMetrics())
+    try:  # never probed: down, every flush fails at once
+        measurements = RedisMeasurements(link, GatewayMetrics(), retention_s=60,
+                                         flush_s=0.1, clock=lambda: clock[0])
+        measurements.record("chat", "v2", at=1000.0, error=False, ttft_s=0.1)
+        await measurements.flush()
+        measurements.record("chat", "v2", at=1030.0, error=False, ttft_s=0.1)
+        await measurements.flush()
+        assert measurements.pending == 2
+        clock[0] = 1075.0  # the first second is past its retention
+        await measurements.flush()
+        assert measurements.pending == 1
+        assert await link.probe()
+        await measurements.flush()
+        assert measurements.pending == 0
+        assert (await measurements.window("chat", "v2", 900, 1100)).requests == 1
+    finally:
+        await link.aclose()
+
+
+async def _requests(state: RedisState, since: int, until: int) -> int:
+    return (await state.stores.measurements.window("chat", "v2", since, until)).requests
+
+
+async def _command_calls(state: RedisState, command: str) -> int:
+    stats = await state.link.client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_a_gateway_starts_while_redis_is_down(redis_server: RedisServer) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from gateway.metrics import GatewayMetrics
 from gateway.settings import RedisSettings
 from gateway.stores import CachedResponse, Stores, VersionPolicy, memory_stores
+from gateway.stores.protocols import RolloutRecord
 from gateway.stores.redis_stores import redis_stores
+from tests.integration.helpers import wait_until
 from tests.redis_server import RedisServer
 
 
@@ -92,3 +97,75 @@ async def test_version_policies_keep_a_history_and_roll_back(stores: Stores) -> 
     history = await versions.history("big")
     assert len(history) == 20
     assert history[0] == VersionPolicy(weights={"v23": 1.0})
+
+
+async def test_measurements_sum_a_window_of_whole_seconds(stores: Stores) -> None:
+    measurements = stores.measurements
+    now = math.floor(time.time())
+    for n in range(100):
+        measurements.record("chat", "v2", at=now - 5 + n / 100, error=n < 3,
+                            ttft_s=None if n < 3 else (2.0 if n >= 97 else 0.05))
+    measurements.record("chat", "v2", at=now - 10, error=True, ttft_s=None)  # before
+    measurements.record("chat", "v2", at=now, error=True, ttft_s=None)  # at until: after
+    measurements.record("chat", "v1", at=now - 5, error=False, ttft_s=9.0)  # another
+
+    async def counted() -> bool:  # a shared backend adds them in batches
+        return (await measurements.window("chat", "v2", now - 5, now)).requests == 100
+
+    await wait_until(counted, "the measurements to be counted", timeout_s=10)
+    measured = await measurements.window("chat", "v2", now - 5, now)
+    assert (measured.errors, measured.ttft_samples) == (3, 97)
+    p50, p99 = measured.ttft_p50_s, measured.ttft_p99_s
+    assert p50 is not None
+    assert p99 is not None
+    assert p50 == pytest.approx(0.05, rel=0.15)
+    assert p99 == pytest.approx(2.0, rel=0.15)
+    assert (await measurements.window("chat", "v2", now - 11, now)).errors == 4
+    assert (await measurements.window("chat", "v2", now - 4, now)).requests == 0
+    assert (await measurements.window("chat", "v2", now - 4, now + 1)).requests == 1
+    assert (await measurements.window("chat", "v1", now - 5, now)).requests == 1
+
+
+async def test_rollouts_start_once_and_have_one_driver_at_a_time(stores: Stores) -> None:
+    rollouts = stores.rollouts
+    before = VersionPolicy(weights={"v1": 1.0}, shadow={"v3": 0.5})
+    first = RolloutRecord("chat", "v2", "v1", (10.0, 100.0), 60.0, before, started_at=5.0,
+                          step_started=5.5, written=VersionPolicy({"v1": 90.0, "v2": 10.0}),
+                          owner="a", decisions=({"action": "step", "step": 0},))
+    assert await rollouts.get("chat") is None
+    assert await rollouts.start(first, "a", 30)
+    assert not await rollouts.start(first, "b", 30)  # one is running
+    assert await rollouts.get("chat") == first
+
+    second = replace(first, step=1, step_started=9.25, written=VersionPolicy({"v2": 100.0}))
+    promote = {"action": "promote", "step": 0, "new": {"ttft_p99_s": 0.1}}
+    assert await rollouts.update(second, "b", 30, [promote]) == "lost"  # a holds it
+    assert await rollouts.update(second, "a", 30, [promote]) == "held"
+    assert await rollouts.get("chat") == replace(second, decisions=(*first.decisions, promote))
+    assert not await rollouts.take("chat", "b", 30)
+
+    cancelled = {"action": "cancelled", "step": 1}
+    assert await rollouts.cancel("chat", cancelled)
+    stored = await rollouts.get("chat")
+    assert stored is not None
+    assert (stored.state, stored.decisions[-1]) == ("cancelled", cancelled)
+    assert await rollouts.update(second, "a", 30) == "stopped"  # its driver stops
+    assert not await rollouts.cancel("chat", cancelled)
+    assert not await rollouts.take("chat", "b", 30)
+
+    again = replace(first, decisions=())
+    assert await rollouts.start(again, "b", 0.05)  # the lease of a replica that dies
+    assert (await rollouts.get("chat")) == again  # the old decisions are gone
+
+    async def taken() -> bool:
+        return await rollouts.take("chat", "a", 30)
+
+    await wait_until(taken, "the lapsed lease to be taken", timeout_s=10)
+    assert await rollouts.update(again, "b", 30) == "lost"
+    await rollouts.release("chat", "b")  # not b's: nothing happens
+    assert not await rollouts.take("chat", "b", 30)
+    await rollouts.release("chat", "a")
+    assert await rollouts.take("chat", "b", 30)
+    assert await rollouts.update(replace(again, state="done"), "b", 30) == "held"
+    assert not await rollouts.take("chat", "a", 30)  # no longer running
+    assert await rollouts.start(first, "a", 30)

@@ -6,74 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import httpx
-import pytest
-import yaml
 
-from loadtests.launch import free_port
 from simulator import SimConfig
+from tests.integration.conftest import ServeGateway
 from tests.integration.helpers import gateway_metric, sim_received, wait_until
 from tests.integration.test_versions import ADMIN_TOKEN, BODY, KEY, MODELS, STATIC_KEY
 from tests.redis_server import RedisServer
 
-Serve = Callable[..., Awaitable[str]]
 CHANGES = 20
 CANARY_REQUESTS = 5000
 
 
-@pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
-    """``await serve(engines, redis_url, **settings)``: a gateway process, ready; its URL."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    async def start(engines: list[str], redis: str, **overrides: Any) -> str:
-        port = free_port()
-        config = tmp_path / f"gateway-{port}.yaml"
-        config.write_text(yaml.safe_dump({
-            "port": port, "default_engine": False, "access_log": False,
-            "engines": [{"name": f"e{i}", "url": url} for i, url in enumerate(engines)],
-            "redis": {"url": redis}, **overrides}))
-        process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-
-        async def ready() -> bool:
-            try:
-                async with httpx.AsyncClient(timeout=2) as http:
-                    return (await http.get(url + "/ready")).status_code == 200
-            except httpx.TransportError:
-                return process.poll() is not None
-
-        await wait_until(ready, "the gateway to be ready", timeout_s=30)
-        assert process.poll() is None, "the gateway exited"
-        return url
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-
-
 async def test_a_canary_set_through_one_gateway_is_applied_by_the_other(
-        redis_server: RedisServer, start_sim, serve: Serve) -> None:
+        redis_server: RedisServer, start_sim, serve_gateway: ServeGateway) -> None:
     sims = [await start_sim(SimConfig(model=model)) for model in MODELS.values()]
     settings = {"admin": {"token": ADMIN_TOKEN}, "api_keys": [STATIC_KEY], "versions": {
         "reconcile_s": 30,  # long: what is measured is the notification
         "aliases": {"chat": {"versions": {n: {"model": m} for n, m in MODELS.items()},
                              "weights": {"v1": 100}}}}}
-    first, second = [await serve(sims, redis_server.url, **settings) for _ in range(2)]
+    first, second = [await serve_gateway(sims, redis_server.url, **settings)
+                     for _ in range(2)]
     delays: list[float] = []
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with httpx.AsyncClient(timeout=10, headers=admin) as http:
@@ -112,7 +69,7 @@ async def _applied(http: httpx.AsyncClient, url: str, weights: dict[str, float])
 
 
 async def test_a_ten_percent_canary_over_5000_requests_through_two_gateways(
-        redis_server: RedisServer, start_sim, serve: Serve) -> None:
+        redis_server: RedisServer, start_sim, serve_gateway: ServeGateway) -> None:
     """Each request has an id of its own (the canary's split is a hash of it), the same
     on every run; they alternate between the gateways, 32 at a time. The client is
     aiohttp's: httpx took about 4 ms of CPU per request here (aiohttp 0.5 ms), which on
@@ -122,7 +79,7 @@ async def test_a_ten_percent_canary_over_5000_requests_through_two_gateways(
     settings = {"api_keys": [STATIC_KEY], "versions": {"aliases": {"chat": {
         "versions": {n: {"model": m} for n, m in MODELS.items()},
         "weights": {"v1": 90, "v2": 10}}}}}
-    gateways = [await serve(sims, redis_server.url, **settings) for _ in range(2)]
+    gateways = [await serve_gateway(sims, redis_server.url, **settings) for _ in range(2)]
     limit = asyncio.Semaphore(32)
 
     async def one(http: aiohttp.ClientSession, n: int) -> tuple[str, str]:
