@@ -18,7 +18,7 @@ from gateway.stores.protocols import (
 from gateway.stores.windows import RETENTION_S, Seconds, Window
 
 if TYPE_CHECKING:
-    from gateway.settings import CacheSettings
+    from gateway.state_settings import CacheSettings
 
 
 class MemoryCounters:

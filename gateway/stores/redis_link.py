@@ -23,7 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores.protocols import StoreUnavailable
 
 log = logging.getLogger("sluice.redis")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores.protocols import Stores
 from gateway.stores.redis_cache import RedisCache
 from gateway.stores.redis_counters import RedisCounters

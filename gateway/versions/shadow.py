@@ -11,7 +11,8 @@ the client and nothing the client waits for waits on it. At most
 
 A copy whose status differs diverges for that ``reason`` alone (an error has no tokens
 or text to compare). When both answered 200, the completion tokens and the texts are
-compared apart: each that differs counts once under its reason (``tokens``, ``text``).
+compared apart: each that differs counts once under its reason (``tokens``, ``text``;
+tokens only when the client's are known: an answer from the cache has no usage).
 Texts are compared on their first ``shadow_text_chars`` characters (the client's as the
 relay delivered it, streamed or not; the copy's from its JSON) by
 :func:`~gateway.versions.similarity.similarity`, observed in
@@ -173,7 +174,8 @@ def compare(mirror: Mirror, answer: Answer, threshold: float
     doc), and how alike their texts are (None: not compared)."""
     if answer.status != mirror.primary_status:
         return ["status"], None
-    reasons = [] if answer.tokens == mirror.primary_tokens else ["tokens"]
+    known = mirror.primary_tokens is not None  # an answer from the cache has no usage
+    reasons = ["tokens"] if known and answer.tokens != mirror.primary_tokens else []
     if answer.status != "200" or mirror.primary_text is None:
         return reasons, None
     alike = similarity(mirror.primary_text, answer.text)

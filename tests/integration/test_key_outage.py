@@ -17,7 +17,7 @@ from gateway.keys import KeyService, hash_key
 from gateway.keys.outage import LastKnownKeys
 from gateway.keys.redis import redis_keys
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores.redis_link import RedisLink
 from simulator import SimConfig
 from tests.conftest import StartGateway

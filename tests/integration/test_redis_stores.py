@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores import CachedResponse, VersionPolicy
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_counters import RedisCounters

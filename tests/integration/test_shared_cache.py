@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores import CachedResponse, Locks, MemoryLocks, ResponseCache, memory_stores
 from gateway.stores.redis_stores import redis_stores
 from loadtests.fleet import gateway_launch

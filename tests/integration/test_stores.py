@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores import CachedResponse, Stores, VersionPolicy, memory_stores
 from gateway.stores.protocols import RolloutRecord
 from gateway.stores.redis_stores import redis_stores

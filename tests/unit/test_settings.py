@@ -138,7 +138,8 @@ def test_admin_token_must_be_long_printable_and_single_worker() -> None:
 
 
 def test_redis_settings_default_to_memory_and_check_their_url() -> None:
-    from gateway.settings import RedisSettings, Settings
+    from gateway.settings import Settings
+    from gateway.state_settings import RedisSettings
 
     assert Settings().redis.url == ""
     assert RedisSettings().fail_open

@@ -12,7 +12,7 @@ import pytest
 from gateway.keys import WINDOW_S, Limits, MemoryRateLimiter, RateLimiter
 from gateway.keys.redis import RedisRateLimiter
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores.redis_link import RedisLink
 from tests.redis_server import RedisServer
 

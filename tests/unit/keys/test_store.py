@@ -10,7 +10,7 @@ import pytest
 from gateway.keys import ApiKey, KeyStore, MemoryKeyStore, hash_key
 from gateway.keys.redis import RedisKeyStore
 from gateway.metrics import GatewayMetrics
-from gateway.settings import RedisSettings
+from gateway.state_settings import RedisSettings
 from gateway.stores.redis_link import RedisLink
 from tests.redis_server import RedisServer
 

@@ -41,3 +41,11 @@ def test_the_threshold_decides_what_is_a_text_divergence() -> None:
 def test_an_unknown_text_or_a_shared_error_is_not_compared() -> None:
     assert compare(primary(text=None), Answer("200", 4, "x"), 0.9) == ([], None)
     assert compare(primary("503", None, None), Answer("503"), 0.9) == ([], None)
+
+
+def test_unknown_tokens_are_not_compared() -> None:
+    """A request answered from the cache has no usage: its copy's tokens differ from
+    nothing, and only the texts are compared."""
+    assert compare(primary(tokens=None), Answer("200", 4, "the same answer"), 0.9) == (
+        [], 1.0)
+    assert compare(primary(tokens=None), Answer("200", 4, "another"), 0.9)[0] == ["text"]
