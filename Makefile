@@ -71,7 +71,7 @@ bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM C
 bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
 	$(VENV)/bin/python -m loadtests.chaos.bench --out results/chaos
 
-bench-versions: gateway  ## guarded rollout timeline and shadow mirroring cost, 2 simulators
+bench-versions: gateway redis  ## guarded rollouts (2 gateways, 1 redis-server) and shadow cost
 	$(VENV)/bin/python -m loadtests.versions_bench --out results/versions_bench.json \
 		--plot docs/bench/rollout.png
 

@@ -9,7 +9,9 @@ period; ``kill`` is a crash. ``launched`` does all of it around an ``async with`
     async with launched(Launch(argv, url, log), ready_timeout_s=30) as process:
         ...
 
-Ports come from ``free_port``; every process runs in the repository root.
+``redis_server`` is a ``redis-server`` of the run's own, started and stopped the same way
+(ready once it answers ``PING``). Ports come from ``free_port``; every process runs in
+the repository root.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -150,6 +154,54 @@ async def launched(launch: Launch, *, ready_timeout_s: float, all_engines: bool 
         yield process
     finally:
         stop(process, grace_s)
+
+
+def redis_launch(log_dir: Path) -> Launch:
+    """``redis-server`` on a free port without persistence (``--save ''``,
+    ``--appendonly no``), working and logging in ``log_dir``; ``url`` is its
+    ``redis://`` URL. LaunchError when no ``redis-server`` is on the PATH."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise LaunchError("redis-server is not on the PATH")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--dir", str(log_dir)]
+    return Launch(argv, f"redis://{HOST}:{port}/0", log_dir / "redis.log")
+
+
+async def wait_pong(launch: Launch, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Send ``PING`` to the Redis at ``launch.url`` until it answers ``+PONG``;
+    LaunchError if the process exits first or ``timeout_s`` passes."""
+    port = urlsplit(launch.url).port
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"{launch.argv[:1]} exited with {process.returncode}"
+                              f"{_tail(launch.log)}")
+        with contextlib.suppress(OSError, TimeoutError):
+            reader, writer = await asyncio.open_connection(HOST, port)
+            try:
+                writer.write(b"PING\r\n")
+                if (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG"):
+                    return
+            finally:
+                writer.close()
+                await writer.wait_closed()
+        await asyncio.sleep(0.05)
+    raise LaunchError(f"{launch.url} not ready after {timeout_s:.0f} s{_tail(launch.log)}")
+
+
+@asynccontextmanager
+async def redis_server(log_dir: Path, *, ready_timeout_s: float = 10.0) -> AsyncIterator[str]:
+    """A ``redis-server`` of the run's own (``redis_launch``); yields its URL once it
+    answers; stopped (``stop``) when the block ends, and what it held is gone."""
+    launch = redis_launch(log_dir)
+    process = spawn(launch)  # creates log_dir, the log's folder
+    try:
+        await wait_pong(launch, process, ready_timeout_s)
+        yield launch.url
+    finally:
+        stop(process)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

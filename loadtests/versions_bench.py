@@ -1,18 +1,32 @@
-"""Version routing under load: a guarded rollout's timeline, and what shadow mirroring
+"""Version routing under load: guarded rollouts' timelines, and what shadow mirroring
 costs the client.
 
-Two simulator engines (``v1`` serves ``sim-a``, ``v2`` serves ``sim-b``) behind one
-``sluice serve`` process whose alias ``chat`` starts on v1.
-
-- **rollout**: steady client load (``--clients`` loops, non-streamed requests) while the
-  admin API runs a guarded rollout to v2, steps 10, 50, 100 with ``--hold`` seconds each:
-  (a) a healthy v2, (b) v2 with an injected error rate (``POST /sim/faults``). Every
-  request's end time, version (``x-sluice-version``) and status are recorded, with the
-  rollout's decisions; ``--plot`` gets the timeline (share on v2 and error rate per
-  second, decision markers).
+- **rollout**: two simulator engines (``v1`` serves ``sim-a``, ``v2`` serves ``sim-b``)
+  behind two ``sluice serve`` processes sharing a ``redis-server`` of the run's own; the
+  alias ``chat`` starts on v1. Steady client load (``--clients`` loops of non-streamed
+  requests, each loop alternating between the gateways) while a guarded rollout to v2,
+  steps 10, 50, 100 with ``--hold`` seconds each, is started through the first gateway
+  and polled through the second. The guard judges v2's error rate and TTFT p99 against
+  v1's over each hold, from the measurements both gateways share through Redis. Cases,
+  v2's simulator faults (``POST /sim/faults``) reset after each:
+  (a) ``healthy``: no fault; (b) ``failing``: ``error_rate`` ``--error-rate``;
+  (c) ``slow``: ``slow_token_ms`` ``--slow-token-ms`` added to every engine step of v2.
+  The load's requests are not streamed, so the TTFT the gateway measures (the engine's
+  first byte) is the whole answer: v2's grows by ``--tokens`` x that, 8 x 50 ms = 0.4 s
+  by default, against v1's 50 to 80 ms, about three times the default bound of 1.5 x
+  the base's + 50 ms. (At 150 ms a step, v2's answers take 1.3 s, the closed-loop
+  clients send it about 4 requests a second at 10 %, and with 2 s holds it was rolled
+  back for too few requests, 19 of 20 in 3 holds, before its TTFT was judged.)
+  (d) ``takeover``: a healthy v2, the gateway driving the
+  rollout is SIGKILLed after its first promotion (the load moved to the other gateway
+  just before) and the other takes it over (lease lapsed, ``resume``) and finishes. It
+  runs last: the killed gateway is not restarted. Every request's end time, version
+  (``x-sluice-version``), status and gateway are recorded, with the rollout's decisions
+  and its ``owner``; ``--plot`` gets the timelines (share on v2 and error rate per
+  second, decision markers), one panel per case.
 - **shadow**: client TTFT (streamed requests) with no mirror and with a 100 % mirror to
   v2 on a slower simulator (``--shadow-decode-ms`` per token), alternating rounds, plus
-  the ``sluice_shadow_*`` metrics.
+  the ``sluice_shadow_*`` metrics; one gateway, no Redis.
 
     python -m loadtests.versions_bench --out results/versions_bench.json \\
         --plot docs/bench/rollout.png
@@ -26,14 +40,18 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
 
 from loadtests.fleet import GatewayProcess, engine_fleet, gateway_process, sim_launch
+from loadtests.launch import kill, redis_server
+from loadtests.versions_report import driver, markdown, plot
 
 ADMIN_TOKEN = "bench-admin-" + "0123456789abcdef" * 2
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -43,14 +61,17 @@ MODELS = {"v1": "sim-a", "v2": "sim-b"}
 SIM = {"prefill_base_ms": 5.0, "decode_step_ms": 5.0, "max_num_seqs": 1024}
 BOUNDS = {"max_error_rate": 0.05, "max_ttft_p99_ratio": 1.5, "ttft_p99_slack_s": 0.05,
           "min_requests": 20, "check_interval_s": 0.25, "max_hold_factor": 3}
-"""The README's default bounds, checked every 250 ms instead of every second."""
+"""The README's default bounds, checked every 250 ms instead of every second (so a
+driver's lease, 3 checks, lapses 750 ms after it dies)."""
+NO_FAULTS = {"error_rate": 0.0, "slow_token_ms": 0.0}
 
 
-def gateway_settings(urls: Sequence[str], shadow_in_flight: int = 16) -> dict[str, Any]:
+def gateway_settings(urls: Sequence[str], shadow_in_flight: int = 16,
+                     redis: str = "") -> dict[str, Any]:
     return {
         "default_engine": False, "access_log": False, "log_level": "warning",
         "health_interval_s": 0.5, "admin": {"token": ADMIN_TOKEN}, "api_keys": [API_KEY],
-        "observability": {"open": True},
+        "observability": {"open": True}, "redis": {"url": redis},
         "engines": [{"name": name, "url": url} for name, url in zip(MODELS, urls, strict=True)],
         "versions": {"rollout": BOUNDS, "shadow_max_in_flight": shadow_in_flight,
                      "aliases": {"chat": {"versions": {n: {"model": m}
@@ -59,19 +80,30 @@ def gateway_settings(urls: Sequence[str], shadow_in_flight: int = 16) -> dict[st
     }  # fmt: skip
 
 
-class Load:
-    """``clients`` loops sending non-streamed requests to the alias until stopped; every
-    request's (end time, version, status)."""
+class Answer(NamedTuple):
+    """One request of the load: when it ended, the version that served it ("?" when
+    none said), its status (0: no answer) and the gateway it went through."""
 
-    def __init__(self, url: str, clients: int, tokens: int) -> None:
-        self.url, self.clients, self.tokens = url, clients, tokens
-        self.records: list[tuple[float, str, int]] = []
+    t: float
+    version: str
+    status: int
+    gateway: str
+
+
+class Load:
+    """``clients`` loops sending non-streamed requests to the alias until stopped, each
+    loop through the gateways of ``urls`` in turn (assign ``urls`` to move the load);
+    every request's ``Answer``."""
+
+    def __init__(self, urls: Sequence[str], clients: int, tokens: int) -> None:
+        self.urls, self.clients, self.tokens = list(urls), clients, tokens
+        self.records: list[Answer] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Load:
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=30, headers=KEY)
+        self._http = httpx.AsyncClient(timeout=30, headers=KEY)
         self._tasks = [asyncio.create_task(self._loop(i)) for i in range(self.clients)]
         return self
 
@@ -88,14 +120,16 @@ class Load:
         n = 0
         while not self._stop.is_set():
             n += 1
+            url = self.urls[(client + n) % len(self.urls)]
             try:
-                response = await self._http.post("/v1/chat/completions", json=body, headers={
-                    "x-request-id": f"load-{client}-{n}-{time.monotonic_ns()}"})
+                response = await self._http.post(url + "/v1/chat/completions", json=body,
+                                                  headers={"x-request-id": f"load-{client}-"
+                                                           f"{n}-{time.monotonic_ns()}"})
                 version = response.headers.get("x-sluice-version") or \
                     _version_of_engine(response.headers.get("x-sluice-engine"))
-                self.records.append((time.time(), version, response.status_code))
+                self.records.append(Answer(time.time(), version, response.status_code, url))
             except httpx.HTTPError:
-                self.records.append((time.time(), "?", 0))
+                self.records.append(Answer(time.time(), "?", 0, url))
 
 
 def _version_of_engine(engine: str | None) -> str:
@@ -103,52 +137,123 @@ def _version_of_engine(engine: str | None) -> str:
     return engine if engine in MODELS else "?"
 
 
-async def rollout_case(gw: GatewayProcess, sims: Sequence[str], args: argparse.Namespace,
-                       error_rate: float) -> dict[str, Any]:
-    """One guarded rollout to v2 under load (v2 failing ``error_rate`` of its requests)."""
-    async with httpx.AsyncClient(base_url=gw.url, timeout=30, headers=ADMIN) as http:
-        (await http.put("/admin/versions/chat", json={"weights": {"v1": 1}})).raise_for_status()
-        (await http.post(sims[1] + "/sim/faults", json={"error_rate": error_rate})
+@dataclass(frozen=True)
+class Case:
+    """One rollout to v2: the faults v2's simulator has during it, and whether the
+    gateway driving it is SIGKILLed after its first promotion."""
+
+    name: str
+    label: str
+    faults: Mapping[str, float] = field(default_factory=dict)
+    kill_driver: bool = False
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    """The rollout cases, in order; the one that kills a gateway runs last."""
+    return [
+        Case("healthy", "healthy v2"),
+        Case("failing", f"v2 failing {args.error_rate:.0%} of its requests",
+             {"error_rate": args.error_rate}),
+        Case("slow", f"v2 {args.slow_token_ms:g} ms slower per token",
+             {"slow_token_ms": args.slow_token_ms}),
+        Case("takeover", "healthy v2, its driver SIGKILLed after the first promotion",
+             kill_driver=True),
+    ]
+
+
+def pid_of(owner: str) -> int:
+    """A rollout's ``owner`` (a replica id) starts with its process id."""
+    return int(owner.split("-")[0])
+
+
+async def rollout_case(gateways: Mapping[str, GatewayProcess], sims: Sequence[str],
+                       args: argparse.Namespace, case: Case) -> dict[str, Any]:
+    """One guarded rollout to v2 under load, started through the first gateway and polled
+    through the last (which survives a ``kill_driver`` case)."""
+    ordered = list(gateways.values())
+    first, last = ordered[0], ordered[-1]
+    names = {gw.pid: name for name, gw in gateways.items()}
+    killed: tuple[str, float] | None = None
+    async with httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
+        (await http.put(first.url + "/admin/versions/chat", json={"weights": {"v1": 1}})
          ).raise_for_status()
-        async with Load(gw.url, args.clients, args.tokens) as load:
-            await asyncio.sleep(args.lead)
-            began = time.time()
-            started = await http.post("/admin/versions/chat/rollout", json={
-                "to": "v2", "steps": [10, 50, 100], "hold_s": args.hold})
-            started.raise_for_status()
-            while True:  # polling the admin API, as an operator would
-                state = (await http.get("/admin/versions/chat/rollout")).json()
-                if state["state"] != "running":
-                    break
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(args.lead)
-        (await http.post(sims[1] + "/sim/faults", json={"error_rate": 0.0})).raise_for_status()
-    origin = began - args.lead
-    records = [(t - origin, v, s) for t, v, s in load.records]
+        (await http.post(sims[1] + "/sim/faults", json={**NO_FAULTS, **case.faults})
+         ).raise_for_status()
+        try:
+            async with Load([gw.url for gw in ordered], args.clients, args.tokens) as load:
+                await asyncio.sleep(args.lead)
+                began = time.time()
+                (await http.post(first.url + "/admin/versions/chat/rollout", json={
+                    "to": "v2", "steps": [10, 50, 100], "hold_s": args.hold})
+                 ).raise_for_status()
+                while True:  # polling the admin API, as an operator would
+                    response = await http.get(last.url + "/admin/versions/chat/rollout")
+                    state = response.raise_for_status().json()
+                    if state["state"] != "running":
+                        break
+                    if case.kill_driver and killed is None and state["step"] >= 1:
+                        killed = await kill_driver(gateways, names[pid_of(state["owner"])],
+                                                   load)
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(args.lead)
+        finally:
+            (await http.post(sims[1] + "/sim/faults", json=NO_FAULTS)).raise_for_status()
+    return summary(case, state, load.records, began - args.lead, gateways, killed)
+
+
+async def kill_driver(gateways: Mapping[str, GatewayProcess], driver: str,
+                      load: Load) -> tuple[str, float]:
+    """Move the load off the ``driver`` gateway, give its requests a moment to end,
+    SIGKILL it; (its name, when)."""
+    load.urls = [gw.url for name, gw in gateways.items() if name != driver]
+    await asyncio.sleep(0.5)
+    kill(gateways[driver].process)
+    return driver, time.time()
+
+
+def summary(case: Case, state: Mapping[str, Any], answers: Sequence[Answer], origin: float,
+            gateways: Mapping[str, GatewayProcess], killed: tuple[str, float] | None
+            ) -> dict[str, Any]:
+    """A case's figures; times in seconds from ``origin`` (the load's start). The ending
+    decision is the last one judged on figures (the ``breach`` before a rollback, the
+    ``promote`` before ``done``)."""
+    names = {gw.pid: name for name, gw in gateways.items()}
+    by_url = {gw.url: name for name, gw in gateways.items()}
+    records = [a._replace(t=a.t - origin) for a in answers]
     decisions = [{**d, "t": d["at"] - origin} for d in state["decisions"]]
-    failed = [r for r in records if r[2] != 200]
+    failed = [r for r in records if r.status != 200]
     step = next(d for d in decisions if d["action"] == "step")
-    last = decisions[-1]
+    ending = [d for d in decisions if d["new"]][-1] if any(d["new"] for d in decisions) \
+        else decisions[-1]
+    resumed = [d for d in decisions if d["action"] == "resume"]
     return {
-        "error_rate": error_rate, "state": state["state"], "rollout_started_s": began - origin,
-        "ended_after_s": last["t"] - step["t"], "decisions": decisions,
-        "requests": len(records),
-        "requests_by_version": {v: sum(1 for r in records if r[1] == v)
-                                for v in sorted({r[1] for r in records})},
+        "case": case.name, "label": case.label, "faults": dict(case.faults),
+        "state": state["state"], "owner": state["owner"],
+        "driven_by": names.get(pid_of(state["owner"]), state["owner"]),
+        "started_by": next(iter(gateways)),
+        "killed": None if killed is None else {"gateway": killed[0], "t": killed[1] - origin},
+        "resumed": [d["reason"] for d in resumed],
+        "rollout_started_s": step["t"], "ended_after_s": decisions[-1]["t"] - step["t"],
+        "ending": {k: ending[k] for k in ("action", "step", "percent", "reason", "new",
+                                          "base", "t")},
+        "decisions": decisions, "requests": len(records),
+        "requests_by_version": dict(sorted(Counter(r.version for r in records).items())),
+        "requests_by_gateway": dict(sorted(Counter(by_url[r.gateway] for r in records
+                                                   ).items())),
         "failed": len(failed),
-        "failed_on_canary": sum(1 for r in failed if r[1] == "v2"),
-        "failed_other": sum(1 for r in failed if r[1] != "v2"),
+        "failed_on_canary": sum(1 for r in failed if r.version == "v2"),
+        "failed_other": sum(1 for r in failed if r.version != "v2"),
         "per_second": per_second(records),
     }
 
 
-def per_second(records: Sequence[tuple[float, str, int]]) -> list[dict[str, Any]]:
+def per_second(records: Sequence[Answer]) -> list[dict[str, Any]]:
     """Requests ended in each second: by version, and how many failed."""
     if not records:
         return []
-    seconds = int(max(r[0] for r in records)) + 1
+    seconds = int(max(r.t for r in records)) + 1
     rows = [{"t": s, "v1": 0, "v2": 0, "other": 0, "errors": 0} for s in range(seconds)]
-    for t, version, status in records:
+    for t, version, status, _ in records:
         row = rows[int(t)]
         row[version if version in MODELS else "other"] += 1
         row["errors"] += status != 200
@@ -244,82 +349,29 @@ async def shadow_case(args: argparse.Namespace) -> dict[str, Any]:
     return {"rounds": rounds, "summary": summary, "metrics": metrics}
 
 
-def plot(cases: Mapping[str, dict[str, Any]], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 6.5))
-    axes = fig.subplots(len(cases), 1, squeeze=False)[:, 0]
-    colors = {"step": "tab:blue", "promote": "tab:green", "breach": "tab:red",
-              "rollback": "tab:red", "done": "tab:green"}
-    for ax, (title, case) in zip(axes, cases.items(), strict=True):
-        rows = case["per_second"]
-        t = [r["t"] + 0.5 for r in rows]
-        total = [max(1, r["v1"] + r["v2"] + r["other"]) for r in rows]
-        ax.plot(t, [100 * r["v2"] / n for r, n in zip(rows, total, strict=True)],
-                color="tab:blue", marker=".", label="share of requests on v2 (%)")
-        ax.plot(t, [100 * r["errors"] / n for r, n in zip(rows, total, strict=True)],
-                color="tab:red", marker=".", label="failed requests (%)")
-        for d in case["decisions"]:
-            if d["action"] in colors:
-                ax.axvline(d["t"], color=colors[d["action"]], ls="--", alpha=0.6)
-            if d["action"] in ("step", "rollback", "done"):
-                ax.annotate(f"{d['action']} {d['percent']:g}%", (d["t"], 102), fontsize=7,
-                            rotation=90, va="bottom",
-                            ha="right" if d["action"] == "step" else "left",
-                            color=colors[d["action"]])
-        ax.set_ylim(-2, 135)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("%")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="center right")
-    fig.tight_layout()
-    FigureCanvasAgg(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-
-
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     launches = [sim_launch({**SIM, "model": MODELS[v]}, args.logs / f"rollout-{v}.log")
                 for v in MODELS]
-    async with (engine_fleet(launches) as fleet,
-                gateway_process(gateway_settings(fleet.urls), log_dir=args.logs,
-                                name="gateway-rollout") as gw):
-        rollout = {}
-        for name, error_rate in (("healthy", 0.0), ("failing", args.error_rate)):
-            case = await rollout_case(gw, fleet.urls, args, error_rate)
-            rollout[name] = case
-            print(f"  rollout {name:8s} {case['state']:12s} after {case['ended_after_s']:5.2f}"
-                  f" s: {case['requests']} requests, {case['failed']} failed "
-                  f"({case['failed_on_canary']} on v2, {case['failed_other']} others)",
-                  flush=True)
+    async with (engine_fleet(launches) as fleet, redis_server(args.logs) as redis):
+        settings = gateway_settings(fleet.urls, redis=redis)
+        async with (gateway_process(settings, log_dir=args.logs, name="gateway-1") as one,
+                    gateway_process(settings, log_dir=args.logs, name="gateway-2") as two):
+            rollout = {}
+            for case in cases(args):
+                result = await rollout_case({"gateway-1": one, "gateway-2": two}, fleet.urls,
+                                            args, case)
+                rollout[case.name] = result
+                print(f"  rollout {case.name:8s} {result['state']:11s} after "
+                      f"{result['ended_after_s']:5.2f} s, driven by {driver(result)}: "
+                      f"{result['ending']['action']} ({result['ending']['reason']}); "
+                      f"{result['requests']} requests {result['requests_by_version']}, "
+                      f"{result['failed']} failed ({result['failed_on_canary']} on v2, "
+                      f"{result['failed_other']} others)", flush=True)
     shadow = await shadow_case(args)
     return {"config": {k: v for k, v in vars(args).items() if k not in ("logs", "out", "plot")}
-            | {"cpus": os.cpu_count(), "bounds": BOUNDS, "sim": SIM},
+            | {"cpus": os.cpu_count(), "bounds": BOUNDS, "sim": SIM, "gateways": 2,
+               "store": "redis"},
             "rollout": rollout, "shadow": shadow}
-
-
-def markdown(result: dict[str, Any]) -> str:
-    lines = ["| rollout | v2 error rate | outcome | ended after | requests | failed on v2 "
-             "| failed others |", "|---|---|---|---|---|---|---|"]
-    for name, case in result["rollout"].items():
-        lines.append(f"| {name} | {case['error_rate']:.0%} | {case['state']} | "
-                     f"{case['ended_after_s']:.2f} s | {case['requests']:,} | "
-                     f"{case['failed_on_canary']} | {case['failed_other']} |")
-    shadow = result["shadow"]
-    lines += ["", "| shadow | TTFT p50 | TTFT p99 | ok / requests |", "|---|---|---|---|"]
-    for name, row in shadow["summary"].items():
-        lines.append(f"| {name} | {row['ttft_p50_ms']:.1f} ms | {row['ttft_p99_ms']:.1f} ms | "
-                     f"{row['ok']} / {row['requests']} |")
-    m = shadow["metrics"]
-    lines.append(f"\nshadow metrics: ok {m['shadow_ok']:.0f}, error {m['shadow_error']:.0f}, "
-                 f"dropped {m['shadow_dropped']:.0f}, divergence by reason: status "
-                 f"{m['divergence_status']:.0f}, tokens {m['divergence_tokens']:.0f}, text "
-                 f"{m['divergence_text']:.0f}; mean text similarity "
-                 f"{m['text_similarity_mean']:.2f}, mean latency ratio "
-                 f"{m['latency_ratio_mean']:.2f}")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -331,6 +383,8 @@ def main() -> None:
                         help="seconds of load before and after each rollout")
     parser.add_argument("--error-rate", type=float, default=0.3,
                         help="the failing v2's injected error rate")
+    parser.add_argument("--slow-token-ms", type=float, default=50.0,
+                        help="the slow v2's added delay per engine step (every token)")
     parser.add_argument("--rounds", type=int, default=3, help="shadow rounds of each kind")
     parser.add_argument("--requests", type=int, default=200, help="per shadow round")
     parser.add_argument("--shadow-tokens", type=int, default=32)
@@ -343,13 +397,13 @@ def main() -> None:
     args = parser.parse_args()
     args.logs = args.out.parent / "versions_bench_logs"
     args.logs.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
     result = asyncio.run(bench(args))
+    result["wall_s"] = round(time.monotonic() - began, 1)
     args.out.write_text(json.dumps(result, indent=2))
-    plot({f"healthy v2: promoted at every step (hold {args.hold:g} s)": result["rollout"][
-              "healthy"],
-          f"v2 failing {args.error_rate:.0%} of its requests: rolled back": result["rollout"][
-              "failing"]}, args.plot)
+    plot(result["rollout"], args.hold, args.plot)
     print(markdown(result))
+    print(f"\n{result['wall_s']:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio
 
 from loadtests.launch import (
     Launch,
@@ -16,6 +21,8 @@ from loadtests.launch import (
     environment,
     free_port,
     launched,
+    redis_launch,
+    redis_server,
     spawn,
     stop,
 )
@@ -68,3 +75,36 @@ def test_stop_kills_what_ignores_sigterm(tmp_path: Path) -> None:
         time.sleep(0.05)
     stop(process, grace_s=0.2)
     assert process.returncode == -9
+
+
+@pytest.fixture
+def redis_on_path() -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.mark.usefixtures("redis_on_path")
+async def test_redis_server_answers_without_persistence_then_is_stopped(
+        tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as url:
+        client = redis.asyncio.Redis.from_url(url)
+        try:
+            await client.set("k", "v")
+            assert await client.get("k") == b"v"
+            assert await client.config_get("save") == {"save": ""}
+            assert await client.config_get("appendonly") == {"appendonly": "no"}
+        finally:
+            await client.aclose()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", urlsplit(url).port)
+    files = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert files == ["redis.log"]  # no dump, no append-only file
+
+
+def test_redis_launch_needs_redis_server_on_the_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LaunchError, match="redis-server is not on the PATH"):
+        redis_launch(tmp_path)
