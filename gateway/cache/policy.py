@@ -1,9 +1,11 @@
 """Which requests the response cache may answer, and the key they are stored under.
 
-A request is cacheable when its answer is determined by what it asks: ``temperature``
-0 or a ``seed`` set, and one choice (``n`` absent or 1). ``x-sluice-cache: allow``
-opts any other request in; ``Cache-Control: no-store`` keeps it out entirely, and
-``no-cache`` skips the lookup but stores the fresh answer.
+The cache serves chat, completions and embeddings (:data:`ENDPOINTS`). A chat or
+completions request is cacheable when its answer is determined by what it asks:
+``temperature`` 0 or a ``seed`` set, and one choice (``n`` absent or 1);
+``x-sluice-cache: allow`` opts any other one in. Every embeddings request is cacheable:
+a pooling model's answer is a function of its input. ``Cache-Control: no-store`` keeps a
+request out entirely, and ``no-cache`` skips the lookup but stores the fresh answer.
 
 The key is a hash over everything that changes the answer: the principal (unless the
 cache is shared across keys), the endpoint, the answer's form (JSON or a stream), the
@@ -22,7 +24,17 @@ from typing import Any
 
 import orjson
 
-from gateway.pipeline.context import CacheUse, RequestContext
+from gateway.pipeline.context import CacheUse, Endpoint, RequestContext
+
+SAMPLED = frozenset({"chat", "completions"})
+"""Endpoints whose answer is fixed only by greedy sampling or a seed (:func:`deterministic`)."""
+FIXED = frozenset({"embeddings"})
+"""Endpoints whose answer is always fixed by the request."""
+ENDPOINTS = SAMPLED | FIXED
+"""The endpoints (by name) the cache serves. The other passthrough endpoints go straight
+to an engine: ``/tokenize`` is a tokenizer call, about what a lookup costs; scoring,
+reranking and pooling could be cached as embeddings are, but are not; ``/v1/responses``
+keeps state on the server (``previous_response_id``)."""
 
 IGNORED = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
                      "priority", "request_id", "service_tier"})
@@ -31,6 +43,12 @@ IGNORED = frozenset({"model", "stream", "stream_options", "user", "metadata", "s
 ``include_usage``; ``user``, ``metadata`` and ``store`` label a request for its
 sender (OpenAI stored completions); ``priority``, ``request_id`` and ``service_tier``
 say how and when it is run, not what it answers."""
+
+
+def serves(endpoint: Endpoint) -> bool:
+    """Whether ``endpoint``'s answers may come from the cache (its responses then say
+    what the cache did, ``x-sluice-cache``)."""
+    return endpoint.name in ENDPOINTS
 
 
 def deterministic(body: dict[str, Any]) -> bool:
@@ -72,10 +90,10 @@ class CachePolicy:
 
     def key(self, ctx: RequestContext) -> str | None:
         """``ctx``'s cache key, or None when it may not touch the cache."""
-        use = ctx.cache
-        if not self.enabled or use.no_store:
+        use, name = ctx.cache, ctx.endpoint.name
+        if not self.enabled or use.no_store or name not in ENDPOINTS:
             return None
-        if not (use.allow or deterministic(ctx.body)):
+        if name in SAMPLED and not (use.allow or deterministic(ctx.body)):
             return None
         return cache_key(ctx, shared=self.shared_across_keys)
 

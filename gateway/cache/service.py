@@ -3,8 +3,10 @@
 ``lookup`` (after the limits, before admission): a stored answer (``hit``), an
 identical request in flight to follow (``coalesced``), or nothing (``miss``: the
 request leads a new flight). ``stored`` (a finish hook): the leader's answer goes to
-the store when it is complete (a 200, every choice finished, a stream's ``[DONE]``),
-and its flight lands, handing followers the answer or the news that there is none.
+the store when it is complete (a 200; every choice finished and a stream's ``[DONE]``,
+or an embeddings answer's ``data`` list: :func:`whole`), and its flight lands, handing
+followers the answer or the news that there is none. The director's chat and
+completions and its passthrough's embeddings use the same steps.
 
 Across replicas (a shared store with :class:`~gateway.stores.Locks`): a request that
 leads a flight in its gateway also takes the replicas' lease on its key. When another
@@ -21,9 +23,9 @@ import uuid
 from typing import Any
 
 from gateway.cache.flights import Flight, Flights
-from gateway.cache.policy import CachePolicy
+from gateway.cache.policy import FIXED, CachePolicy
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline.context import RequestContext
+from gateway.pipeline.context import Endpoint, RequestContext
 from gateway.settings import TimeoutSettings
 from gateway.stores import CachedResponse, Locks, ResponseCache
 
@@ -159,6 +161,22 @@ class ResponseCaching:
 
     def _fits(self, answer: CachedResponse) -> bool:
         return answer.size <= self._max_entry_bytes
+
+
+def keep_answer(ctx: RequestContext, raw: bytes, answer: dict[str, Any]) -> None:
+    """A leader's non-streamed answer (``raw``, decoded as ``answer``), kept for
+    :meth:`ResponseCaching.stored` with whether it is whole: for chat and completions
+    every choice finished, for embeddings a ``data`` list."""
+    use = ctx.cache
+    if use.flight is not None:
+        use.answer, use.complete = raw, whole(ctx.endpoint, answer)
+
+
+def whole(endpoint: Endpoint, answer: dict[str, Any]) -> bool:
+    """Whether a non-streamed 200 answer of ``endpoint`` may be stored."""
+    if endpoint.name in FIXED:
+        return isinstance(answer.get("data"), list)
+    return finished(answer)
 
 
 def finished(answer: dict[str, Any]) -> bool:

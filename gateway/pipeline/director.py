@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.cache import Flight, FlightFailed, ResponseCaching, finished
+from gateway.cache import Flight, FlightFailed, ResponseCaching, keep_answer
 from gateway.drain import Drain
 from gateway.errors import (
     ContextLengthExceeded,
@@ -97,11 +97,9 @@ class Director:
             self.resolve(ctx)
             self.enter(ctx)
             await self.limit(ctx)
-            found = await self.lookup(ctx)
-            if found is not None:
-                replayed = await self.replay(ctx, found)
-                if replayed is not None:
-                    return replayed
+            replayed = await self.from_cache(ctx)
+            if replayed is not None:
+                return replayed
             await self.admit(ctx)
             if ctx.stream:
                 return await self.stream(ctx)
@@ -183,6 +181,13 @@ class Director:
         ctx.model = ctx.requested_model
         if self._versions is not None:
             self._versions.resolve(ctx, mirror=mirror)
+
+    async def from_cache(self, ctx: RequestContext) -> bytes | StartedStream | None:
+        """The cache step of every route the cache serves (chat, completions, and the
+        passthrough's embeddings): :meth:`lookup`, then :meth:`replay` what it found.
+        None: the request goes to an engine (leading a flight when it is cacheable)."""
+        found = await self.lookup(ctx)
+        return None if found is None else await self.replay(ctx, found)
 
     async def lookup(self, ctx: RequestContext) -> CachedResponse | Flight | None:
         """A stored answer, or an identical request in flight, when the request may be
@@ -288,8 +293,7 @@ class Director:
                 ctx.usage = Usage.from_openai(answer["usage"])
                 if ctx.usage is None:
                     raise self._engine_fault(attempt.engine, "invalid usage counts")
-            if ctx.cache.flight is not None:
-                ctx.cache.answer, ctx.cache.complete = raw, finished(answer)
+            keep_answer(ctx, raw, answer)
             if ctx.keep_text:
                 ctx.answer_text = choice_text(answer, chat=ctx.endpoint.chat)[:ctx.keep_text]
         finally:

@@ -7,10 +7,13 @@ forwarded as sent (the gateway reads only ``model`` and, for ``/v1/responses``,
 engines serve), drain check, admission and finish hooks (``sluice_requests_total
 {endpoint,version}``, durations, token counts, the per-version tallies of rollouts), and
 the connector's scheduling, breaker accounting and retries before the first byte.
+Embeddings also go through the director's cache step (:meth:`Director.from_cache`): a
+stored answer or an identical request in flight answers them before admission, and a
+leader's answer is stored by the same finish hook as chat's (see :mod:`gateway.cache`).
 
-    check open -> resolve the model (an alias: one of its versions) -> admit ->
-    schedule + open upstream -> answer (whole JSON, or a relayed event stream) ->
-    finish hooks
+    check open -> resolve the model (an alias: one of its versions) -> limit ->
+    cache lookup (-> replay; embeddings only) -> admit -> schedule + open upstream ->
+    answer (whole JSON, or a relayed event stream) -> finish hooks
 
 A missing ``model`` is the one base model the fleet serves, if it serves exactly one.
 An engine that answers 404 for the path itself (not for a model) does not have the
@@ -29,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from gateway.cache import keep_answer
 from gateway.errors import (
     EngineError,
     InvalidField,
@@ -99,6 +103,9 @@ class Passthrough:
             self._director.check_open()
             self._director.authenticate(ctx)
             await self._director.limit(ctx)
+            replayed = await self._director.from_cache(ctx)
+            if replayed is not None:
+                return replayed
             await self._director.admit(ctx)
             if self.streamed(ctx):
                 body = self._stream(ctx)
@@ -181,6 +188,7 @@ class Passthrough:
                              else Usage.from_openai(usage))
                 if ctx.usage is None:
                     raise self._fault(attempt, "engine answered with invalid usage counts")
+            keep_answer(ctx, raw, answer)
         finally:
             await attempt.stack.aclose()
         await self._director.finish(ctx, None)

@@ -1,6 +1,7 @@
 """Passthrough routes: the rest of vLLM's OpenAI server, routed by the body's ``model``
 (an alias resolved as chat's is: see :mod:`gateway.pipeline.passthrough`); and a
-model's card, and the engines' version."""
+model's card, and the engines' version. Embeddings read the cache headers and answer
+with ``x-sluice-cache`` as chat does."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.accounting import director_counts
+from gateway.cache import read_directives, serves
 from gateway.errors import SluiceError
 from gateway.event_stream import EventStreamResponse
+from gateway.headers import header
 from gateway.pipeline.context import Endpoint
 from gateway.pipeline.director import StartedStream
 from gateway.pipeline.passthrough import ENDPOINTS
-from gateway.routes.openai import CLIENT_CLOSED, new_context
+from gateway.routes.openai import CLIENT_CLOSED, generation_headers, new_context
 from gateway.streaming import ClientWatch
 
 
@@ -26,6 +29,10 @@ async def _forward(request: Request, endpoint: Endpoint) -> Response:
     ctx = await new_context(request, endpoint)
     if ctx is None:
         return Response(status_code=CLIENT_CLOSED)
+    cached = serves(endpoint)
+    if cached:
+        read_directives(ctx.cache, header(request.scope, b"cache-control"),
+                        header(request.scope, b"x-sluice-cache"))
     watch = ClientWatch(request.receive)
     director_counts(request)
     try:
@@ -37,12 +44,12 @@ async def _forward(request: Request, endpoint: Endpoint) -> Response:
         raise
     except SluiceError as exc:
         await watch.close()
-        exc.headers.update(ctx.route_headers())
+        exc.headers.update(generation_headers(ctx) if cached else ctx.route_headers())
         raise
     except BaseException:
         await watch.close()
         raise
-    headers = ctx.route_headers()
+    headers = generation_headers(ctx) if cached else ctx.route_headers()
     if isinstance(result, StartedStream):
         return EventStreamResponse(
             result.body, watch, head=result.head,

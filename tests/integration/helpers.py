@@ -40,6 +40,15 @@ async def sim_received(http: httpx.AsyncClient, sim: str) -> int:
                + metric(page, "vllm:num_requests_waiting"))
 
 
+async def sim_handled(http: httpx.AsyncClient, sim: str, path: str) -> int:
+    """Requests to ``path`` a simulator answered with a 2xx (vLLM's
+    ``http_requests_total{handler}``): what it counts for the routes that are not
+    generations (embeddings, tokenize, ...)."""
+    page = (await http.get(sim + "/metrics")).text
+    return int(metric(page, f'http_requests_total{{handler="{path}",method="POST",'
+                            'status="2xx"}'))
+
+
 async def sim_queued(http: httpx.AsyncClient, sim: str) -> int:
     """A simulator's running + waiting requests now."""
     page = (await http.get(sim + "/metrics")).text

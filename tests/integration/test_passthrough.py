@@ -278,8 +278,8 @@ async def test_a_5xx_before_the_first_byte_is_retried_on_another_engine(
                                   routing={"default": {"strategy": "round_robin"}})
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         answers = [await http.post("/v1/embeddings", json={"model": "sim-model",
-                                                           "input": "x"})
-                   for _ in range(4)]
+                                                           "input": f"x{i}"})  # not cached
+                   for i in range(4)]
         retries = await gateway_metric(http, gateway, 'sluice_retries_total{model="sim-model",'
                                                       'version="none"}')
         errors = await gateway_metric(http, gateway,

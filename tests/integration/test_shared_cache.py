@@ -1,6 +1,7 @@
 """The response cache over Redis: the store and lease contract on both backends, and two
 real ``sluice serve`` processes sharing one redis-server (a hit through the other
-gateway; 50 identical requests split over both on one upstream call)."""
+gateway, chat and embeddings; 50 identical requests split over both on one upstream
+call)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from loadtests.launch import launched
 from simulator import SimConfig
 from tests.conftest import StartGateway
 from tests.integration.conftest import StartSim
-from tests.integration.helpers import events_of, sim_received
+from tests.integration.helpers import events_of, sim_handled, sim_received
 from tests.redis_server import RedisServer
 
 Serve = Callable[..., Awaitable[str]]
@@ -107,6 +108,13 @@ async def test_an_answer_made_through_one_gateway_is_a_hit_through_the_other(
             assert again.headers["x-sluice-cache"] == "hit"
             assert events_of(again.content) == events_of(first.content)
         assert await sim_received(http, sim) == 2
+        embed = {"model": "sim-model", "input": ["one", "two words"], "dimensions": 8}
+        first = await http.post(one + "/v1/embeddings", json=embed)
+        again = await http.post(two + "/v1/embeddings", json=embed)
+        assert await sim_handled(http, sim, "/v1/embeddings") == 1
+        assert (first.headers["x-sluice-cache"], again.headers["x-sluice-cache"]) == (
+            "miss", "hit")
+        assert again.content == first.content
 
 
 async def test_fifty_identical_requests_over_two_gateways_make_one_upstream_call(

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from loadtests.launch import free_port
 from simulator import SimConfig
-from tests.integration.helpers import gateway_metric, metric, wait_until
+from tests.integration.helpers import gateway_metric, metric, sim_handled, wait_until
 from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, KEY, MODELS, STATIC_KEY
 
 FAST: dict[str, Any] = {"prefill_base_ms": 1, "decode_step_ms": 1}
@@ -47,13 +47,6 @@ async def two_sims(start_sim, **v2: Any) -> list[str]:
             await start_sim(SimConfig(model=MODELS["v2"], **{**FAST, **v2}))]
 
 
-async def handled(http: httpx.AsyncClient, sim: str, path: str) -> int:
-    """Requests to ``path`` a simulator answered with a 2xx (vLLM's HTTP counter)."""
-    page = (await http.get(sim + "/metrics")).text
-    return int(metric(page, f'http_requests_total{{handler="{path}",method="POST",'
-                            'status="2xx"}'))
-
-
 async def sessions_on(http: httpx.AsyncClient, sim: str) -> int:
     page = (await http.get(sim + "/metrics")).text
     return int(metric(page, "vllm:websocket_connections_active"))
@@ -69,11 +62,11 @@ async def test_passthrough_endpoints_serve_an_alias_by_its_policy(
         for path, body in CALLS:
             response = await http.post(path, json={"model": "chat", **body}, headers=PIN_V2)
             pinned.append((path, response))
-        counts = {sim: {p: await handled(http, sim, p) for p in paths} for sim in sims}
+        counts = {sim: {p: await sim_handled(http, sim, p) for p in paths} for sim in sims}
         split = [(await http.post("/tokenize", json={"model": "chat", "prompt": "x"},
                                   headers={"x-request-id": f"split-{n}"})).headers
                  for n in range(100)]
-        after = [await handled(http, sim, "/tokenize") for sim in sims]
+        after = [await sim_handled(http, sim, "/tokenize") for sim in sims]
         unknown = [await http.post(path, json={"model": "nope", **body}) for path, body in CALLS]
         bad_pin = await http.post("/v1/embeddings", json={"model": "chat", "input": "x"},
                                   headers={"x-sluice-version": "v9"})
@@ -179,7 +172,7 @@ async def test_the_ws_multiplexer_resolves_an_alias(start_sim, start_gateway) ->
             else:
                 ends[message["id"]] = message
     async with httpx.AsyncClient(timeout=10) as http:
-        chats = [await handled(http, sim, "/v1/chat/completions") for sim in sims]
+        chats = [await sim_handled(http, sim, "/v1/chat/completions") for sim in sims]
     assert ends["pinned-by-socket"]["type"] == "done"
     assert ends["pinned-by-socket"]["version"] == "v2"
     assert ends["pinned-by-frame"]["version"] == "v1"

@@ -6,17 +6,20 @@ from typing import Any
 
 import pytest
 
-from gateway.cache import CachePolicy, cache_key, deterministic, read_directives
-from gateway.pipeline.context import CHAT, COMPLETIONS, CacheUse, RequestContext
+from gateway.cache import CachePolicy, cache_key, deterministic, read_directives, serves, whole
+from gateway.pipeline.context import CHAT, COMPLETIONS, CacheUse, Endpoint, RequestContext
+from gateway.pipeline.passthrough import EMBEDDINGS, ENDPOINTS
 from gateway.protocol import validate
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+EMBED = {"model": "m", "input": ["one", "two"]}
 
 
 def ctx(body: dict[str, Any], *, principal: str | None = "k1", endpoint: Any = CHAT,
         model: str = "m") -> RequestContext:
     context = RequestContext.new("r", endpoint, body, principal=principal)
-    context.request = validate(endpoint.model, body)
+    if endpoint in (CHAT, COMPLETIONS):  # the passthrough validates no request model
+        context.request = validate(endpoint.model, body)
     context.model = model
     return context
 
@@ -99,3 +102,47 @@ def test_read_directives(control: str | None, opt_in: str | None, no_store: bool
     use = CacheUse()
     read_directives(use, control, opt_in)
     assert (use.no_store, use.no_cache, use.allow) == (no_store, no_cache, allow)
+
+
+def test_every_embeddings_request_is_cacheable_and_nothing_else_passed_through() -> None:
+    policy = CachePolicy()
+    assert policy.key(ctx(EMBED, endpoint=EMBEDDINGS)) is not None
+    assert policy.key(ctx({**EMBED, "temperature": 1}, endpoint=EMBEDDINGS)) is not None
+    kept_out = ctx(EMBED, endpoint=EMBEDDINGS)
+    kept_out.cache.no_store = True
+    assert policy.key(kept_out) is None
+    assert CachePolicy(enabled=False).key(ctx(EMBED, endpoint=EMBEDDINGS)) is None
+    for endpoint in ENDPOINTS:
+        assert serves(endpoint) is (endpoint is EMBEDDINGS)
+        if endpoint is not EMBEDDINGS:
+            assert policy.key(ctx({**EMBED, "prompt": "x"}, endpoint=endpoint)) is None
+    assert serves(CHAT)
+    assert serves(COMPLETIONS)
+
+
+def test_an_embeddings_key() -> None:
+    same = key(EMBED, endpoint=EMBEDDINGS)
+    assert key({**EMBED, "user": "u-9", "model": "alias", "priority": 2},
+               endpoint=EMBEDDINGS) == same
+    assert key(dict(reversed(list(EMBED.items()))), endpoint=EMBEDDINGS) == same
+    for change in ({"dimensions": 8}, {"encoding_format": "base64"},
+                   {"input": ["one", "two!"]}, {"input": "one"},
+                   {"truncate_prompt_tokens": 3}):
+        assert key({**EMBED, **change}, endpoint=EMBEDDINGS) != same, change
+    assert key(EMBED, endpoint=EMBEDDINGS, principal="k2") != same
+    assert key(EMBED, endpoint=EMBEDDINGS, model="m-v2") != same
+    assert key(EMBED, endpoint=Endpoint("pooling", "/pooling")) != same
+
+
+@pytest.mark.parametrize(("endpoint", "answer", "stored"), [
+    (EMBEDDINGS, {"object": "list", "data": [{"embedding": [1.0]}]}, True),
+    (EMBEDDINGS, {"object": "list", "data": []}, True),
+    (EMBEDDINGS, {"object": "list", "data": None}, False),
+    (EMBEDDINGS, {"object": "list"}, False),
+    (EMBEDDINGS, {"choices": [{"finish_reason": "stop"}]}, False),
+    (CHAT, {"choices": [{"finish_reason": "stop"}]}, True),
+    (CHAT, {"data": []}, False),
+])
+def test_which_answers_are_whole(endpoint: Endpoint, answer: dict[str, Any],
+                                 stored: bool) -> None:
+    assert whole(endpoint, answer) is stored
