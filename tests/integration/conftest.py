@@ -21,7 +21,7 @@ from tests.integration.helpers import wait_until
 
 StartSim = Callable[..., Awaitable[str]]
 """`await start_sim(config: SimConfig | None = None) -> base_url`"""
-StartFakeEngine = Callable[[Reply], Awaitable[FakeEngine]]
+StartFakeEngine = Callable[..., Awaitable[FakeEngine]]
 
 FAST_SIM = SimConfig(prefill_base_ms=2.0, decode_step_ms=2.0)
 """A quick engine for functional tests: 2 ms prefill, 2 ms per token."""
@@ -56,11 +56,12 @@ async def sim_server(start_sim: StartSim) -> str:
 
 @pytest.fixture
 async def start_fake_engine() -> AsyncIterator[StartFakeEngine]:
-    """`await start_fake_engine(reply)`: a started :class:`FakeEngine` (``.url``)."""
+    """`await start_fake_engine(reply, paths=(...))`: a started :class:`FakeEngine`
+    (``.url``) that also answers those POST paths with ``reply``."""
     engines: list[FakeEngine] = []
 
-    async def start(reply: Reply) -> FakeEngine:
-        engine = FakeEngine(reply)
+    async def start(reply: Reply, paths: tuple[str, ...] = ()) -> FakeEngine:
+        engine = FakeEngine(reply, paths=paths)
         await engine.start()
         engines.append(engine)
         return engine

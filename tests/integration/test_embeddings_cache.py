@@ -8,17 +8,15 @@ admission slot, and the other passthrough routes left alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
 
 from tests.conftest import StartGateway
-from tests.integration.conftest import StartSim
-from tests.integration.fake_engine import FakeEngine, Reply
+from tests.integration.conftest import StartFakeEngine, StartSim
+from tests.integration.fake_engine import FakeEngine
 from tests.integration.helpers import gateway_metric, sim_handled, wait_until
 
 PATH = "/v1/embeddings"
@@ -45,22 +43,6 @@ async def results(http: httpx.AsyncClient, *bodies: dict[str, Any]) -> list[str]
 async def lookups(http: httpx.AsyncClient, gateway: str, result: str) -> float:
     return await gateway_metric(http, gateway, 'sluice_cache_lookups_total{model="sim-model",'
                                                f'result="{result}",version="none"}}')
-
-
-@pytest.fixture
-async def start_engine() -> AsyncIterator[Callable[[Reply], Any]]:
-    """``await start_engine(reply)``: a scripted engine answering ``/v1/embeddings``."""
-    engines: list[FakeEngine] = []
-
-    async def start(reply: Reply) -> FakeEngine:
-        engine = FakeEngine(reply, paths=(PATH,))
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield start
-    for engine in engines:
-        await engine.close()
 
 
 async def test_a_repeated_request_is_answered_without_an_engine_call(
@@ -154,12 +136,12 @@ async def test_an_answer_over_the_entry_bound_is_served_but_not_stored(
 
 
 async def test_an_answer_without_a_data_list_or_an_error_is_not_stored(
-        sim_server: str, start_engine: Callable[[Reply], Any],
+        sim_server: str, start_fake_engine: StartFakeEngine,
         start_gateway: StartGateway) -> None:
     async def no_data(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         return web.json_response({**VECTORS, "data": None})
 
-    engine = await start_engine(no_data)
+    engine = await start_fake_engine(no_data, paths=(PATH,))
     gateway = await start_gateway([engine.url])
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         assert await results(http, BODY, BODY) == ["miss", "miss"]
@@ -174,14 +156,14 @@ async def test_an_answer_without_a_data_list_or_an_error_is_not_stored(
 
 
 async def test_identical_requests_in_flight_make_one_upstream_call(
-        start_engine: Callable[[Reply], Any], start_gateway: StartGateway) -> None:
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
     release = asyncio.Event()
 
     async def held(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         await release.wait()
         return web.json_response(VECTORS)
 
-    engine = await start_engine(held)
+    engine = await start_fake_engine(held, paths=(PATH,))
     gateway = await start_gateway([engine.url])
     async with httpx.AsyncClient(base_url=gateway, timeout=30,
                                  limits=httpx.Limits(max_connections=40)) as http:
@@ -199,7 +181,7 @@ async def test_identical_requests_in_flight_make_one_upstream_call(
 
 
 async def test_followers_of_a_leader_that_failed_make_one_call_of_their_own(
-        start_engine: Callable[[Reply], Any], start_gateway: StartGateway) -> None:
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
     release = asyncio.Event()
 
     async def first_refused(request: web.Request, body: dict[str, Any]
@@ -210,7 +192,7 @@ async def test_followers_of_a_leader_that_failed_make_one_call_of_their_own(
                                                 "param": None, "code": 400}}, status=400)
         return web.json_response(VECTORS)
 
-    engine = await start_engine(first_refused)
+    engine = await start_fake_engine(first_refused, paths=(PATH,))
     gateway = await start_gateway([engine.url])
     async with httpx.AsyncClient(base_url=gateway, timeout=30,
                                  limits=httpx.Limits(max_connections=40)) as http:
@@ -227,7 +209,7 @@ async def test_followers_of_a_leader_that_failed_make_one_call_of_their_own(
         (200, "coalesced")] * 8 + [(200, "miss"), (400, "miss")]
 
 
-async def test_a_hit_takes_no_admission_slot(start_engine: Callable[[Reply], Any],
+async def test_a_hit_takes_no_admission_slot(start_fake_engine: StartFakeEngine,
                                             start_gateway: StartGateway) -> None:
     release = asyncio.Event()
 
@@ -237,7 +219,7 @@ async def test_a_hit_takes_no_admission_slot(start_engine: Callable[[Reply], Any
             await release.wait()
         return web.json_response(VECTORS)
 
-    engine = await start_engine(held_for_two)
+    engine = await start_fake_engine(held_for_two, paths=(PATH,))
     gateway = await start_gateway([engine.url], admission={"models": {"sim-model": 1}})
     one, two, three = ({**BODY, "input": word} for word in ("one", "two", "three"))
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:

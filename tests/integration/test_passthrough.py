@@ -7,7 +7,6 @@ endpoint no engine has; retries before the first byte; auth and metrics."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -18,31 +17,13 @@ from openai import APIError, AsyncOpenAI
 
 from simulator import SimConfig
 from tests.conftest import StartGateway
-from tests.integration.conftest import FAST_SIM, StartSim
-from tests.integration.fake_engine import FakeEngine, Reply, error_reply, raw_reply
+from tests.integration.conftest import FAST_SIM, StartFakeEngine, StartSim
+from tests.integration.fake_engine import FakeEngine, error_reply, raw_reply
 from tests.integration.helpers import gateway_metric
 
 KEY = "passthrough-test-key-0123456789"
 OTHER_PATHS = ["/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/pooling",
                "/classify"]
-StartEngine = Callable[..., Awaitable[FakeEngine]]
-
-
-@pytest.fixture
-async def start_engine() -> AsyncIterator[StartEngine]:
-    """``await start_engine(reply, paths=(...))``: a scripted engine that also answers
-    those POST paths with ``reply``."""
-    engines: list[FakeEngine] = []
-
-    async def start(reply: Reply, paths: tuple[str, ...] = ()) -> FakeEngine:
-        engine = FakeEngine(reply, paths=paths)
-        await engine.start()
-        engines.append(engine)
-        return engine
-
-    yield start
-    for engine in engines:
-        await engine.close()
 
 
 def _client(gateway: str) -> AsyncOpenAI:
@@ -141,7 +122,7 @@ async def test_tokenize_and_detokenize_are_consistent(sim_server: str,
 
 
 @pytest.mark.parametrize("path", OTHER_PATHS)
-async def test_other_endpoints_are_forwarded_as_sent(start_engine: StartEngine,
+async def test_other_endpoints_are_forwarded_as_sent(start_fake_engine: StartFakeEngine,
                                                      start_gateway: StartGateway,
                                                      path: str) -> None:
     answer = {"id": "x", "object": "list", "data": [{"index": 0, "score": 0.5}],
@@ -150,7 +131,7 @@ async def test_other_endpoints_are_forwarded_as_sent(start_engine: StartEngine,
     async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         return web.json_response({**answer, "path": request.path})
 
-    engine = await start_engine(reply, paths=(path,))
+    engine = await start_fake_engine(reply, paths=(path,))
     gateway = await start_gateway([engine.url])
     body = {"model": "sim-model", "query": "q", "documents": ["a", "b"], "extra": [1, {}]}
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
@@ -266,14 +247,14 @@ async def test_an_endless_version_answer_is_cut_at_a_bound(
 
 
 async def test_a_5xx_before_the_first_byte_is_retried_on_another_engine(
-        start_engine: StartEngine, start_gateway: StartGateway) -> None:
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
     async def good(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         return web.json_response({"object": "list", "data": [], "usage": {
             "prompt_tokens": 1, "total_tokens": 1}})
 
-    broken = await start_engine(error_reply(503, {"message": "overloaded"}),
+    broken = await start_fake_engine(error_reply(503, {"message": "overloaded"}),
                                 paths=("/v1/embeddings",))
-    healthy = await start_engine(good, paths=("/v1/embeddings",))
+    healthy = await start_fake_engine(good, paths=("/v1/embeddings",))
     gateway = await start_gateway([broken.url, healthy.url],
                                   routing={"default": {"strategy": "round_robin"}})
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
@@ -291,10 +272,10 @@ async def test_a_5xx_before_the_first_byte_is_retried_on_another_engine(
 
 
 async def test_a_responses_stream_that_breaks_ends_with_an_error_event(
-        start_engine: StartEngine, start_gateway: StartGateway) -> None:
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
     first = (b'event: response.created\ndata: {"type":"response.created",'
              b'"sequence_number":0,"response":{}}\n\n')
-    engine = await start_engine(raw_reply(first, b"event: response.output_text.delta\n"
+    engine = await start_fake_engine(raw_reply(first, b"event: response.output_text.delta\n"
                                                  b"data: {oops\n\n"),
                                 paths=("/v1/responses",))
     gateway = await start_gateway([engine.url])
@@ -323,8 +304,8 @@ async def test_a_responses_stream_that_breaks_ends_with_an_error_event(
 
 
 async def test_a_responses_stream_broken_before_its_first_event_is_a_502(
-        start_engine: StartEngine, start_gateway: StartGateway) -> None:
-    engine = await start_engine(raw_reply(b"<html>oops</html>"), paths=("/v1/responses",))
+        start_fake_engine: StartFakeEngine, start_gateway: StartGateway) -> None:
+    engine = await start_fake_engine(raw_reply(b"<html>oops</html>"), paths=("/v1/responses",))
     gateway = await start_gateway([engine.url])
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
         response = await http.post("/v1/responses", json={"model": "sim-model",

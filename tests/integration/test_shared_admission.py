@@ -7,19 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from loadtests.launch import free_port
 from simulator import SimConfig
+from tests.integration.conftest import ServeGateway
 from tests.integration.helpers import wait_until
 from tests.redis_server import RedisServer
 
@@ -30,40 +26,13 @@ CHAT = {"model": "sim-model", "max_tokens": 30,
 
 
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
-    """``await serve(sim_url, redis_url, **settings)``: a gateway process, ready; its URL."""
-    processes: list[subprocess.Popen[bytes]] = []
-
+def serve(serve_gateway: ServeGateway) -> Serve:
+    """``await serve(sim_url, redis_url, **settings)``: a gateway process, ready; its URL
+    (Redis probed every 0.2 s, slot leases of 3 s)."""
     async def start(sim: str, redis: str, **overrides: Any) -> str:
-        port = free_port()
-        config = tmp_path / f"gateway-{port}.yaml"
-        config.write_text(yaml.safe_dump({
-            "port": port, "default_engine": False, "access_log": False,
-            "engines": [{"name": "sim", "url": sim}],
-            "redis": {"url": redis, "probe_interval_s": 0.2, "slot_ttl_s": 3.0},
-            **overrides}))
-        process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-
-        async def ready() -> bool:
-            try:
-                async with httpx.AsyncClient(timeout=2) as http:
-                    return (await http.get(url + "/ready")).status_code == 200
-            except httpx.TransportError:
-                return process.poll() is not None  # exited: fail below, not by timeout
-
-        await wait_until(ready, "the gateway to be ready", timeout_s=30)
-        assert process.poll() is None, "the gateway exited"
-        return url
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        return await serve_gateway([sim], redis, **overrides,
+                                   redis={"probe_interval_s": 0.2, "slot_ttl_s": 3.0})
+    return start
 
 
 async def _running(http: httpx.AsyncClient, sim: str) -> int:

@@ -263,7 +263,7 @@ async def test_once_back_the_shared_windows_are_used_again_unmerged() -> None:
     assert replica.bypassed("limits") == 3
 
 
-async def _status(service: KeyService, token: str) -> tuple[int, str | None]:
+async def _status(service: Any, token: str) -> tuple[int, str | None]:
     """The status the auth middleware answers for ``token`` (200: passed on), and the
     error message."""
     reached: list[bool] = []
@@ -287,3 +287,15 @@ async def _status(service: KeyService, token: str) -> tuple[int, str | None]:
         return 200, None
     body = orjson.loads(b"".join(m.get("body", b"") for m in sent[1:]))
     return sent[0]["status"], body["error"]["message"]
+
+
+class DownKeys:
+    """A key service whose store cannot be read at all."""
+
+    async def identify(self, token: str) -> None:
+        raise StoreUnavailable("the shared store is unavailable")
+
+
+async def test_a_key_lookup_failing_in_the_store_is_a_503_never_a_500() -> None:
+    assert await _status(DownKeys(), "sk-sluice-abc") == (
+        503, "the shared store is unavailable")
