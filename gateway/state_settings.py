@@ -47,8 +47,8 @@ class RedisSettings(BaseModel):
     ``fail_open`` (default true) decides what limits do while Redis is down. Open: count
     in this process only, with the same limits (each replica then enforces them alone, so
     the fleet total is bounded by replicas x limit, never unlimited): admission slots,
-    and each managed key's RPM and TPM. Closed: refuse, admission with 429 and a managed
-    key with a limit with 503 and ``Retry-After``. Open is the default because the
+    and each managed key's RPM and TPM. Closed: refuse with 503 and ``Retry-After`` (the
+    store is down; the client is not over a limit). Open is the default because the
     counters protect engines that have their own queues, and a key's limits share its
     traffic out fairly rather than guard a hard budget: an outage of the state store
     should degrade the limits' precision, not turn into an outage of the gateway. Close

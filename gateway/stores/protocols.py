@@ -20,7 +20,9 @@ class Counters(Protocol):
     """Named counters with a ceiling: admission slots now, rate limits later."""
 
     async def acquire(self, key: str, limit: int) -> bool:
-        """Add one to ``key`` if it is below ``limit``; False (and nothing added) if not."""
+        """Add one to ``key`` if it is below ``limit``; False (and nothing added) if not.
+        :class:`StoreUnavailable` when the count cannot be kept (a shared store that is
+        down, configured to fail closed)."""
         ...
 
     async def release(self, key: str) -> None:

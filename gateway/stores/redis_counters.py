@@ -18,7 +18,9 @@ from this replica in flight (they wait for it). A lapsed lease (an outage longer
 ``slot_ttl_s``) marks every key dirty.
 
 While Redis is down, ``fail_open`` counts in a local :class:`MemoryCounters` (each
-replica then holds the limit on its own) or refuses every acquire.
+replica then holds the limit on its own) or refuses every acquire with
+:class:`StoreUnavailable` (503 with ``Retry-After``: the store is down, the client did
+nothing wrong).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import uuid
 from collections import Counter
@@ -110,10 +113,15 @@ class RedisCounters:
             granted = await self._guarded(key, "acquire", lambda: self._acquire(
                 keys=[self._key(key), self._replicas],
                 args=[self.replica, limit, self._ttl_ms]))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             self._metrics.redis_bypassed.labels("counters").inc()
             self._dirty.add(key)  # a timed-out increment may have landed: resync
-            return self._link.settings.fail_open and await self._local.acquire(key, limit)
+            if not self._link.settings.fail_open:
+                retry = max(1, math.ceil(self._link.settings.probe_interval_s))
+                raise StoreUnavailable(
+                    "the shared admission counters are unreachable and redis.fail_open "
+                    "is off; retry shortly", headers={"Retry-After": str(retry)}) from exc
+            return await self._local.acquire(key, limit)
         if int(granted) & 2:
             self._dirty.update(self._held)
         if int(granted) & 1:

@@ -124,7 +124,7 @@ async def test_seen_keys_keep_their_limits_through_an_outage_and_all_recovers(
     assert recovered.status_code == 200
 
 
-async def test_with_fail_open_off_a_limited_key_is_refused_with_503(
+async def test_with_fail_open_off_requests_are_refused_with_503(
         redis_server: RedisServer, start_sim: StartSim, start_gateway: StartGateway) -> None:
     gateway = await keyed_gateway(start_sim, start_gateway, redis_server, fail_open=False)
     async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
@@ -137,7 +137,12 @@ async def test_with_fail_open_off_a_limited_key_is_refused_with_503(
 
         await wait_until(down, "the gateway to report redis down")
         refused = await chat(http, limited)
+        unlimited = await chat(http, STATIC["Authorization"][7:])  # admission alone
         page = await metrics_page(http)
+    assert unlimited.status_code == 503  # the store is down: not the client's 429
+    assert unlimited.headers["retry-after"] == "1"
+    assert unlimited.json()["error"]["code"] == "store_unavailable"
+    assert "admission counters are unreachable" in unlimited.json()["error"]["message"]
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     error = refused.json()["error"]

@@ -132,7 +132,10 @@ async def test_fail_closed_refuses_while_down(redis_server: RedisServer,
     (a, _) = await replica(fail_open=False)
     redis_server.kill()
     await _until(lambda: _async(not a.link.up))
-    assert not await a.stores.counters.acquire("k", 10)
+    with pytest.raises(StoreUnavailable) as refused:
+        await a.stores.counters.acquire("k", 10)
+    assert refused.value.status_code == 503
+    assert refused.value.headers["Retry-After"] == "1"
 
 
 async def test_versions_read_last_known_while_down_and_writes_fail(
