@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,6 +27,14 @@ from gateway.stores import VersionPolicy
 from gateway.stores.windows import RETENTION_S
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_names(kind: str, names: Iterable[str]) -> None:
+    """A ValueError for the first of ``names`` (alias or version names) that is not one."""
+    for name in names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{kind} name {name[:80]!r}: letters, digits, '.', '_', '-', "
+                             "at most 64 characters")
 """Alias and version names: they are metric label values and header values."""
 
 
@@ -70,10 +79,7 @@ class AliasSettings(BaseModel):
     @field_validator("versions")
     @classmethod
     def _names(cls, versions: dict[str, VersionSpec]) -> dict[str, VersionSpec]:
-        for name in versions:
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"version name {name[:80]!r}: letters, digits, '.', '_', "
-                                 "'-', at most 64 characters")
+        _check_names("version", versions)
         return versions
 
     @model_validator(mode="after")
@@ -179,10 +185,7 @@ class VersionsSettings(BaseModel):
     @field_validator("aliases")
     @classmethod
     def _alias_names(cls, aliases: dict[str, AliasSettings]) -> dict[str, AliasSettings]:
-        for name in aliases:
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"alias name {name[:80]!r}: letters, digits, '.', '_', "
-                                 "'-', at most 64 characters")
+        _check_names("alias", aliases)
         return aliases
 
 
