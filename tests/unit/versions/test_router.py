@@ -148,6 +148,15 @@ def test_bad_alias_settings_fail_at_start(change: dict[str, object]) -> None:
         AliasSettings.model_validate({**CHAT_ALIAS, **change})
 
 
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"aliases": {"bad name": CHAT_ALIAS}}, "alias name 'bad name'"),
+    ({"aliases": {"chat": {**CHAT_ALIAS, "versions": {"v/1": {"model": "m"}}}}},
+     "version name 'v/1'")])
+def test_alias_and_version_names_are_checked(settings: dict[str, object], named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        VersionsSettings.model_validate(settings)
+
+
 def test_cards_list_the_aliases_with_a_version_served() -> None:
     r = router()
     assert [card["id"] for card in r.cards({"base-a"})] == ["chat"]
