@@ -36,7 +36,6 @@ from gateway.cache import keep_answer
 from gateway.errors import (
     EngineError,
     InvalidField,
-    ModelNotFound,
     NoHealthyEngine,
     SluiceError,
     UnsupportedEndpoint,
@@ -129,13 +128,6 @@ class Passthrough:
         if isinstance(last, UpstreamRejected):
             raise UnsupportedEndpoint("the engines do not support /version") from last
         raise last
-
-    def model_card(self, model: str) -> dict[str, Any]:
-        """The card of a model some healthy engine serves; 404 ``model_not_found``."""
-        for card in self._pool.models():
-            if card["id"] == model:
-                return card
-        raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
 
     def resolve(self, ctx: RequestContext) -> None:
         """The model the request goes to: the body's, or the only one served; an alias

@@ -75,10 +75,11 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
     return Response(result, media_type="application/json", headers=headers)
 
 
-def generation_headers(ctx: RequestContext) -> dict[str, str]:
-    """The request's route headers (:meth:`RequestContext.route_headers`) and
-    ``x-sluice-cache`` (hit, miss, coalesced or bypass)."""
-    return {"x-sluice-cache": ctx.cache.result, **ctx.route_headers()}
+def generation_headers(ctx: RequestContext, *, cache: bool = True) -> dict[str, str]:
+    """The request's route headers (:meth:`RequestContext.route_headers`) and, for a
+    route the cache serves, ``x-sluice-cache`` (hit, miss, coalesced or bypass)."""
+    route = ctx.route_headers()
+    return {"x-sluice-cache": ctx.cache.result, **route} if cache else route
 
 
 async def chat_completions(request: Request) -> Response:

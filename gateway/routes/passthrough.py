@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from gateway.accounting import director_counts
 from gateway.cache import read_directives, serves
-from gateway.errors import SluiceError
+from gateway.errors import ModelNotFound, SluiceError
 from gateway.event_stream import EventStreamResponse
 from gateway.headers import header
 from gateway.pipeline.context import Endpoint
@@ -44,12 +44,12 @@ async def _forward(request: Request, endpoint: Endpoint) -> Response:
         raise
     except SluiceError as exc:
         await watch.close()
-        exc.headers.update(generation_headers(ctx) if cached else ctx.route_headers())
+        exc.headers.update(generation_headers(ctx, cache=cached))
         raise
     except BaseException:
         await watch.close()
         raise
-    headers = generation_headers(ctx) if cached else ctx.route_headers()
+    headers = generation_headers(ctx, cache=cached)
     if isinstance(result, StartedStream):
         return EventStreamResponse(
             result.body, watch, head=result.head,
@@ -68,10 +68,12 @@ def _handler(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 async def model_card(request: Request) -> Response:
     """A served model's card, or a model alias's (when some version of it is served)."""
     model_id = request.path_params["model_id"]
-    served = {card["id"] for card in request.state.pool.models()}
-    aliases = [c for c in request.state.versions.cards(served) if c["id"] == model_id]
-    card = aliases[0] if aliases else request.state.passthrough.model_card(model_id)
-    return Response(orjson.dumps(card), media_type="application/json")
+    cards = request.state.pool.models()
+    aliases = request.state.versions.cards({card["id"] for card in cards})
+    for card in (*aliases, *cards):
+        if card["id"] == model_id:
+            return Response(orjson.dumps(card), media_type="application/json")
+    raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
 
 
 async def version(request: Request) -> Response:
