@@ -36,14 +36,13 @@ KNOWN_KEYS = 10_000
 class LastKnownKeys:
     """The :class:`~gateway.keys.KeyStore` protocol over a shared store, answering
     lookups from the records last read while that store is unreachable (see the module
-    doc). ``retry_after_s`` is the ``Retry-After`` of the 503 for an unseen key."""
+    doc). The 503 for an unseen key keeps the store's ``Retry-After``."""
 
     def __init__(self, store: KeyStore, metrics: GatewayMetrics, *,
-                 size: int = KNOWN_KEYS, retry_after_s: int = 1) -> None:
+                 size: int = KNOWN_KEYS) -> None:
         self.store = store
         self._metrics = metrics
         self._size = size
-        self._retry_after = str(retry_after_s)
         self._known: OrderedDict[str, ApiKey] = OrderedDict()
 
     def known(self, key_hash: str) -> ApiKey | None:
@@ -65,7 +64,7 @@ class LastKnownKeys:
                 raise StoreUnavailable(
                     "the API key store is unreachable and this gateway has not seen this "
                     "key since it started, so it cannot be checked; retry shortly",
-                    headers={"Retry-After": self._retry_after}) from exc
+                    headers=exc.headers) from exc
             self._known.move_to_end(key_hash)
             self._metrics.redis_bypassed.labels("keys").inc()
             return known
@@ -127,15 +126,14 @@ class LastKnownKeys:
 class OutageLimiter:
     """The :class:`~gateway.keys.RateLimiter` protocol over a shared limiter, falling
     back to ``local`` (open) or refusing (closed) while it is unreachable (see the
-    module doc). ``retry_after_s`` is the ``Retry-After`` of a refusal."""
+    module doc). A refusal keeps the store's ``Retry-After``."""
 
     def __init__(self, shared: RateLimiter, local: RateLimiter, metrics: GatewayMetrics,
-                 *, fail_open: bool, retry_after_s: int = 1) -> None:
+                 *, fail_open: bool) -> None:
         self.shared = shared
         self.local = local
         self._metrics = metrics
         self._fail_open = fail_open
-        self._retry_after = retry_after_s
 
     async def admit(self, key_id: str, limits: Limits) -> Decision:
         if not limits.any:
@@ -146,10 +144,11 @@ class OutageLimiter:
             self._metrics.redis_bypassed.labels("limits").inc()
             if self._fail_open:
                 return await self.local.admit(key_id, limits)
+            retry = exc.headers.get("Retry-After", "1")
             raise StoreUnavailable(
                 f"the rate limit store is unreachable and redis.fail_open is off, so key "
-                f"{key_id}'s limits cannot be checked; retry in {self._retry_after} s",
-                headers={"Retry-After": str(self._retry_after)}) from exc
+                f"{key_id}'s limits cannot be checked; retry in {retry} s",
+                headers={"Retry-After": retry}) from exc
 
     async def charge(self, key_id: str, tokens: int) -> None:
         try:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, cast
@@ -250,11 +249,9 @@ def redis_keys(link: RedisLink, metrics: GatewayMetrics
     the lifespan task that applies revocations published by any replica to the records
     this one remembers."""
     settings = link.settings
-    retry_after = max(1, math.ceil(settings.probe_interval_s))
     store = RedisKeyStore(link)
-    known = LastKnownKeys(store, metrics, size=settings.known_keys,
-                          retry_after_s=retry_after)
+    known = LastKnownKeys(store, metrics, size=settings.known_keys)
     limiter = OutageLimiter(RedisRateLimiter(link), MemoryRateLimiter(), metrics,
-                            fail_open=settings.fail_open, retry_after_s=retry_after)
+                            fail_open=settings.fail_open)
     watch = watch_channel(link, store.channel, known.reload, op="keys_watch")
     return KeyService(known, limiter), watch

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import os
 import uuid
 from collections import Counter
@@ -117,10 +116,9 @@ class RedisCounters:
             self._metrics.redis_bypassed.labels("counters").inc()
             self._dirty.add(key)  # a timed-out increment may have landed: resync
             if not self._link.settings.fail_open:
-                retry = max(1, math.ceil(self._link.settings.probe_interval_s))
                 raise StoreUnavailable(
                     "the shared admission counters are unreachable and redis.fail_open "
-                    "is off; retry shortly", headers={"Retry-After": str(retry)}) from exc
+                    "is off; retry shortly", headers=exc.headers) from exc
             return await self._local.acquire(key, limit)
         if int(granted) & 2:
             self._dirty.update(self._held)

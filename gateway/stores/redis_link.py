@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -61,6 +62,9 @@ class RedisLink:
         self._beats: list[Beat] = []
         self._closing = False
         self.bound_s = settings.connect_timeout_s + 2 * settings.command_timeout_s
+        self.retry_after = {"Retry-After": str(max(1, math.ceil(settings.probe_interval_s)))}
+        """The ``Retry-After`` of every :class:`StoreUnavailable` raised here (the next
+        probe may find Redis back): a store that refuses on it passes it on."""
 
     def key(self, *parts: str) -> str:
         """A key under the configured prefix."""
@@ -73,13 +77,15 @@ class RedisLink:
         """Run one Redis operation (``op`` names it in metrics). Raises
         :class:`StoreUnavailable` at once while Redis is down, and when it fails."""
         if not self.up:
-            raise StoreUnavailable(f"redis is down ({self.last_error})")
+            raise StoreUnavailable(f"redis is down ({self.last_error})",
+                                   headers=dict(self.retry_after))
         try:
             async with asyncio.timeout(self.bound_s):
                 return await command()
         except (RedisError, *_OUTAGE) as exc:
             self.failed(op, exc)
-            raise StoreUnavailable(f"redis {op} failed: {exc}") from exc
+            raise StoreUnavailable(f"redis {op} failed: {exc}",
+                                   headers=dict(self.retry_after)) from exc
 
     def failed(self, op: str, exc: BaseException) -> None:
         """Count a failure; an unreachable Redis is marked down until the next probe."""

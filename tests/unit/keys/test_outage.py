@@ -25,7 +25,8 @@ class Outage:
 
     def check(self) -> None:
         if self.down:
-            raise StoreUnavailable("redis is down (connection refused)")
+            raise StoreUnavailable("redis is down (connection refused)",
+                                   headers={"Retry-After": "2"})  # as RedisLink says
 
 
 class SharedKeyStore(MemoryKeyStore):
@@ -79,13 +80,13 @@ class Replica:
         self.outage = Outage()
         self.metrics = GatewayMetrics()
         self.store = SharedKeyStore(self.outage)
-        self.known = LastKnownKeys(self.store, self.metrics, size=size, retry_after_s=2)
+        self.known = LastKnownKeys(self.store, self.metrics, size=size)
         clock = lambda: 500.0  # noqa: E731 - one instant: nothing slides out of a window
         self.shared = SharedLimiter(self.outage, clock)
         self.local = MemoryRateLimiter(clock=clock)
         self.service = KeyService(
             self.known, OutageLimiter(self.shared, self.local, self.metrics,
-                                      fail_open=fail_open, retry_after_s=2),
+                                      fail_open=fail_open),
             clock=lambda: 1_700_000_000.0)
 
     def bypassed(self, store: str) -> float:
