@@ -119,6 +119,15 @@ return 1
 """
 """KEYS: record, digests, ids. ARGV: digest, id, created, then the record's fields."""
 
+FIND = """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return {} end
+return redis.call('HGETALL', ARGV[2] .. id)
+"""
+"""KEYS: digests. ARGV: digest, the record keys' prefix. The record (flat), or empty:
+one round trip for the lookup every request with a managed key makes (the record's key
+is known only once the digest is read, hence built here)."""
+
 REVOKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1])
@@ -160,6 +169,7 @@ class RedisKeyStore:
         client = link.client
         self._add: AsyncScript = client.register_script(ADD)
         self._revoke: AsyncScript = client.register_script(REVOKE)
+        self._find: AsyncScript = client.register_script(FIND)
         self._digests = link.key("apikeys", "digests")
         self._ids = link.key("apikeys", "ids")
         self.channel = link.key("apikeys", "revoked")
@@ -177,9 +187,9 @@ class RedisKeyStore:
             raise ValueError(f"key {key.id} is already stored")
 
     async def find(self, key_hash: str) -> ApiKey | None:
-        key_id = await self._link.call(
-            "keys-find", lambda: self._link.client.hget(self._digests, key_hash))
-        return None if key_id is None else await self.get(as_bytes(key_id).decode())
+        raw = await self._link.call("keys-find", lambda: self._find(
+            keys=[self._digests], args=[key_hash, self._key("")]))
+        return _record(raw) if raw else None
 
     async def get(self, key_id: str) -> ApiKey | None:
         raw = await self._link.call(
