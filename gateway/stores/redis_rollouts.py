@@ -24,8 +24,10 @@ from typing import Any
 
 import orjson
 
-from gateway.stores.protocols import Held, RolloutRecord, VersionPolicy
+from gateway.stores.protocols import Held, RolloutRecord
 from gateway.stores.redis_link import RedisLink, as_bytes
+from gateway.stores.redis_locks import RELEASE
+from gateway.stores.redis_versions import policy_fields, policy_from
 
 START = """
 if redis.call('HGET', KEYS[1], 'state') == 'running' then return 0 end
@@ -66,21 +68,8 @@ return 0
 """
 """KEYS: record, lease. ARGV: owner, lease_ms."""
 
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-"""KEYS: lease. ARGV: owner."""
 
 _HELD: dict[int, Held] = {0: "lost", 1: "held", 2: "stopped"}
-
-
-def _policy(policy: VersionPolicy) -> dict[str, Any]:
-    return {"weights": policy.weights, "shadow": policy.shadow}
-
-
-def _unpolicy(data: dict[str, Any]) -> VersionPolicy:
-    return VersionPolicy(dict(data.get("weights", {})), dict(data.get("shadow", {})))
 
 
 def encode(record: RolloutRecord) -> bytes:
@@ -88,9 +77,9 @@ def encode(record: RolloutRecord) -> bytes:
     return orjson.dumps({
         "alias": record.alias, "to": record.to, "base": record.base,
         "steps": list(record.steps), "hold_s": record.hold_s,
-        "before": _policy(record.before), "started_at": record.started_at,
+        "before": policy_fields(record.before), "started_at": record.started_at,
         "step": record.step, "step_started": record.step_started,
-        "written": None if record.written is None else _policy(record.written),
+        "written": None if record.written is None else policy_fields(record.written),
         "owner": record.owner})
 
 
@@ -99,10 +88,10 @@ def decode(raw: bytes, state: str, decisions: Sequence[bytes]) -> RolloutRecord:
     written = data.get("written")
     return RolloutRecord(
         alias=data["alias"], to=data["to"], base=data["base"],
-        steps=tuple(data["steps"]), hold_s=data["hold_s"], before=_unpolicy(data["before"]),
+        steps=tuple(data["steps"]), hold_s=data["hold_s"], before=policy_from(data["before"]),
         started_at=data["started_at"], state=state, step=data["step"],
         step_started=data["step_started"],
-        written=None if written is None else _unpolicy(written), owner=data["owner"],
+        written=None if written is None else policy_from(written), owner=data["owner"],
         decisions=tuple(orjson.loads(d) for d in decisions))
 
 

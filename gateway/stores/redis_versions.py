@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -44,14 +45,22 @@ return previous
 """KEYS: current, history, channel. ARGV: alias."""
 
 
+def policy_fields(policy: VersionPolicy) -> dict[str, Any]:
+    """A policy as stored (JSON), here and inside a rollout's record."""
+    return {"weights": policy.weights, "shadow": policy.shadow}
+
+
+def policy_from(data: dict[str, Any]) -> VersionPolicy:
+    return VersionPolicy(weights=dict(data.get("weights", {})),
+                         shadow=dict(data.get("shadow", {})))
+
+
 def encode(policy: VersionPolicy) -> bytes:
-    return orjson.dumps({"weights": policy.weights, "shadow": policy.shadow})
+    return orjson.dumps(policy_fields(policy))
 
 
 def decode(raw: bytes) -> VersionPolicy:
-    data = orjson.loads(raw)
-    return VersionPolicy(weights=dict(data.get("weights", {})),
-                         shadow=dict(data.get("shadow", {})))
+    return policy_from(orjson.loads(raw))
 
 
 class RedisVersionPolicies:
