@@ -138,9 +138,14 @@ class EnginePool:
     def healthy_count(self, model: str) -> int:
         return sum(1 for e in self._engines if e.healthy and model in e.cards)
 
+    def routable_for(self, model: str) -> list[EngineState]:
+        """The engines serving ``model`` that may take a request now (up, circuit not
+        open)."""
+        return [e for e in self._engines if e.routable and model in e.cards]
+
     def serving(self, model: str) -> bool:
-        """Some engine that may take a request now (up, circuit not open) serves it."""
-        return any(e.routable and model in e.cards for e in self._engines)
+        """Some engine that may take a request now serves ``model``."""
+        return bool(self.routable_for(model))
 
     @contextmanager
     def lease(self, engine: EngineState) -> Iterator[EngineState]:

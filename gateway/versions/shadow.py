@@ -118,7 +118,7 @@ class ShadowMirror:
     async def _run(self, mirror: Mirror, path: str, payload: bytes, served: str,
                    request_id: str) -> None:
         labels = (mirror.alias, mirror.version)
-        engines = [e for e in self._pool.engines if e.routable and served in e.cards]
+        engines = self._pool.routable_for(served)
         if not engines:
             self._metrics.shadow_requests.labels(*labels, "no_engine").inc()
             return
