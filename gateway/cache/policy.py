@@ -83,15 +83,15 @@ def cache_key(ctx: RequestContext, *, shared: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
-    """The ``cache`` settings as the director applies them."""
+    """The ``cache`` settings as the director applies them (with ``cache.enabled`` off
+    the app builds no cache at all)."""
 
-    enabled: bool = True
     shared_across_keys: bool = False
 
     def key(self, ctx: RequestContext) -> str | None:
         """``ctx``'s cache key, or None when it may not touch the cache."""
         use, name = ctx.cache, ctx.endpoint.name
-        if not self.enabled or use.no_store or name not in ENDPOINTS:
+        if use.no_store or name not in ENDPOINTS:
             return None
         if name in SAMPLED and not (use.allow or deterministic(ctx.body)):
             return None

@@ -53,6 +53,16 @@ async def test_a_repeated_request_is_answered_without_an_engine_call(
                         'version="none"}') == 1
 
 
+async def test_with_the_cache_off_every_request_reaches_the_engine(
+        start_sim: StartSim, start_gateway: StartGateway) -> None:
+    sim = await start_sim(FAST)
+    gateway = await start_gateway([sim], cache={"enabled": False})
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as http:
+        answers = [await post(http, CHAT) for _ in range(2)]
+        assert await sim_received(http, sim) == 2
+    assert [a.headers["x-sluice-cache"] for a in answers] == ["bypass", "bypass"]
+
+
 async def test_a_streamed_hit_is_valid_sse_the_openai_client_reads(
         start_sim: StartSim, start_gateway: StartGateway) -> None:
     sim = await start_sim(FAST)
