@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 PIN_HEADER = "x-sluice-version"
 """Request header naming the version of a model alias to use (and the response header
 naming the one that served)."""
+PIN_HEADER_KEY = PIN_HEADER.encode()
+"""The same, as an ASGI scope's header name."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,10 @@ from gateway.cache import read_directives
 from gateway.errors import SluiceError
 from gateway.headers import header
 from gateway.middleware import caller
-from gateway.pipeline.context import CHAT, COMPLETIONS, Endpoint, RequestContext
+from gateway.pipeline.context import CHAT, COMPLETIONS, PIN_HEADER_KEY, Endpoint, RequestContext
 from gateway.pipeline.director import StartedStream
 from gateway.protocol import check_media_type, parse_body
 from gateway.streaming import ClientWatch, SSEStreamResponse
-from gateway.versions import PIN_HEADER
 
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
 
@@ -37,7 +36,7 @@ async def new_context(request: Request, endpoint: Endpoint) -> RequestContext | 
     ctx = RequestContext.new(request.state.request_id, endpoint, parse_body(raw),
                              arrived=arrived, session_key=header(request.scope, b"x-session-id"),
                              principal=principal, key=key)
-    ctx.pinned_version = header(request.scope, PIN_HEADER.encode())
+    ctx.pinned_version = header(request.scope, PIN_HEADER_KEY)
     return ctx
 
 

@@ -10,8 +10,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.headers import header
 from gateway.middleware import caller
+from gateway.pipeline.context import PIN_HEADER_KEY
 from gateway.settings import Settings
-from gateway.versions import PIN_HEADER
 from gateway.websocket.handshake import chosen_subprotocol, origin_refusal, refuse
 from gateway.websocket.mux import Multiplexer, SocketClosed
 from gateway.websocket.realtime import RealtimeRelay
@@ -44,7 +44,7 @@ async def requests_socket(websocket: WebSocket) -> None:
                       max_requests=settings.websocket.max_requests_per_socket,
                       session_key=header(websocket.scope, b"x-session-id"),
                       principal=principal, key=key,
-                      pinned_version=header(websocket.scope, PIN_HEADER.encode()))
+                      pinned_version=header(websocket.scope, PIN_HEADER_KEY))
     try:
         while True:
             message = await websocket.receive()

@@ -67,7 +67,7 @@ from gateway.errors import (
 from gateway.headers import header
 from gateway.middleware import caller
 from gateway.pipeline.connector import Scheduler
-from gateway.pipeline.context import PIN_HEADER, Endpoint, RequestContext
+from gateway.pipeline.context import PIN_HEADER_KEY, Endpoint, RequestContext
 from gateway.pipeline.director import Director
 from gateway.protocol import GenerationRequest
 from gateway.services.engine_pool import EnginePool, EngineState
@@ -163,7 +163,7 @@ class RealtimeRelay:
         ctx = RequestContext.new(f"rt-{uuid.uuid4().hex[:12]}", REALTIME, {"model": model},
                                  principal=principal, key=key,
                                  session_key=header(scope, b"x-session-id"))
-        ctx.pinned_version = header(scope, PIN_HEADER.encode())
+        ctx.pinned_version = header(scope, PIN_HEADER_KEY)
         self._director.begin(ctx)
         error: BaseException | None = None
         try:
