@@ -17,7 +17,7 @@ from starlette.routing import Route
 from gateway.errors import AuthenticationFailed
 from gateway.headers import header
 from gateway.keys import KeyService
-from gateway.protocol import KeyRequest, check_media_type, parse_body, validate
+from gateway.protocol import KeyRequest, M, check_media_type, parse_body, validate
 
 
 def check_admin_token(request: Request) -> None:
@@ -38,6 +38,13 @@ def _service(request: Request) -> KeyService:
     return keys
 
 
+async def read_json(request: Request, model: type[M]) -> M:
+    """The request's JSON body as ``model`` (415 for another media type, 400 for a body
+    that is not valid)."""
+    check_media_type(header(request.scope, b"content-type"))
+    return validate(model, parse_body(await request.body()))
+
+
 def json_response(content: object, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code,
                     media_type="application/json")
@@ -45,8 +52,7 @@ def json_response(content: object, status_code: int = 200) -> Response:
 
 async def create_key(request: Request) -> Response:
     keys = _service(request)
-    check_media_type(header(request.scope, b"content-type"))
-    spec = validate(KeyRequest, parse_body(await request.body()))
+    spec = await read_json(request, KeyRequest)
     new = await keys.create(spec.name, models=tuple(spec.models), rpm=spec.rpm,
                             tpm=spec.tpm)
     return json_response({**new.record.public(), "key": new.secret}, status_code=201)

@@ -14,15 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.headers import header
 from gateway.protocol import (
     PolicyRequest,
     RolloutRequest,
-    check_media_type,
-    parse_body,
-    validate,
 )
-from gateway.routes.admin import check_admin_token, json_response
+from gateway.routes.admin import check_admin_token, json_response, read_json
 from gateway.stores import VersionPolicy
 from gateway.versions.rollout import Rollouts, public
 from gateway.versions.service import VersionService
@@ -51,8 +47,7 @@ async def history(request: Request) -> Response:
 
 async def set_policy(request: Request) -> Response:
     service = _service(request)
-    check_media_type(header(request.scope, b"content-type"))
-    spec = validate(PolicyRequest, parse_body(await request.body()))
+    spec = await read_json(request, PolicyRequest)
     policy = VersionPolicy(weights=dict(spec.weights), shadow=dict(spec.shadow))
     return json_response(await service.set(request.path_params["alias"], policy))
 
@@ -69,8 +64,7 @@ def _rollouts(request: Request) -> Rollouts:
 
 async def start_rollout(request: Request) -> Response:
     rollouts = _rollouts(request)
-    check_media_type(header(request.scope, b"content-type"))
-    spec = validate(RolloutRequest, parse_body(await request.body()))
+    spec = await read_json(request, RolloutRequest)
     started = await rollouts.start(request.path_params["alias"], spec.to, spec.steps,
                                    spec.hold_s, spec.base)
     return json_response(public(started), status_code=202)
