@@ -1,5 +1,5 @@
 """``python -m gateway`` is the ``sluice`` command."""
 
-from gateway.cli import app
+from gateway.cli.main import app
 
 app()

@@ -19,30 +19,19 @@ from starlette.middleware import Middleware
 from starlette.types import Receive, Scope, Send
 
 from engines.supervisor import EngineProcess
-from gateway.accounting import RefusalAccountingMiddleware
 from gateway.cache import CachePolicy, ResponseCaching
-from gateway.cors import CORSMiddleware
-from gateway.drain import Drain
-from gateway.engine.aiohttp_transport import AiohttpTransport
-from gateway.engine.client import EngineClient
-from gateway.engine.transport import Transport
-from gateway.engine.ws_transport import WebSocketDialer
-from gateway.handlers import EXCEPTION_HANDLERS
-from gateway.keys import KeyService, memory_keys
-from gateway.keys.redis import redis_keys
-from gateway.metrics import GatewayMetrics
-from gateway.middleware import (
+from gateway.config.settings import EngineConfig, Settings
+from gateway.core.context import CHAT, COMPLETIONS
+from gateway.edge.accounting import RefusalAccountingMiddleware
+from gateway.edge.cors import CORSMiddleware
+from gateway.edge.handlers import EXCEPTION_HANDLERS
+from gateway.edge.middleware import (
     OPEN_PATHS,
     AuthMiddleware,
     BodyLimitMiddleware,
     RequestContextMiddleware,
 )
-from gateway.pipeline.admission import Admission
-from gateway.pipeline.connector import Connector
-from gateway.pipeline.context import CHAT, COMPLETIONS
-from gateway.pipeline.director import Director
-from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
-from gateway.routes import (
+from gateway.edge.routes import (
     admin,
     admin_versions,
     docs,
@@ -52,25 +41,36 @@ from gateway.routes import (
     playground,
     ws,
 )
+from gateway.edge.streaming import SERVER_SEND
+from gateway.edge.websocket.realtime import RealtimeRelay
+from gateway.keys import KeyService, memory_keys
+from gateway.keys.redis import redis_keys
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.admission import Admission
+from gateway.pipeline.connector import Connector
+from gateway.pipeline.director import Director
+from gateway.pipeline.drain import Drain
+from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
 from gateway.scheduling import Scheduler
-from gateway.services.engine_pool import EnginePool
-from gateway.settings import EngineConfig, Settings
 from gateway.stores import Stores, memory_stores
 from gateway.stores.redis_link import RedisLink
 from gateway.stores.redis_stores import redis_stores
 from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
-from gateway.streaming import SERVER_SEND
+from gateway.upstream.aiohttp_transport import AiohttpTransport
+from gateway.upstream.client import EngineClient
+from gateway.upstream.pool import EnginePool
+from gateway.upstream.transport import Transport
+from gateway.upstream.websocket import WebSocketDialer
 from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
 from gateway.versions.shadow import ShadowMirror
 from gateway.versions.stats import VersionMeasure
-from gateway.websocket.realtime import RealtimeRelay
 
 
 class GatewayApp(Starlette):
     """The Starlette app, leaving the server's own ``send`` in each HTTP scope so that
-    streamed bodies skip the middleware wrappers (see :mod:`gateway.streaming`)."""
+    streamed bodies skip the middleware wrappers (see :mod:`gateway.edge.streaming`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -87,7 +87,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     set, in memory when not), ``keys`` the key store and rate limiter (the same: in
     Redis when ``redis.url`` is set and ``stores`` is not given, else in memory).
     ``app.state.drain`` is what a
-    server calls on SIGTERM (see :mod:`gateway.server`)."""
+    server calls on SIGTERM (see :mod:`gateway.edge.server`)."""
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics)  # a bad profile fails here, early
     drain = Drain(settings.resilience.drain_timeout_s, metrics)

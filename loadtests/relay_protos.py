@@ -27,8 +27,8 @@ import uvloop
 from aiohttp import web
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.edge.streaming import DONE, sse_frame
 from gateway.pipeline.relay import Relay
-from gateway.streaming import DONE, sse_frame
 
 UPSTREAM_ENV = "RELAY_UPSTREAM"
 _JSON = {"Content-Type": "application/json"}
@@ -131,7 +131,7 @@ def make_aiohttp(upstream: str) -> web.Application:
 def sluice_asgi() -> ASGIApp:
     """The full gateway (settings from ``$SLUICE_CONFIG``), for servers that take a factory."""
     from gateway.app import create_app
-    from gateway.settings import load_settings
+    from gateway.config.settings import load_settings
 
     return create_app(load_settings(Path(os.environ["SLUICE_CONFIG"])))
 

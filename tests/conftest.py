@@ -18,8 +18,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import create_app
-from gateway.server import GatewayServer
-from gateway.settings import EngineConfig, Settings
+from gateway.config.settings import EngineConfig, Settings
+from gateway.edge.server import GatewayServer
 from loadtests.launch import LaunchError, free_port
 from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, real_stack
 from tests.redis_server import RedisServer

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway.pipeline.context import CacheUse, Endpoint, RequestContext
+from gateway.core.context import CacheUse, Endpoint, RequestContext
 
 SAMPLED = frozenset({"chat", "completions"})
 """Endpoints whose answer is fixed only by greedy sampling or a seed (:func:`deterministic`)."""

@@ -24,9 +24,9 @@ from typing import Any
 
 from gateway.cache.flights import Flight, Flights
 from gateway.cache.policy import FIXED, CachePolicy
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline.context import Endpoint, RequestContext
-from gateway.settings import TimeoutSettings
+from gateway.config.settings import TimeoutSettings
+from gateway.core.context import Endpoint, RequestContext
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores import CachedResponse, Locks, ResponseCache
 
 _INCOMPLETE = (None, "abort", "error")

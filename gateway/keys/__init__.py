@@ -2,9 +2,9 @@
 :class:`RateLimiter`, both behind protocols with in-memory backends (one gateway
 process); a shared backend implements the same protocols for many."""
 
+from gateway.core.keys import ApiKey, Limits, hash_key
 from gateway.keys.memory import MemoryKeyStore, MemoryRateLimiter
 from gateway.keys.protocols import WINDOW_S, Decision, KeyStore, RateLimiter
-from gateway.keys.records import ApiKey, Limits, hash_key
 from gateway.keys.service import KeyService, NewKey
 
 

@@ -8,8 +8,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from gateway.core.keys import ApiKey, Limits
 from gateway.keys.protocols import ALLOWED, WINDOW_S, Decision
-from gateway.keys.records import ApiKey, Limits
 
 
 class MemoryKeyStore:

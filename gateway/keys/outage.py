@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from gateway.core.keys import ApiKey, Limits
 from gateway.keys.protocols import ALLOWED, Decision, KeyStore, RateLimiter
-from gateway.keys.records import ApiKey, Limits
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable
 
 KNOWN_KEYS = 10_000

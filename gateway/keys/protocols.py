@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from gateway.keys.records import ApiKey, Limits
+from gateway.core.keys import ApiKey, Limits
 
 WINDOW_S = 60.0
 """The sliding window of both limits."""

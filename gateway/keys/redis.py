@@ -39,12 +39,12 @@ from typing import Any, Literal, cast
 
 from redis.commands.core import AsyncScript
 
+from gateway.core.keys import ApiKey, Limits
 from gateway.keys.memory import MemoryRateLimiter
 from gateway.keys.outage import LastKnownKeys, OutageLimiter
 from gateway.keys.protocols import ALLOWED, WINDOW_S, Decision
-from gateway.keys.records import ApiKey, Limits
 from gateway.keys.service import KeyService
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.redis_link import RedisLink, as_bytes, watch_channel
 
 Clock = Callable[[], float]

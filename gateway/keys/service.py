@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import KeyNotFound, RateLimited
+from gateway.core.errors import KeyNotFound, RateLimited
+from gateway.core.keys import ApiKey, hash_key, new_key_id, new_secret
 from gateway.keys.protocols import KeyStore, RateLimiter
-from gateway.keys.records import ApiKey, hash_key, new_key_id, new_secret
 
 _UNITS = {"rpm": "requests", "tpm": "tokens"}
 

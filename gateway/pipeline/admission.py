@@ -10,8 +10,8 @@ gateway replicas.
 
 from __future__ import annotations
 
-from gateway.errors import Overloaded
-from gateway.fleet_settings import AdmissionSettings
+from gateway.config.fleet import AdmissionSettings
+from gateway.core.errors import Overloaded
 from gateway.stores import Counters
 
 

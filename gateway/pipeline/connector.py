@@ -26,8 +26,9 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.drain import Drain
-from gateway.errors import (
+from gateway.config.fleet import ResilienceSettings
+from gateway.core.context import RequestContext
+from gateway.core.errors import (
     EngineError,
     EngineTimeout,
     EngineUnavailable,
@@ -35,11 +36,10 @@ from gateway.errors import (
     SluiceError,
     UpstreamRejected,
 )
-from gateway.fleet_settings import ResilienceSettings
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline.context import RequestContext
-from gateway.routing.budget import RetryBudget
-from gateway.services.engine_pool import EnginePool, EngineState
+from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.budget import RetryBudget
+from gateway.pipeline.drain import Drain
+from gateway.upstream.pool import EnginePool, EngineState
 
 log = logging.getLogger("sluice.upstream")
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.cache import Flight, FlightFailed, ResponseCaching, keep_answer
-from gateway.drain import Drain
-from gateway.errors import (
+from gateway.config.fleet import ResilienceSettings
+from gateway.core.context import RequestContext, Usage
+from gateway.core.errors import (
     ContextLengthExceeded,
     EngineError,
     InvalidField,
@@ -34,16 +35,15 @@ from gateway.errors import (
     ShuttingDown,
     SluiceError,
 )
-from gateway.fleet_settings import ResilienceSettings
+from gateway.core.protocol import choice_text, validate
 from gateway.keys import KeyService
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
-from gateway.pipeline.context import RequestContext, Usage
+from gateway.pipeline.drain import Drain
 from gateway.pipeline.session import StreamSession
-from gateway.protocol import choice_text, validate
-from gateway.services.engine_pool import EnginePool, EngineState
 from gateway.stores import CachedResponse
+from gateway.upstream.pool import EnginePool, EngineState
 from gateway.versions import VersionRouter
 
 log = logging.getLogger("sluice.director")

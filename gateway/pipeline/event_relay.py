@@ -17,8 +17,8 @@ import logging
 
 import orjson
 
-from gateway.errors import EngineError, SluiceError
-from gateway.pipeline.context import Usage
+from gateway.core.context import Usage
+from gateway.core.errors import EngineError, SluiceError
 from gateway.pipeline.relay import load_event
 from gateway.pipeline.sse import normalize_line_endings
 

@@ -33,7 +33,8 @@ from typing import Any
 import orjson
 
 from gateway.cache import keep_answer
-from gateway.errors import (
+from gateway.core.context import Endpoint, RequestContext, Usage
+from gateway.core.errors import (
     EngineError,
     InvalidField,
     NoHealthyEngine,
@@ -41,12 +42,11 @@ from gateway.errors import (
     UnsupportedEndpoint,
     UpstreamRejected,
 )
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.connector import Attempt, Connector
-from gateway.pipeline.context import Endpoint, RequestContext, Usage
 from gateway.pipeline.director import Director, StartedStream
 from gateway.pipeline.event_relay import EventRelay, responses_usage
-from gateway.services.engine_pool import EnginePool
+from gateway.upstream.pool import EnginePool
 
 log = logging.getLogger("sluice.passthrough")
 

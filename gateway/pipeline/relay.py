@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import EngineError
-from gateway.pipeline.context import Usage
+from gateway.core.context import Usage
+from gateway.core.errors import EngineError
 from gateway.pipeline.sse import SSEDecoder
 
 log = logging.getLogger("sluice.relay")

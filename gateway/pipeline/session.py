@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.drain import Drain
-from gateway.errors import EngineError, EngineTimeout, ShuttingDown, SluiceError
-from gateway.fleet_settings import ResilienceSettings
-from gateway.metrics import GatewayMetrics
+from gateway.config.fleet import ResilienceSettings
+from gateway.core.context import RequestContext
+from gateway.core.errors import EngineError, EngineTimeout, ShuttingDown, SluiceError
+from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.connector import Attempt, Connector
-from gateway.pipeline.context import RequestContext
+from gateway.pipeline.drain import Drain
 from gateway.pipeline.failover import continuation
 from gateway.pipeline.relay import Relay
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
 
 
 class BreakerView(Protocol):

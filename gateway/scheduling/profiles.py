@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Histogram
 
-from gateway.fleet_settings import (
+from gateway.config.fleet import (
     PluginRef,
     Profile,
     RoutingPolicy,

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from prometheus_client import Histogram
 
-from gateway.errors import NoHealthyEngine
-from gateway.fleet_settings import RoutingSettings
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline.context import RequestContext
+from gateway.config.fleet import RoutingSettings
+from gateway.core.context import RequestContext
+from gateway.core.errors import NoHealthyEngine
+from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling.interfaces import C, Candidate, Cycle
 from gateway.scheduling.producers import PrefixCacheIndexer, Producers
 from gateway.scheduling.profiles import Plan, PlanBuilder, restart_observers

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from prometheus_client import Histogram
 
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
 from gateway.scheduling.interfaces import (
     AttemptObserver,
     C,

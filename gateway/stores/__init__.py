@@ -5,6 +5,7 @@ Redis); a shared backend implements the same protocols so that any number of gat
 replicas agree. The lifespan builds one :class:`Stores` and hands it to the services.
 """
 
+from gateway.core.policy import VersionPolicy
 from gateway.stores.memory import MemoryLocks, memory_stores
 from gateway.stores.protocols import (
     AdapterPlacement,
@@ -15,7 +16,6 @@ from gateway.stores.protocols import (
     Stores,
     VersionMeasurements,
     VersionPolicies,
-    VersionPolicy,
 )
 from gateway.stores.windows import Window
 

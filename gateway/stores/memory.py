@@ -8,17 +8,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.policy import RETENTION_S, VersionPolicy
 from gateway.stores.protocols import (
     CachedResponse,
     Held,
     RolloutRecord,
     Stores,
-    VersionPolicy,
 )
-from gateway.stores.windows import RETENTION_S, Seconds, Window
+from gateway.stores.windows import Seconds, Window
 
 if TYPE_CHECKING:
-    from gateway.state_settings import CacheSettings
+    from gateway.config.state import CacheSettings
 
 
 class MemoryCounters:

@@ -9,10 +9,11 @@ measurements of a finished request are counted locally and shared in batches).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gateway.errors import SluiceError
+from gateway.core.errors import SluiceError
+from gateway.core.policy import VersionPolicy
 from gateway.stores.windows import Window
 
 
@@ -82,15 +83,6 @@ class AdapterPlacement(Protocol):
     async def forget_engine(self, engine: str) -> None:
         """The engine restarted: it holds no adapter now."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class VersionPolicy:
-    """How an alias's traffic is split over its versions (weights sum to > 0)."""
-
-    weights: dict[str, float] = field(default_factory=dict)
-    shadow: dict[str, float] = field(default_factory=dict)
-    """Mirror fraction per version (answers never reach the client)."""
 
 
 class VersionPolicies(Protocol):

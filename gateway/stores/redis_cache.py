@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import CachedResponse, StoreUnavailable
 from gateway.stores.redis_link import RedisLink, as_bytes
 

@@ -36,7 +36,7 @@ from typing import TypeVar
 
 from redis.commands.core import AsyncScript
 
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.memory import MemoryCounters
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_link import RedisLink

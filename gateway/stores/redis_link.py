@@ -23,8 +23,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.config.state import RedisSettings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable
 
 log = logging.getLogger("sluice.redis")

@@ -10,7 +10,7 @@ own call).
 
 from __future__ import annotations
 
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_link import RedisLink
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_link import RedisLink, as_bytes
 from gateway.stores.windows import Counts, Seconds, Window

@@ -9,7 +9,7 @@ and not retried: placement is re-observed from the engines.
 
 from __future__ import annotations
 
-from gateway.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.memory import MemoryAdapterPlacement
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_link import RedisLink

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.config.state import RedisSettings
+from gateway.core.policy import RETENTION_S
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import Stores
 from gateway.stores.redis_cache import RedisCache
 from gateway.stores.redis_counters import RedisCounters
@@ -19,7 +20,6 @@ from gateway.stores.redis_measurements import RedisMeasurements
 from gateway.stores.redis_placement import RedisAdapterPlacement
 from gateway.stores.redis_rollouts import RedisRollouts
 from gateway.stores.redis_versions import RedisVersionPolicies
-from gateway.stores.windows import RETENTION_S
 
 
 @dataclass(frozen=True, slots=True)

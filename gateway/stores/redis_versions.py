@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 
-from gateway.metrics import GatewayMetrics
-from gateway.stores.protocols import StoreUnavailable, VersionPolicy
+from gateway.core.policy import VersionPolicy
+from gateway.observability.metrics import GatewayMetrics
+from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_link import RedisLink, as_bytes, watch_channel
 
 log = logging.getLogger("sluice.redis")

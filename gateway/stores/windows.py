@@ -16,9 +16,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-RETENTION_S = 4 * 3600.0
-"""How long measurements are kept by default (``versions.measure_retention_s``)."""
-
 TTFT_BOUNDS: tuple[float, ...] = tuple(0.001 * 2 ** (i / 5) for i in range(86))
 BUCKETS = len(TTFT_BOUNDS) + 1
 

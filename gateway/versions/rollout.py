@@ -34,10 +34,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from gateway.errors import AliasNotFound, Conflict, InvalidField, SluiceError
+from gateway.config.versions import RolloutSettings
+from gateway.core.errors import AliasNotFound, Conflict, InvalidField, SluiceError
 from gateway.stores import VersionMeasurements, VersionPolicy, Window
 from gateway.stores.protocols import RolloutRecord, RolloutRecords
-from gateway.versions.config import RolloutSettings
 from gateway.versions.router import VersionRouter, policy_json
 from gateway.versions.service import VersionService
 

@@ -20,10 +20,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import InvalidField, SluiceError
-from gateway.pipeline.context import PIN_HEADER, RequestContext
+from gateway.config.versions import AliasSettings, VersionsSettings, policy_problem
+from gateway.core.context import PIN_HEADER, RequestContext
+from gateway.core.errors import InvalidField, SluiceError
 from gateway.stores import VersionPolicies, VersionPolicy
-from gateway.versions.config import AliasSettings, VersionsSettings, policy_problem
 from gateway.versions.shadow import ShadowMirror
 
 log = logging.getLogger("sluice.versions")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import AliasNotFound, InvalidField, NoEarlierPolicy
+from gateway.config.versions import policy_problem
+from gateway.core.errors import AliasNotFound, InvalidField, NoEarlierPolicy
 from gateway.stores import VersionPolicy
-from gateway.versions.config import policy_problem
 from gateway.versions.router import VersionRouter, policy_json
 
 

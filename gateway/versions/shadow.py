@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.errors import SluiceError
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline.context import RequestContext
-from gateway.protocol import choice_text
+from gateway.core.context import RequestContext
+from gateway.core.errors import SluiceError
+from gateway.core.protocol import choice_text
+from gateway.observability.metrics import GatewayMetrics
 from gateway.versions.similarity import similarity
 
 if TYPE_CHECKING:  # the engine pool imports the settings, which import this package
-    from gateway.services.engine_pool import EnginePool
+    from gateway.upstream.pool import EnginePool
 
 log = logging.getLogger("sluice.shadow")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
 from gateway.stores import VersionMeasurements
 
 

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from gateway.config.state import RedisSettings
 from gateway.keys import KeyService, hash_key
 from gateway.keys.outage import LastKnownKeys
 from gateway.keys.redis import redis_keys
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.redis_link import RedisLink
 from simulator import SimConfig
 from tests.conftest import StartGateway

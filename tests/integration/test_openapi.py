@@ -9,7 +9,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.openapi import openapi_path
+from gateway.edge.openapi import openapi_path
 from tests.conftest import StartGateway
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.config.state import RedisSettings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores import CachedResponse, VersionPolicy
 from gateway.stores.protocols import StoreUnavailable
 from gateway.stores.redis_counters import RedisCounters

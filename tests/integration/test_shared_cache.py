@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.config.state import RedisSettings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores import CachedResponse, Locks, MemoryLocks, ResponseCache, memory_stores
 from gateway.stores.redis_stores import redis_stores
 from loadtests.fleet import gateway_launch

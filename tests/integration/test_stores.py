@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.config.state import RedisSettings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores import CachedResponse, Stores, VersionPolicy, memory_stores
 from gateway.stores.protocols import RolloutRecord
 from gateway.stores.redis_stores import redis_stores

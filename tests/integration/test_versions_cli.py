@@ -8,7 +8,7 @@ import json
 
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from simulator import SimConfig
 from tests.integration.test_versions import ADMIN_TOKEN, MODELS, STATIC_KEY, versions
 

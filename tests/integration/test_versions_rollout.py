@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from simulator import SimConfig
 from tests.integration.helpers import wait_until
 from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, BODY, KEY, MODELS, STATIC_KEY

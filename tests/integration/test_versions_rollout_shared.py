@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from gateway.cli.main import app
 from simulator import SimConfig
 from tests.integration.conftest import ServeGateway
 from tests.integration.helpers import gateway_metric, wait_until

@@ -6,12 +6,12 @@ from typing import Any
 
 import orjson
 
-from gateway.engine.client import EngineClient
-from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
-from gateway.errors import EngineUnavailable
-from gateway.metrics import GatewayMetrics
-from gateway.services.engine_pool import EnginePool
-from gateway.settings import EngineConfig, TimeoutSettings
+from gateway.config.settings import EngineConfig, TimeoutSettings
+from gateway.core.errors import EngineUnavailable
+from gateway.observability.metrics import GatewayMetrics
+from gateway.upstream.client import EngineClient
+from gateway.upstream.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.upstream.pool import EnginePool
 from gateway.versions import VersionsSettings
 
 MODELS = orjson.dumps({"object": "list", "data": [{"id": "m", "max_model_len": 64}]})

@@ -1,6 +1,6 @@
 import orjson
 
-from gateway.errors import (
+from gateway.core.errors import (
     ContextLengthExceeded,
     EngineTimeout,
     NoHealthyEngine,

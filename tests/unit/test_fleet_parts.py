@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from gateway.drain import Drain
-from gateway.engine.load import EngineLoad, parse_load
-from gateway.errors import Overloaded
-from gateway.fleet_settings import AdmissionSettings
-from gateway.metrics import GatewayMetrics
+from gateway.config.fleet import AdmissionSettings
+from gateway.core.errors import Overloaded
+from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
+from gateway.pipeline.drain import Drain
 from gateway.stores.memory import MemoryCounters
+from gateway.upstream.load import EngineLoad, parse_load
 
 
 async def test_admission_limit_scales_with_healthy_engines() -> None:

@@ -166,7 +166,7 @@ def test_top_level_packages_import_each_other_without_cycles() -> None:
 
 
 def test_the_sluice_cli_loads_neither_the_simulator_nor_the_harness() -> None:
-    probe = ("import sys, gateway.cli; print(' '.join(sorted(m for m in sys.modules "
+    probe = ("import sys, gateway.cli.main; print(' '.join(sorted(m for m in sys.modules "
              "if m.split('.')[0] in ('simulator', 'loadtests') or m.startswith("
              "'engines.simulator'))))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -181,7 +181,7 @@ SAMPLE = textwrap.dedent("""
     import importlib
     from typing import TYPE_CHECKING
     from . import sibling
-    from ..errors import Oops
+    from ...core.errors import Oops
     if TYPE_CHECKING:
         import loadtests.records
     else:
@@ -191,15 +191,16 @@ SAMPLE = textwrap.dedent("""
         return importlib.import_module("loadtests.cli")
     class C:
         def method(self):
-            import gateway.settings as s
+            import gateway.config.settings as s
 """)
 
 
 def test_the_scanner_sees_lazy_and_relative_imports_and_skips_type_checking() -> None:
-    found = imports_of_source(SAMPLE, "gateway.routes.health", "gateway/routes/health.py")
+    found = imports_of_source(SAMPLE, "gateway.edge.routes.health",
+                              "gateway/edge/routes/health.py")
     targets = {imp.target for imp in found}
-    assert {"gateway.routes", "gateway.routes.sibling", "gateway.errors", "engines.spec",
-            "simulator", "loadtests.cli", "gateway.settings"} <= targets
+    assert {"gateway.edge.routes", "gateway.edge.routes.sibling", "gateway.core.errors",
+            "engines.spec", "simulator", "loadtests.cli", "gateway.config.settings"} <= targets
     assert "loadtests.records" not in targets
     assert next(imp.line for imp in found if imp.target == "simulator") == 12
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.routing.prefix import PrefixIndex, block_hashes, prompt_text
+from gateway.scheduling.prefix_index import PrefixIndex, block_hashes, prompt_text
 
 
 class FakeClock:

@@ -1,8 +1,8 @@
 import orjson
 import pytest
 
-from gateway.errors import InvalidField, InvalidRequest, NestingTooDeep, UnsupportedMediaType
-from gateway.protocol import (
+from gateway.core.errors import InvalidField, InvalidRequest, NestingTooDeep, UnsupportedMediaType
+from gateway.core.protocol import (
     MAX_JSON_DEPTH,
     ChatCompletionRequest,
     CompletionRequest,

@@ -7,20 +7,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.drain import Drain
-from gateway.engine.client import EngineClient
-from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
-from gateway.engine.ws_transport import Closed
-from gateway.fleet_settings import AdmissionSettings, ResilienceSettings
-from gateway.metrics import GatewayMetrics
+from gateway.config.fleet import AdmissionSettings, ResilienceSettings
+from gateway.config.settings import EngineConfig, TimeoutSettings, WebSocketSettings
+from gateway.edge.websocket.realtime import RealtimeRelay
+from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
-from gateway.routing.breaker import CircuitBreaker
-from gateway.services.engine_pool import EnginePool
-from gateway.settings import EngineConfig, TimeoutSettings, WebSocketSettings
+from gateway.pipeline.drain import Drain
 from gateway.stores.memory import MemoryCounters
-from gateway.websocket.realtime import RealtimeRelay
+from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.client import EngineClient
+from gateway.upstream.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.upstream.pool import EnginePool
+from gateway.upstream.websocket import Closed
 from tests.unit.pipeline.conftest import InOrder
 
 

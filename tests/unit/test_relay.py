@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.pipeline.context import Usage
+from gateway.core.context import Usage
 from gateway.pipeline.relay import Relay
 from gateway.pipeline.sse import SSEDecoder
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.routing.budget import RetryBudget
+from gateway.pipeline.budget import RetryBudget
 
 
 class FakeClock:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.settings import EngineConfig, Settings, load_settings
+from gateway.config.settings import EngineConfig, Settings, load_settings
 
 
 def test_defaults_manage_one_cpu_engine() -> None:
@@ -138,8 +138,8 @@ def test_admin_token_must_be_long_printable_and_single_worker() -> None:
 
 
 def test_redis_settings_default_to_memory_and_check_their_url() -> None:
-    from gateway.settings import Settings
-    from gateway.state_settings import RedisSettings
+    from gateway.config.settings import Settings
+    from gateway.config.state import RedisSettings
 
     assert Settings().redis.url == ""
     assert RedisSettings().fail_open
@@ -151,7 +151,7 @@ def test_redis_settings_default_to_memory_and_check_their_url() -> None:
 
 
 def test_redis_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.settings import Settings
+    from gateway.config.settings import Settings
 
     monkeypatch.setenv("SLUICE_REDIS__URL", "redis://cache:6379/1")
     assert Settings().redis.url == "redis://cache:6379/1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.engine.watchdog import Watchdog
+from gateway.upstream.watchdog import Watchdog
 
 
 @dataclass(eq=False)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.engine.ws_transport import sendable_close_code
-from gateway.errors import InvalidField
-from gateway.pipeline.context import CHAT, COMPLETIONS
-from gateway.websocket.handshake import chosen_subprotocol, origin_refusal, subprotocol_key
-from gateway.websocket.messages import (
+from gateway.core.context import CHAT, COMPLETIONS
+from gateway.core.errors import InvalidField
+from gateway.edge.handshake import chosen_subprotocol, origin_refusal, subprotocol_key
+from gateway.edge.websocket.messages import (
     Cancel,
     FrameError,
     Start,
@@ -17,7 +16,8 @@ from gateway.websocket.messages import (
     is_error_event,
     read_frame,
 )
-from gateway.websocket.realtime import model_of, renamed
+from gateway.edge.websocket.realtime import model_of, renamed
+from gateway.upstream.websocket import sendable_close_code
 
 
 def test_a_request_frame_starts_a_stream() -> None:

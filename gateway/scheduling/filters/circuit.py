@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
 from gateway.scheduling.interfaces import C
 from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
 from gateway.scheduling.interfaces import C
 from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
 

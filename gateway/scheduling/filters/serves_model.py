@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.errors import ModelNotFound, NoHealthyEngine
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
+from gateway.core.errors import ModelNotFound, NoHealthyEngine
 from gateway.scheduling.interfaces import C
 from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.fleet_settings import PrefixIndexSettings
-from gateway.pipeline.context import RequestContext
-from gateway.routing.prefix import PrefixIndex, block_hashes, prompt_text
+from gateway.config.fleet import PrefixIndexSettings
+from gateway.core.context import RequestContext
 from gateway.scheduling.interfaces import Candidate
+from gateway.scheduling.prefix_index import PrefixIndex, block_hashes, prompt_text
 
 SCRATCH_KEY = "prefix"
 """Where a request's prompt block hashes are kept in ``RequestContext.scratch``."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from gateway.fleet_settings import DEFAULT_AFFINITY_FLOOR, DEFAULT_LOAD_FACTOR
+from gateway.config.fleet import DEFAULT_AFFINITY_FLOOR, DEFAULT_LOAD_FACTOR
 from gateway.scheduling.interfaces import Cycle, Scores
 from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
 from gateway.scheduling.producers import PrefixCacheIndexer

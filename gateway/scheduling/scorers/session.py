@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from gateway.fleet_settings import DEFAULT_LOAD_FACTOR
-from gateway.routing.hashring import BoundedLoadRing
+from gateway.config.fleet import DEFAULT_LOAD_FACTOR
+from gateway.scheduling.hashring import BoundedLoadRing
 from gateway.scheduling.interfaces import Cycle, Scores
 from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
 

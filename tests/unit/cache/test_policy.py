@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from gateway.cache import CachePolicy, cache_key, deterministic, read_directives, serves, whole
-from gateway.pipeline.context import CHAT, COMPLETIONS, CacheUse, Endpoint, RequestContext
+from gateway.core.context import CHAT, COMPLETIONS, CacheUse, Endpoint, RequestContext
+from gateway.core.protocol import validate
 from gateway.pipeline.passthrough import EMBEDDINGS, ENDPOINTS
-from gateway.protocol import validate
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 EMBED = {"model": "m", "input": ["one", "two"]}

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.errors import RateLimited
+from gateway.core.errors import RateLimited
+from gateway.edge.middleware import AuthMiddleware
 from gateway.keys import ApiKey, KeyService, Limits, MemoryKeyStore, MemoryRateLimiter
 from gateway.keys.outage import LastKnownKeys, OutageLimiter
-from gateway.metrics import GatewayMetrics
-from gateway.middleware import AuthMiddleware
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import KeyNotFound, RateLimited
+from gateway.core.errors import KeyNotFound, RateLimited
 from gateway.keys import KeyService, MemoryKeyStore, MemoryRateLimiter, hash_key
 
 

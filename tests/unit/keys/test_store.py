@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.config.state import RedisSettings
 from gateway.keys import ApiKey, KeyStore, MemoryKeyStore, hash_key
 from gateway.keys.redis import RedisKeyStore
-from gateway.metrics import GatewayMetrics
-from gateway.state_settings import RedisSettings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.redis_link import RedisLink
 from tests.redis_server import RedisServer
 

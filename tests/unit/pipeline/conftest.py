@@ -11,19 +11,19 @@ import orjson
 import pytest
 
 from gateway.cache import CachePolicy, ResponseCaching
-from gateway.drain import Drain
-from gateway.engine.client import EngineClient
-from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
-from gateway.errors import NoHealthyEngine
-from gateway.fleet_settings import AdmissionSettings, BreakerSettings, ResilienceSettings
-from gateway.metrics import GatewayMetrics
+from gateway.config.fleet import AdmissionSettings, BreakerSettings, ResilienceSettings
+from gateway.config.settings import EngineConfig, TimeoutSettings
+from gateway.core.context import CHAT, RequestContext
+from gateway.core.errors import NoHealthyEngine
+from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.connector import Connector
-from gateway.pipeline.context import CHAT, RequestContext
 from gateway.pipeline.director import Director, StartedStream
-from gateway.services.engine_pool import EnginePool, EngineState
-from gateway.settings import EngineConfig, TimeoutSettings
+from gateway.pipeline.drain import Drain
 from gateway.stores.memory import MemoryCache, MemoryCounters
+from gateway.upstream.client import EngineClient
+from gateway.upstream.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.upstream.pool import EnginePool, EngineState
 
 Script = Callable[[MemoryRequest], Awaitable[MemoryResponse]]
 

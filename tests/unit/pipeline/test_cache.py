@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.engine.memory import MemoryRequest, MemoryResponse
-from gateway.pipeline.context import RequestContext
+from gateway.core.context import RequestContext
 from gateway.stores import MemoryLocks
 from gateway.stores.memory import MemoryCache
+from gateway.upstream.memory import MemoryRequest, MemoryResponse
 from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, slowly, usage
 
 ANSWER = {"id": "c", "object": "chat.completion",

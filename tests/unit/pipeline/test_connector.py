@@ -7,8 +7,8 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from gateway.engine.memory import MemoryRequest, MemoryResponse
-from gateway.errors import EngineError, EngineTimeout, UpstreamRejected
+from gateway.core.errors import EngineError, EngineTimeout, UpstreamRejected
+from gateway.upstream.memory import MemoryRequest, MemoryResponse
 from tests.unit.pipeline.conftest import Rig, slowly
 
 ANSWER = orjson.dumps({"id": "x", "choices": [{"index": 0, "message": {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.pipeline.context import Timings
+from gateway.core.context import Timings
 
 
 def test_server_timing_names_each_phase_from_the_end_of_the_one_before() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from gateway.engine.memory import MemoryRequest, MemoryResponse
+from gateway.upstream.memory import MemoryRequest, MemoryResponse
 from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, usage
 
 ANSWER = {"id": "c", "object": "chat.completion", "choices": [],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import EngineError
-from gateway.pipeline.context import Usage
+from gateway.core.context import Usage
+from gateway.core.errors import EngineError
 from gateway.pipeline.event_relay import EventRelay
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.engine.client import upstream_error
-from gateway.errors import UpstreamRejected
+from gateway.core.errors import UpstreamRejected
 from gateway.pipeline.passthrough import endpoint_missing
+from gateway.upstream.client import upstream_error
 
 
 @pytest.mark.parametrize(("status", "raw", "missing"), [

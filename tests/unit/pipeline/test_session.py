@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from gateway.engine.memory import MemoryRequest, MemoryResponse
-from gateway.errors import EngineError
+from gateway.core.errors import EngineError
 from gateway.pipeline.director import StartedStream
+from gateway.upstream.memory import MemoryRequest, MemoryResponse
 from tests.unit.pipeline.conftest import DONE, Rig, chunk, collect, slowly, usage
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import orjson
 
-from gateway.engine.memory import MemoryRequest, MemoryResponse
-from gateway.websocket.mux import Multiplexer
+from gateway.edge.websocket.mux import Multiplexer
+from gateway.upstream.memory import MemoryRequest, MemoryResponse
 from tests.unit.pipeline.conftest import DONE, Rig, chunk, usage
 
 

@@ -6,9 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.fleet_settings import RoutingSettings
-from gateway.metrics import GatewayMetrics
-from gateway.pipeline.context import CHAT, RequestContext
+from gateway.config.fleet import RoutingSettings
+from gateway.core.context import CHAT, RequestContext
+from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling import Cycle, Registry, Scheduler
 
 

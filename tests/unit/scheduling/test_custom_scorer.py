@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.config.settings import load_settings
 from gateway.scheduling import Cycle, PluginConfig, Scores, default_registry
-from gateway.settings import load_settings
 from tests.unit.scheduling.fakes import Engine, Harness
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ModelNotFound, NoHealthyEngine
+from gateway.core.errors import ModelNotFound, NoHealthyEngine
 from gateway.scheduling.filters.circuit import Circuit
 from gateway.scheduling.filters.healthy import Healthy
 from gateway.scheduling.filters.not_tried import NotTried

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import NoHealthyEngine
+from gateway.core.errors import NoHealthyEngine
 from tests.unit.scheduling.fakes import Engine, Harness, request
 
 TEXT = "a prompt long enough for several blocks of eight characters"

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from gateway.engine.client import EngineClient
-from gateway.engine.memory import MemoryRequest, MemoryResponse, MemoryTransport
-from gateway.errors import ModelNotFound, NoHealthyEngine
-from gateway.fleet_settings import BreakerSettings, RoutingSettings
-from gateway.metrics import GatewayMetrics
+from gateway.config.fleet import BreakerSettings, RoutingSettings
+from gateway.config.settings import EngineConfig, TimeoutSettings
+from gateway.core.errors import ModelNotFound, NoHealthyEngine
+from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling import Cycle, PluginConfig, Scheduler, Scores, default_registry
-from gateway.services.engine_pool import EnginePool
-from gateway.settings import EngineConfig, TimeoutSettings
+from gateway.upstream.client import EngineClient
+from gateway.upstream.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.upstream.pool import EnginePool
 from tests.unit.scheduling.fakes import request
 
 

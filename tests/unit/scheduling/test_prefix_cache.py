@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.fleet_settings import PrefixIndexSettings
-from gateway.routing import prefix as prefix_module
+from gateway.config.fleet import PrefixIndexSettings
+from gateway.scheduling import prefix_index as prefix_module
 from gateway.scheduling.producers import PrefixCacheIndexer
 from gateway.scheduling.producers.prefix_cache import SCRATCH_KEY
 from tests.unit.scheduling.fakes import Engine, Harness, request

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.fleet_settings import PrefixIndexSettings
+from gateway.config.fleet import PrefixIndexSettings
 from gateway.scheduling.producers import PrefixCacheIndexer
 from gateway.scheduling.scorers.prefix import Prefix
 from tests.unit.scheduling.fakes import Engine, cycle, request

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.fleet_settings import PRESETS, RoutingPolicy, RoutingSettings
-from gateway.metrics import GatewayMetrics
+from gateway.config.fleet import PRESETS, RoutingPolicy, RoutingSettings
+from gateway.config.settings import load_settings
+from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling import PluginConfigError, Scheduler
 from gateway.scheduling.profiles import legacy_profile
-from gateway.settings import load_settings
 from tests.unit.scheduling.fakes import Engine, Harness
 
 PROFILES = """

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import NoHealthyEngine
-from gateway.fleet_settings import RoutingPolicy, RoutingSettings
+from gateway.config.fleet import RoutingPolicy, RoutingSettings
+from gateway.core.errors import NoHealthyEngine
 from gateway.scheduling.profiles import legacy_profile
 from tests.unit.scheduling.fakes import Engine, Harness, request
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from gateway.cli_versions import canary_weights, parse_weights
+from gateway.cli.versions import canary_weights, parse_weights
 
 
 def test_weight_pairs() -> None:
@@ -26,7 +26,7 @@ def test_a_canary_takes_the_rest_from_the_busiest_other_version() -> None:
 
 
 def test_durations_and_steps() -> None:
-    from gateway.cli_versions import parse_duration, parse_steps
+    from gateway.cli.versions import parse_duration, parse_steps
 
     assert [parse_duration(t) for t in ("60s", "2m", "500ms", "1h", "7")] == [
         60, 120, 0.5, 3600, 7]

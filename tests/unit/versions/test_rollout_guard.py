@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.pipeline.context import CHAT, RequestContext
+from gateway.config.versions import RolloutSettings
+from gateway.core.context import CHAT, RequestContext
 from gateway.stores import Window
 from gateway.stores.memory import MemoryMeasurements, MemoryRollouts, MemoryVersionPolicies
 from gateway.stores.windows import Counts
 from gateway.versions import VersionRouter, VersionsSettings
-from gateway.versions.config import RolloutSettings
 from gateway.versions.rollout import Rollouts, breach, public
 from gateway.versions.service import VersionService
 from gateway.versions.stats import VersionMeasure

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.errors import Conflict
+from gateway.config.versions import RolloutSettings
+from gateway.core.errors import Conflict
 from gateway.stores import VersionPolicy
 from gateway.stores.memory import MemoryMeasurements, MemoryRollouts, MemoryVersionPolicies
 from gateway.stores.protocols import RolloutRecord
 from gateway.versions import VersionRouter, VersionsSettings
-from gateway.versions.config import RolloutSettings
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
 

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from gateway.errors import InvalidField
-from gateway.pipeline.context import CHAT, RequestContext
+from gateway.core.context import CHAT, RequestContext
+from gateway.core.errors import InvalidField
 from gateway.stores import VersionPolicy
 from gateway.stores.memory import MemoryVersionPolicies
 from gateway.versions import AliasSettings, VersionRouter, VersionsSettings, policy_problem

@@ -1,0 +1,166 @@
+"""Several gateway processes on one port: a parent that supervises ``workers`` children.
+
+The parent starts the managed engines (once, whatever the number of workers), reserves
+the port and starts each worker as ``python -m gateway.cli.workers`` with its settings on
+stdin, every engine given as a plain URL. Each worker binds its own listening socket
+with ``SO_REUSEPORT``, so the kernel spreads new connections across them, and runs the
+ordinary single-process server (:class:`~gateway.edge.server.GatewayServer`), drain included.
+
+On SIGTERM or SIGINT the parent sends SIGTERM to every worker (each one's ``/ready``
+turns 503 and its in-flight streams finish, see :mod:`gateway.pipeline.drain`), waits for them
+all, then stops the engines. A worker that dies on its own stops the whole server: an
+orchestrator restarts it whole rather than running with fewer workers than asked.
+Each worker keeps its own metrics: ``/metrics`` shows the worker that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+import uvloop
+
+from engines.supervisor import EngineProcess
+from gateway.app import create_app
+from gateway.config.settings import Settings
+from gateway.edge.server import BACKSTOP_S, GatewayServer
+from gateway.observability.logs import configure_logging
+
+log = logging.getLogger("sluice.workers")
+
+_PR_SET_PDEATHSIG = 1
+_STOP_MARGIN_S = 10.0
+"""How much longer than a worker's own drain the parent waits before SIGKILL."""
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` with ``SO_REUSEPORT`` (not yet listening)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(False)
+    return sock
+
+
+class Supervisor:
+    """The parent: managed engines, the port, and the worker processes."""
+
+    def __init__(self, settings: Settings,
+                 announce: Callable[[Settings], Coroutine[Any, Any, None]] | None = None
+                 ) -> None:
+        self.settings = settings
+        self._announce = announce
+        self.port = settings.port
+        """The port workers listen on (resolved when ``settings.port`` is 0)."""
+        self.signal: int | None = None
+        """The signal that stopped the server, if one did."""
+        self.failed = False
+        """A worker exited on its own."""
+        self._workers: list[asyncio.subprocess.Process] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until a signal (or a worker's death), then drain and stop everything."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        async with AsyncExitStack() as stack:
+            for config in self.settings.resolved_engines():
+                if config.managed is not None:
+                    process = EngineProcess(config.name, config.managed,
+                                            self.settings.log_dir / f"engine-{config.name}.log")
+                    await process.start()
+                    stack.push_async_callback(process.stop)
+            reservation = stack.enter_context(reuseport_socket(self.settings.host, self.port))
+            self.port = reservation.getsockname()[1]
+            config_json = json.dumps(self.settings.for_worker(self.port)).encode()
+            for index in range(self.settings.workers):
+                self._workers.append(await self._spawn(index, config_json))
+            if self._announce is not None:
+                announcer = asyncio.create_task(
+                    self._announce(self.settings.model_copy(update={"port": self.port})))
+                stack.callback(announcer.cancel)
+            waits = [asyncio.create_task(w.wait()) for w in self._workers]
+            stopped = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([*waits, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if not stopped.done():
+                self.failed = True
+                log.error("a worker exited on its own (codes %s); stopping the gateway",
+                          [w.returncode for w in self._workers])
+            stopped.cancel()
+            await self._stop_workers(waits)
+
+    def _on_signal(self, sig: int) -> None:
+        if self.signal is None:
+            self.signal = sig
+        self._stop.set()
+
+    async def _spawn(self, index: int, config_json: bytes) -> asyncio.subprocess.Process:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli.workers", stdin=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent)
+        assert process.stdin is not None
+        process.stdin.write(config_json)
+        await process.stdin.drain()
+        process.stdin.close()
+        log.info("worker %d started (pid %d) on port %d", index, process.pid, self.port)
+        return process
+
+    async def _stop_workers(self, waits: list[asyncio.Task[int]]) -> None:
+        for worker in self._workers:
+            if worker.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.send_signal(signal.SIGTERM)
+        deadline = self.settings.resilience.drain_timeout_s + BACKSTOP_S + _STOP_MARGIN_S
+        _, late = await asyncio.wait(waits, timeout=deadline)
+        for worker in self._workers:
+            if worker.returncode is None:
+                log.warning("worker %d did not stop in %.0f s; killing it", worker.pid,
+                            deadline)
+                with contextlib.suppress(ProcessLookupError):
+                    worker.kill()
+        if late:
+            await asyncio.wait(late)
+
+
+def serve_workers(settings: Settings,
+                  announce: Callable[[Settings], Coroutine[Any, Any, None]] | None = None,
+                  ) -> tuple[int | None, bool]:
+    """Run a :class:`Supervisor` to its end (``announce(settings)`` runs alongside once
+    the workers are started): the signal that stopped it, and whether a worker failed."""
+    supervisor = Supervisor(settings, announce)
+    uvloop.run(supervisor.run())
+    return supervisor.signal, supervisor.failed
+
+
+async def _serve_one(settings: Settings) -> None:
+    sock = reuseport_socket(settings.host, settings.port)
+    server = GatewayServer(create_app(settings), settings)
+    await server.serve(sockets=[sock])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def main() -> None:
+    """One worker: settings (JSON) on stdin; serves until SIGTERM, like ``sluice serve``."""
+    settings = Settings(**json.loads(sys.stdin.buffer.read()))
+    configure_logging(settings.log_level)
+    uvloop.run(_serve_one(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""Typed settings: defaults, then a YAML file, then ``SLUICE_*`` environment variables.
+
+Nested fields use ``__`` in the environment: ``SLUICE_TIMEOUTS__FIRST_TOKEN_S=30``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from engines.spec import EngineSpec
+from gateway.config.fleet import AdmissionSettings, ResilienceSettings, RoutingSettings
+from gateway.config.state import CacheSettings, RedisSettings
+from gateway.config.versions import VersionsSettings
+
+
+class TimeoutSettings(BaseModel):
+    """Upstream timeouts, in seconds. None of them may be unbounded."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connect_s: float = Field(default=5.0, gt=0)
+    first_token_s: float = Field(default=120.0, gt=0)
+    between_tokens_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=900.0, gt=0)
+    control_s: float = Field(default=5.0, gt=0, description="health, models, metrics")
+
+
+class PoolSettings(BaseModel):
+    """Upstream connection pool bounds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_connections: int = Field(default=4096, ge=1)
+    max_connections_per_engine: int = Field(default=2048, ge=1)
+
+
+class ConnectionLimits(BaseModel):
+    """Bounds on client connections and on how long a request may take to arrive.
+
+    The read timeouts bound the *request* only: a response, streamed or not, may take as
+    long as the upstream timeouts allow. Idle keep-alive connections are closed by
+    uvicorn after its own 5 s."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_connections: int = Field(
+        default=4096, ge=2,
+        description="open client connections per worker; past it a new connection closes "
+                    "the oldest one still waiting for a request head, or is refused (503)")
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024,
+        description="request line and headers together; larger is a 431")
+    max_headers: int = Field(default=100, ge=8, description="header lines; more is a 431")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="the whole request head must arrive within this, counted from the "
+                    "connection's opening or the request's first byte; else 408")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="longest wait for the next byte of a request body; else 408")
+
+
+class WebSocketSettings(BaseModel):
+    """Bounds of the WebSocket routes (``/v1/ws`` and the ``/v1/realtime`` relay).
+
+    ``max_message_bytes`` and the ping settings go to the server (uvicorn): a client
+    message larger than the limit closes its socket with 1009, and a peer that does not
+    answer a ping within ``ping_timeout_s`` is closed with 1011."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="largest WebSocket message from a client or an engine")
+    max_requests_per_socket: int = Field(
+        default=16, ge=1, description="requests in flight on one /v1/ws socket")
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    ping_timeout_s: float = Field(default=20.0, gt=0)
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="without API keys, browser origins (besides the gateway's own) "
+                    "that may open a WebSocket; '*' allows any")
+    max_realtime_sessions: int = Field(
+        default=256, ge=1, description="/v1/realtime sessions relayed at once (per worker)")
+    realtime_first_message_s: float = Field(
+        default=10.0, gt=0,
+        description="without ?model=, the wait for the session.update naming the model")
+
+
+MIN_API_KEY_CHARS = 16
+"""Shortest accepted API key: generated keys are longer; shorter ones are words."""
+
+
+MIN_ADMIN_TOKEN_CHARS = 32
+"""Shortest accepted admin token: it can mint keys, so it must not be guessable."""
+
+
+class AdminSettings(BaseModel):
+    """The admin API (``/admin/keys``: create, list and revoke managed API keys).
+
+    Without ``token`` the admin routes do not exist (404) and only the static
+    ``api_keys`` authenticate. With it, authentication is on even while ``api_keys`` is
+    empty: every key then comes from the admin API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    token: SecretStr | None = Field(
+        default=None, description="sent as Authorization: Bearer <token> to /admin/*")
+
+    @field_validator("token")
+    @classmethod
+    def _usable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"admin.token is {len(value)} characters long; it needs at "
+                             f"least {MIN_ADMIN_TOKEN_CHARS}")
+        if not all("!" <= char <= "~" for char in value):
+            raise ValueError("admin.token has whitespace or non-ASCII characters; it must "
+                             "be printable ASCII (it travels in a header)")
+        return token
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+class ObservabilitySettings(BaseModel):
+    """Who may read ``/ready``'s engine list and ``/metrics`` when API keys are set.
+
+    ``open: false`` (the default): without a valid key, ``/ready`` answers its status
+    only and ``/metrics`` is a 401. ``open: true``: both answer anyone (engine URLs and
+    engine error text still only to key holders). ``/health`` is always open."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    open: bool = False
+
+
+class StreamingSettings(BaseModel):
+    """How streamed answers are sent to clients."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keepalive_s: float = Field(
+        default=0.0, ge=0,
+        description="when > 0, a stream's headers go out once it is admitted and a "
+                    "': ping' comment every keepalive_s until its first token, so that a "
+                    "proxy's idle timeout does not cut a long queue wait. Off by default: "
+                    "a failure before the first token can then no longer be an HTTP error "
+                    "status (it is a 200 with an error event), and vLLM sends no pings")
+
+
+class CorsSettings(BaseModel):
+    """Which web pages (origins) may call the gateway from a browser."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allowed_origins: list[str] | None = Field(
+        default=None,
+        description="exact origins (https://app.example) or '*' for any. Unset: '*' when "
+                    "no API keys are configured, none when they are")
+    allowed_headers: list[str] = Field(
+        default=["authorization", "content-type", "x-request-id", "x-session-id",
+                 "cache-control", "x-sluice-cache", "x-sluice-version", "x-stainless-*"],
+        description="request headers a page may send; 'prefix*' allows every header "
+                    "starting with prefix (x-stainless-*: the OpenAI SDKs' own headers)")
+    max_age_s: int = Field(default=600, ge=0, description="how long a browser may keep a "
+                                                           "preflight's answer")
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str] | None) -> list[str] | None:
+        if origins is None:
+            return None
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"cors.allowed_origins: {origin[:100]!r} is not an origin; "
+                                 "write scheme://host[:port], no path or trailing slash, "
+                                 "or '*'")
+        return [origin.lower() for origin in origins]
+
+
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+")
+
+
+class EngineConfig(BaseModel):
+    """One engine: either a remote URL or a managed vLLM process."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    url: str | None = None
+    managed: EngineSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EngineConfig:
+        if (self.url is None) == (self.managed is None):
+            raise ValueError(f"engine {self.name!r}: set exactly one of 'url' or 'managed'")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        if self.managed is not None:
+            return self.managed.url
+        assert self.url is not None
+        return self.url.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """The gateway's whole configuration."""
+
+    # hide_input_in_errors: a start-up error must not print the API keys it rejected.
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", env_nested_delimiter="__", extra="forbid", frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="gateway processes sharing the port (SO_REUSEPORT); managed engines "
+                    "are started once, by the parent",
+    )
+    api_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_answer_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024,
+        description="largest non-streamed engine answer relayed; larger is a 502")
+    max_event_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="largest single streamed event from an engine; larger is a fault")
+    engines: list[EngineConfig] = Field(default_factory=list)
+    default_engine: bool = Field(
+        default=True,
+        description="with no engines configured, manage one CPU engine on the default model",
+    )
+    cache_dir: Path = Path.home() / ".cache" / "sluice"
+    engine_python: Path = Path(".venv-engine/bin/python")
+    engine_port: int = Field(default=8100, ge=1, le=65535)
+    health_interval_s: float = Field(default=1.0, gt=0)
+    timeouts: TimeoutSettings = TimeoutSettings()
+    pool: PoolSettings = PoolSettings()
+    limits: ConnectionLimits = ConnectionLimits()
+    websocket: WebSocketSettings = WebSocketSettings()
+    routing: RoutingSettings = RoutingSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    admin: AdminSettings = AdminSettings()
+    streaming: StreamingSettings = StreamingSettings()
+    cors: CorsSettings = CorsSettings()
+    cache: CacheSettings = CacheSettings()
+    redis: RedisSettings = RedisSettings()
+    versions: VersionsSettings = VersionsSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+    playground: bool = Field(
+        default=True, description="serve the chat playground page at / (open without a key)")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: list[str]) -> list[str]:
+        for index, key in enumerate(keys):
+            if len(key) < MIN_API_KEY_CHARS:
+                raise ValueError(f"api_keys[{index}] is {len(key)} characters long; an API "
+                                 f"key needs at least {MIN_API_KEY_CHARS}")
+            if not all("!" <= char <= "~" for char in key):
+                raise ValueError(f"api_keys[{index}] has whitespace or non-ASCII characters; "
+                                 "a key must be printable ASCII (it travels in a header)")
+        return keys
+
+    @model_validator(mode="after")
+    def _keys_shared(self) -> Settings:
+        if self.admin.enabled and self.workers > 1 and not self.redis.url:
+            raise ValueError("admin.token with workers > 1 and no redis.url: managed keys "
+                             "and their limits would live in each process's memory, so "
+                             "the workers would not share them; run one worker or set "
+                             "redis.url")
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        """Requests need a key: static ``api_keys`` are set, or managed keys are on."""
+        return bool(self.api_keys) or self.admin.enabled
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """The origins allowed: as configured, else any without API keys and none with."""
+        if self.cors.allowed_origins is not None:
+            return self.cors.allowed_origins
+        return [] if self.auth_required else ["*"]
+
+    @property
+    def default_model_dir(self) -> Path:
+        return self.cache_dir / "models" / "SmolLM2-135M-Instruct"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.cache_dir / "logs"
+
+    def resolved_engines(self) -> list[EngineConfig]:
+        """The configured engines, or the embedded default managed engine."""
+        if self.engines or not self.default_engine:
+            return list(self.engines)
+        spec = EngineSpec(
+            model=self.default_model_dir,
+            served_name="smollm2",
+            python=self.engine_python,
+            port=self.engine_port,
+        )
+        return [EngineConfig(name="cpu-0", managed=spec)]
+
+    def for_worker(self, port: int) -> dict[str, Any]:
+        """The settings of one worker process, as plain data: every engine (managed
+        ones included, which the parent runs) as a URL, on the parent's resolved port."""
+        engines = [{"name": e.name, "url": e.base_url} for e in self.resolved_engines()]
+        token = self.admin.token
+        admin = {"token": None if token is None else token.get_secret_value()}
+        return {**self.model_dump(mode="json"), "engines": engines, "default_engine": False,
+                "port": port, "workers": 1, "admin": admin}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from an optional YAML file, the environment and explicit overrides."""
+    if config_file is None:
+        return Settings(**overrides)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    file_cls = type(
+        "FileSettings",
+        (Settings,),
+        {"model_config": SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})},
+    )
+    settings: Settings = file_cls(**overrides)
+    return settings

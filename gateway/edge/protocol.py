@@ -1,0 +1,279 @@
+"""The server's HTTP protocol: :mod:`gateway.edge.http10`'s, with bounds on what a client can
+make a connection hold before its request is complete.
+
+uvicorn's httptools protocol reads a request head of any size, waits for a head or a
+body forever, and takes every connection it is offered: its ``timeout_keep_alive`` only
+runs after a response (never on a connection that has sent nothing or half a request),
+and ``limit_concurrency`` answers 503 to every request, ``/health`` included, once idle
+sockets fill it, without closing any of them. This protocol adds, per
+:class:`~gateway.config.settings.ConnectionLimits`:
+
+- **head size and count**: the request line and headers are counted as they are fed to
+  the parser. httptools keeps an unfinished header to itself, so the bytes of a head not
+  yet complete are counted as they arrive, not only its finished lines; past
+  ``max_header_bytes`` or ``max_headers``, a 431 and the connection is closed, so a huge
+  head is never held whole.
+- **head read timeout**: a request head must arrive whole within ``header_timeout_s`` of
+  the connection's opening, or of a later request's first byte; else a 408.
+- **body read timeout**: no body byte for ``body_timeout_s`` while the server reads the
+  body (not while the app holds reading back) is a 408, or a bare close once a response
+  has started. Responses are never timed here: a stream may take as long as it takes.
+- **connection limit**: at ``max_connections``, a new connection closes the oldest one
+  that is waiting for a request head (idle keep-alive ones included), so idle sockets
+  cannot take every descriptor and ``/health`` keeps answering; when every connection
+  holds a request, the new one gets a 503 and is closed.
+
+Each refusal is written straight to the socket as OpenAI-shaped JSON with
+``Connection: close``, then the connection is closed. The server builds one protocol
+class per server (per worker process) with :func:`protocol_for`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from gateway.config.settings import ConnectionLimits
+from gateway.core.errors import HeadersTooLarge, RequestTimeout, SluiceError, TooManyConnections
+from gateway.edge.http10 import HttpToolsProtocol
+
+
+class _Phase(enum.Enum):
+    HEAD = "head"
+    """Waiting for or reading a request head."""
+    BODY = "body"
+    """The head is in; its body is still coming."""
+    DONE = "done"
+    """The request is read whole; only the response may still be running."""
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop the parser at once."""
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with size, time and count bounds on requests."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    waiting: ClassVar[OrderedDict[EdgeProtocol, None]] = OrderedDict()
+    """This server's connections waiting for a request head, the longest waiting first."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._phase = _Phase.HEAD
+        self._timer: asyncio.TimerHandle | None = None
+        self._requests = 0
+        self._head_begun = False
+        self._head_bytes = 0
+        """The request line and the finished header lines so far, counted exactly."""
+        self._head_fed = 0
+        """Every byte fed while the head was open: an unfinished header included."""
+        self._header_count = 0
+        self._feed_body = 0
+        self._body_seen = 0.0
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            if not self.waiting:
+                self._refuse(TooManyConnections(
+                    "every connection holds a request in progress; retry shortly"))
+                return
+            self.waiting.popitem(last=False)[0]._evict()
+        self.waiting[self] = None
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.waiting.pop(self, None)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._phase is _Phase.HEAD and self._timer is None:
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+        self._feed_body = 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse_head()
+                return
+            self._bad_request()
+            return
+        except httptools.HttpParserError:
+            self._bad_request()
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._phase is _Phase.HEAD and self._head_begun:
+            self._head_fed += len(data)
+            if self._head_fed > self.limits.max_header_bytes:
+                self._refuse_head()
+        elif self._phase is _Phase.BODY:
+            self._body_seen = self.loop.time()
+            if self._timer is None:
+                self._arm(self.limits.body_timeout_s, self._body_timed_out)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        self.waiting.pop(self, None)
+        super().handle_websocket_upgrade()
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase = _Phase.HEAD
+        self._head_begun = True
+        self._head_bytes = self._header_count = 0
+        # This feed's bytes before the head began (a previous body's end) are not head.
+        self._head_fed = -self._feed_body
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > self.limits.max_header_bytes:
+            raise _HeadTooLarge
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        self._header_count += 1
+        if self._head_bytes > self.limits.max_header_bytes or \
+                self._header_count > self.limits.max_headers:
+            raise _HeadTooLarge
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self.waiting.pop(self, None)
+        self._head_begun = False
+        self._phase = _Phase.BODY
+        self._requests += 1
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._feed_body += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self._phase = _Phase.DONE
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete:
+            # Answered before its body was read whole: uvicorn's keep-alive timer, armed
+            # at the response, was stopped by the body's bytes; the head timeout takes over.
+            self._await_next_request()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._phase is _Phase.DONE and self.cycle.response_complete \
+                and not self.transport.is_closing():
+            self._phase = _Phase.HEAD
+            self.waiting[self] = None  # uvicorn's keep-alive timeout runs until a byte comes
+
+    # Timers and refusals
+
+    def _await_next_request(self) -> None:
+        if not self.transport.is_closing():
+            self._phase = _Phase.HEAD
+            self.waiting[self] = None
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(delay_s, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A head pipelined behind a response still running: its wait starts later.
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+            return
+        self._refuse(RequestTimeout(
+            f"the request head did not arrive within {self.limits.header_timeout_s:g} s"))
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing() or self._phase is not _Phase.BODY:
+            return
+        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+            # The server is not reading (the app holds back, or has not asked for the
+            # body yet): not the client's delay.
+            self._arm(self.limits.body_timeout_s, self._body_timed_out)
+            return
+        left = self._body_seen + self.limits.body_timeout_s - self.loop.time()
+        if left > 0:
+            self._arm(left, self._body_timed_out)
+            return
+        self._refuse(RequestTimeout(
+            f"no request body byte came for {self.limits.body_timeout_s:g} s"))
+
+    def _evict(self) -> None:
+        """Closes this waiting connection to make room for a new one."""
+        if self._head_begun or not self._requests:
+            self._refuse(RequestTimeout("the request head did not arrive before the "
+                                        "server needed the connection"))
+        else:  # idle between requests: closed as a keep-alive timeout closes it
+            self._disarm()
+            self.transport.close()
+
+    def _refuse_head(self) -> None:
+        self._refuse(HeadersTooLarge(
+            f"request headers exceed {self.limits.max_header_bytes} bytes or "
+            f"{self.limits.max_headers} lines"))
+
+    def _bad_request(self) -> None:
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self._disarm()
+        self.send_400_response(msg)
+
+    def _refuse(self, error: SluiceError) -> None:
+        """Writes ``error`` unless a response has started, then closes the connection."""
+        self._disarm()
+        self.waiting.pop(self, None)
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            self.transport.write(_error_bytes(error, self.server_state.default_headers))
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.transport.close()
+
+
+def _error_bytes(error: SluiceError, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    body = error.to_json()
+    content = [STATUS_LINE[error.status_code]]
+    for name, value in default_headers:
+        content.extend([name, b": ", value, b"\r\n"])
+    content.extend([b"content-type: application/json\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n", body])
+    return b"".join(content)
+
+
+def protocol_for(limits: ConnectionLimits) -> type[EdgeProtocol]:
+    """A protocol class for one server: ``limits``, and its own registry of waiting
+    connections (so two servers in one process never evict each other's)."""
+    configured = limits
+
+    class ServerProtocol(EdgeProtocol):
+        limits = configured
+        waiting: ClassVar[OrderedDict[EdgeProtocol, None]] = OrderedDict()
+
+    return ServerProtocol

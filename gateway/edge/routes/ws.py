@@ -1,0 +1,73 @@
+"""WebSocket routes: ``/v1/ws`` (multiplexed generation requests) and ``/v1/realtime``
+(vLLM's realtime API, relayed to one engine)."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.config.settings import Settings
+from gateway.core.context import PIN_HEADER_KEY
+from gateway.edge.handshake import chosen_subprotocol, origin_refusal, refuse
+from gateway.edge.headers import header
+from gateway.edge.middleware import caller
+from gateway.edge.websocket.mux import Multiplexer, SocketClosed
+from gateway.edge.websocket.realtime import RealtimeRelay
+
+
+async def _admitted(websocket: WebSocket, settings: Settings) -> bool:
+    """Refuse a browser handshake from a foreign origin (see the handshake module)."""
+    refusal = origin_refusal(websocket.scope, keys_set=settings.auth_required,
+                             allowed=settings.websocket.allowed_origins)
+    if refusal is None:
+        return True
+    await refuse(refusal, websocket.scope, websocket.receive, websocket.send)
+    return False
+
+
+async def requests_socket(websocket: WebSocket) -> None:
+    settings: Settings = websocket.state.settings
+    if not await _admitted(websocket, settings):
+        return
+    await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
+
+    async def send(message: bytes) -> None:
+        try:
+            await websocket.send({"type": "websocket.send", "text": message.decode()})
+        except (WebSocketDisconnect, OSError, RuntimeError) as exc:
+            raise SocketClosed from exc
+
+    principal, key = caller(websocket.scope)
+    mux = Multiplexer(websocket.state.director, send, socket_id=uuid.uuid4().hex[:12],
+                      max_requests=settings.websocket.max_requests_per_socket,
+                      session_key=header(websocket.scope, b"x-session-id"),
+                      principal=principal, key=key,
+                      pinned_version=header(websocket.scope, PIN_HEADER_KEY))
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await mux.text(message["text"])
+            else:
+                await mux.binary()
+    except SocketClosed:
+        return
+    finally:
+        await mux.close()
+
+
+async def realtime_socket(websocket: WebSocket) -> None:
+    if not await _admitted(websocket, websocket.state.settings):
+        return
+    relay: RealtimeRelay = websocket.state.realtime
+    await relay.serve(websocket)
+
+
+routes = [
+    WebSocketRoute("/v1/ws", requests_socket),
+    WebSocketRoute("/v1/realtime", realtime_socket),
+]

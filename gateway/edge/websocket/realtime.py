@@ -1,0 +1,361 @@
+"""``/v1/realtime``: vLLM's realtime WebSocket API, relayed to one engine.
+
+vLLM's realtime API (streaming transcription) is a WebSocket at ``/v1/realtime``: the
+engine sends ``session.created``, the client sends ``session.update`` naming the model,
+then ``input_audio_buffer.append`` / ``input_audio_buffer.commit`` events, and gets
+``transcription.delta`` / ``transcription.done`` (or ``error``) events back.
+
+The gateway needs the model before it can pick an engine:
+
+- ``/v1/realtime?model=<name>``: the engine is picked and its socket opened before the
+  client's handshake is answered, so an unknown model is a 404, no healthy engine a
+  503, an engine that refuses the socket its own 4xx, all in OpenAI's shape.
+- without ``?model=``: the client's socket is accepted and its first message must be
+  a ``session.update`` that names the model (``"model"``, as vLLM reads it, or
+  ``"session": {"model"}``) within ``realtime_first_message_s``; that message is then
+  the first one the engine gets. A problem is an ``error`` event in vLLM's shape
+  (``{"type": "error", "error": <text>, "code": <code>}``) and a close. A client that
+  waits for ``session.created`` before it sends anything must use ``?model=``.
+
+A model alias is resolved as over HTTP (its policy's split, sticky caller, the
+``x-sluice-version`` pin header of the handshake, the fallback chain): the session goes
+to the chosen version's engines, ``model`` in the query and in every ``session.update``
+naming the alias is rewritten to the name they serve, and a handshake answered after
+``?model=`` carries ``x-sluice-version`` (and ``x-sluice-engine``). A session counts as
+one request of the ``realtime`` endpoint in the director's finish hooks (metrics by
+model and version, the per-version tallies of rollouts): a server error when the
+engine's socket failed.
+
+After that the session is pinned to that engine and every message passes through as it
+is, text or binary, both ways; the query string is passed on to the engine. Either
+side's close closes the other with the same code (1014, bad gateway, when the engine's
+socket failed; 1009 when it sent a message over ``max_message_bytes``). The session
+counts as a request in flight on its engine while it lasts; at most
+``max_realtime_sessions`` run at once (past that the handshake is refused with a 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from starlette.types import Scope
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.config.settings import WebSocketSettings
+from gateway.core.context import PIN_HEADER_KEY, Endpoint, RequestContext
+from gateway.core.errors import (
+    EngineError,
+    EngineUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    SluiceError,
+    UpstreamRejected,
+)
+from gateway.core.protocol import GenerationRequest
+from gateway.edge.handshake import chosen_subprotocol, refuse
+from gateway.edge.headers import header
+from gateway.edge.middleware import caller
+from gateway.pipeline.connector import Scheduler
+from gateway.pipeline.director import Director
+from gateway.upstream.pool import EnginePool, EngineState
+from gateway.upstream.websocket import (
+    BAD_GATEWAY,
+    GOING_AWAY,
+    Closed,
+    EngineSocket,
+    WebSocketDialer,
+    sendable_close_code,
+)
+
+log = logging.getLogger("sluice.realtime")
+
+REALTIME = Endpoint("realtime", "/v1/realtime", GenerationRequest)
+"""The scheduler's view of a realtime session (its body is only ``{"model": ...}``)."""
+POLICY_VIOLATION = 1008
+NORMAL = 1000
+TRY_AGAIN_LATER = 1013
+
+
+@dataclass(slots=True)
+class Upstream:
+    engine: EngineState
+    socket: EngineSocket
+
+
+def model_of(event: object) -> str | None:
+    """The model a ``session.update`` event names (vLLM's top-level ``model``, or
+    OpenAI's ``session.model``); None when it is not one that does."""
+    if not isinstance(event, dict) or event.get("type") != "session.update":
+        return None
+    session = event.get("session")
+    model = event.get("model") or (session.get("model") if isinstance(session, dict) else None)
+    return model if isinstance(model, str) and model else None
+
+
+def renamed(text: str, alias: str, served: str) -> str:
+    """``text``, with a ``session.update`` that names ``alias`` (as ``model`` or
+    ``session.model``) made to name ``served``; any other message unchanged."""
+    if "session.update" not in text:  # audio appends pass without being parsed
+        return text
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    if model_of(event) is None:
+        return text
+    session = event.get("session")
+    changed = False
+    for holder in (event, session if isinstance(session, dict) else {}):
+        if holder.get("model") == alias:
+            holder["model"], changed = served, True
+    return orjson.dumps(event).decode() if changed else text
+
+
+def error_event(message: str, code: str | None) -> str:
+    """An ``error`` event in vLLM's realtime shape."""
+    return orjson.dumps({"type": "error", "error": message, "code": code}).decode()
+
+
+class RealtimeRelay:
+    """Relays realtime sessions to engines (see the module docstring)."""
+
+    def __init__(self, pool: EnginePool, scheduler: Scheduler, dialer: WebSocketDialer,
+                 director: Director, settings: WebSocketSettings, *, retries: int) -> None:
+        self._pool = pool
+        self._scheduler = scheduler
+        self._dialer = dialer
+        self._director = director
+        self._settings = settings
+        self._retries = retries
+        self.sessions = 0
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """Run one client's session, from its handshake to the last close."""
+        scope = websocket.scope
+        if self.sessions >= self._settings.max_realtime_sessions:
+            await refuse(Overloaded(f"{self.sessions} realtime sessions are open; retry "
+                                    "shortly"), scope, websocket.receive, websocket.send)
+            return
+        self.sessions += 1
+        try:
+            await self._serve(websocket)
+        finally:
+            self.sessions -= 1
+
+    async def _serve(self, websocket: WebSocket) -> None:
+        scope = websocket.scope
+        model = websocket.query_params.get("model")
+        first: str | None = None
+        if not model:
+            await websocket.accept(subprotocol=chosen_subprotocol(scope))
+            opening = await self._first_message(websocket)
+            if opening is None:
+                return
+            first, model = opening
+        principal, key = caller(scope)
+        ctx = RequestContext.new(f"rt-{uuid.uuid4().hex[:12]}", REALTIME, {"model": model},
+                                 principal=principal, key=key,
+                                 session_key=header(scope, b"x-session-id"))
+        ctx.pinned_version = header(scope, PIN_HEADER_KEY)
+        self._director.begin(ctx)
+        error: BaseException | None = None
+        try:
+            error = await self._session(websocket, ctx, first)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            await self._director.finish(ctx, error)
+
+    async def _session(self, websocket: WebSocket, ctx: RequestContext,
+                       first: str | None) -> SluiceError | None:
+        """Open the engine's socket (answering the handshake when it is still open,
+        i.e. ``first`` is None) and relay; what the session failed with, if anything."""
+        scope = websocket.scope
+        try:
+            upstream = await self._open(ctx, _query(scope, ctx))
+        except SluiceError as exc:
+            if first is None:
+                exc.headers.update(ctx.route_headers())
+                await refuse(exc, scope, websocket.receive, websocket.send)
+            else:
+                await self._fail(websocket, exc)
+            return exc
+        try:
+            if first is None:
+                await websocket.accept(
+                    subprotocol=chosen_subprotocol(scope),
+                    headers=[(k.encode(), v.encode()) for k, v in ctx.route_headers().items()])
+            with self._pool.lease(upstream.engine):
+                if first is not None:
+                    await upstream.socket.send(_renamed(first, ctx))
+                return await self._relay(websocket, upstream.socket, ctx)
+        finally:
+            await upstream.socket.close()
+
+    async def _first_message(self, websocket: WebSocket) -> tuple[str, str] | None:
+        """The first message and the model it names; None (the client told, the socket
+        closed) when it names none in time."""
+        try:
+            async with asyncio.timeout(self._settings.realtime_first_message_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            await self._close(websocket, "no session.update naming the model came in "
+                              f"{self._settings.realtime_first_message_s:g} s; send one, "
+                              "or connect with ?model=", "model_required")
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        try:
+            model = model_of(orjson.loads(text)) if text is not None else None
+        except orjson.JSONDecodeError:
+            model = None
+        if text is None or model is None:
+            await self._close(websocket, "the first message must be a session.update "
+                              "naming the model (or connect with ?model=)", "model_required")
+            return None
+        return text, model
+
+    async def _open(self, ctx: RequestContext, query: str) -> Upstream:
+        """A socket to an engine serving the session's model (an alias resolved to its
+        version by the director); engines that cannot be reached are marked down and the
+        next one tried (``retries`` more at most). A managed key not allowed the model
+        is refused (403), as the director refuses it."""
+        self._director.authenticate(ctx)
+        self._director.resolve_model(ctx)
+        self._director.enter(ctx)
+        last: SluiceError | None = None
+        for _ in range(self._retries + 1):
+            try:
+                engine = self._scheduler.schedule(ctx, self._pool.engines)
+            except EngineUnavailable:
+                if last is None:
+                    raise
+                raise last from None
+            ctx.tried.add(engine.name)
+            ctx.engine = engine.name
+            url = engine.client.base_url.replace("http", "ws", 1) + REALTIME.path
+            try:
+                socket = await self._dialer.connect(url + (f"?{query}" if query else ""))
+            except EngineUnavailable as exc:
+                self._pool.mark_down(engine, exc)
+                last = exc
+                continue
+            except UpstreamRejected:
+                self._pool.record_success(engine)  # it answered; it serves no realtime
+                raise
+            except SluiceError as exc:
+                self._pool.record_failure(engine, exc)
+                raise
+            except BaseException:  # no verdict on the engine (cancelled): free its probe
+                engine.breaker.release()
+                raise
+            self._pool.record_success(engine)
+            log.debug("realtime session for %s on %s", ctx.model, engine.name)
+            return Upstream(engine, socket)
+        assert last is not None
+        raise last
+
+    async def _relay(self, websocket: WebSocket, upstream: EngineSocket,
+                     ctx: RequestContext) -> SluiceError | None:
+        """Pass messages both ways until one side closes; then close the other. An
+        engine socket that failed is the session's error."""
+        to_engine = asyncio.create_task(self._client_to_engine(websocket, upstream, ctx))
+        to_client = asyncio.create_task(self._engine_to_client(websocket, upstream))
+        try:
+            done, _ = await asyncio.wait((to_engine, to_client),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (to_engine, to_client):
+                task.cancel()
+            await asyncio.gather(to_engine, to_client, return_exceptions=True)
+        if to_engine in done:
+            await upstream.close(_outcome(to_engine, GOING_AWAY) or GOING_AWAY)
+        elif to_client in done:
+            code = _outcome(to_client, BAD_GATEWAY)
+            if code is not None:
+                await self._close_client(websocket, sendable_close_code(code, BAD_GATEWAY))
+            if code == BAD_GATEWAY:
+                return EngineError("the engine's realtime socket failed")
+        return None
+
+    @staticmethod
+    async def _client_to_engine(websocket: WebSocket, upstream: EngineSocket,
+                                ctx: RequestContext) -> int:
+        """Until the client closes: its close code."""
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return sendable_close_code(message.get("code"), NORMAL)
+            text = message.get("text")
+            await upstream.send(_renamed(text, ctx) if text is not None
+                                else message.get("bytes") or b"")
+
+    @staticmethod
+    async def _engine_to_client(websocket: WebSocket, upstream: EngineSocket) -> int | None:
+        """Until the engine closes: its close code; None when the client is gone."""
+        while True:
+            item = await upstream.receive()
+            if isinstance(item, Closed):
+                return item.code
+            message = {"type": "websocket.send", "text": item} if isinstance(item, str) \
+                else {"type": "websocket.send", "bytes": item}
+            try:
+                await websocket.send(message)
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                return None
+
+    async def _fail(self, websocket: WebSocket, exc: SluiceError) -> None:
+        code = TRY_AGAIN_LATER if isinstance(exc, (EngineUnavailable, Overloaded)) else \
+            POLICY_VIOLATION if isinstance(exc, (ModelNotFound, InvalidRequest,
+                                                 UpstreamRejected)) else BAD_GATEWAY
+        await self._close(websocket, exc.message, str(exc.code) if exc.code else None,
+                          close_code=code)
+
+    async def _close(self, websocket: WebSocket, message: str, error_code: str | None, *,
+                     close_code: int = POLICY_VIOLATION) -> None:
+        """Tell the client what went wrong (an ``error`` event), then close."""
+        try:
+            await websocket.send_text(error_event(message, error_code))
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return
+        await self._close_client(websocket, close_code)
+
+    @staticmethod
+    async def _close_client(websocket: WebSocket, code: int) -> None:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await websocket.close(code)
+
+
+def _renamed(text: str, ctx: RequestContext) -> str:
+    """A client message as the engine must get it (see :func:`renamed`)."""
+    return text if ctx.version is None else renamed(text, ctx.requested_model, ctx.model)
+
+
+def _query(scope: Scope, ctx: RequestContext) -> str:
+    """The client's query string for the engine: ``model`` naming an alias is made to
+    name the version's served model; anything else as sent."""
+    query = str(scope.get("query_string", b"").decode("latin-1"))
+    if ctx.version is None:
+        return query
+    return urlencode([(k, ctx.model if k == "model" and v == ctx.requested_model else v)
+                      for k, v in parse_qsl(query, keep_blank_values=True)])
+
+
+def _outcome(task: asyncio.Task[int | None], failed: int) -> int | None:
+    """A finished pump's close code; ``failed`` when the pump itself failed."""
+    if task.cancelled():
+        return failed
+    error = task.exception()
+    if error is not None:
+        log.warning("realtime relay ended by an error: %r", error)
+        return failed
+    return task.result()

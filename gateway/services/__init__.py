@@ -1,1 +1,0 @@
-"""The gateway's services: the logic behind the thin routes."""

@@ -1,0 +1,127 @@
+"""Client for one engine's OpenAI-compatible HTTP API (vLLM's server, or the simulator).
+
+The client speaks the engine protocol over a :class:`~gateway.upstream.transport.Transport`
+and turns engine answers into the gateway's terms: a 4xx becomes ``UpstreamRejected``
+(status, message, ``param`` and ``code`` passed on unchanged), a 5xx an ``EngineError``
+whose message never carries the engine's body (it may be an HTML page with internals),
+a malformed control answer an ``EngineError`` for that engine alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+
+from gateway.config.settings import TimeoutSettings
+from gateway.core.errors import EngineError, SluiceError, UpstreamRejected
+from gateway.upstream.load import EngineLoad, parse_load
+from gateway.upstream.transport import StreamTimeouts, Transport, UpstreamResponse
+
+log = logging.getLogger("sluice.engines")
+
+_JSON = {"Content-Type": "application/json"}
+_ERROR_BODY_LIMIT = 64 * 1024
+_MESSAGE_LIMIT = 1000
+
+
+def upstream_error(status: int, raw: bytes) -> SluiceError:
+    """Translate an engine's error response (vLLM or OpenAI shape) into the tree."""
+    if not 400 <= status < 500:
+        return EngineError(f"engine error (HTTP {status})")
+    message = f"the engine rejected the request (HTTP {status})"
+    param: str | None = None
+    code: str | int | None = None
+    error_type: str | None = None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        nested = body.get("error")
+        err: dict[str, Any] = nested if isinstance(nested, dict) else body
+        if isinstance(err.get("message"), str) and err["message"]:
+            message = err["message"][:_MESSAGE_LIMIT]
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        code = err.get("code")
+        if not isinstance(code, (str, int)) or isinstance(code, bool):
+            code = None
+        if isinstance(err.get("type"), str) and err["type"]:
+            error_type = err["type"][:100]
+    return UpstreamRejected(message, status=status, param=param, code=code,
+                            error_type=error_type)
+
+
+class EngineClient:
+    """Talks to one engine."""
+
+    def __init__(self, name: str, base_url: str, transport: Transport,
+                 timeouts: TimeoutSettings, *, max_answer_bytes: int = 64 * 1024 * 1024
+                 ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._transport = transport
+        self._timeouts = StreamTimeouts(timeouts.connect_s, timeouts.first_token_s,
+                                        timeouts.between_tokens_s, timeouts.total_s)
+        self.max_answer_bytes = max_answer_bytes
+
+    @asynccontextmanager
+    async def open(self, path: str, payload: bytes, *, streamed: bool,
+                   headers: dict[str, str] | None = None) -> AsyncIterator[UpstreamResponse]:
+        """POST ``payload``; yields a 200 response, raises for any other status. The
+        response is closed when the block ends (aborted upstream if unfinished)."""
+        response = await self._transport.post(
+            self.base_url + path, payload, {**_JSON, **(headers or {})}, self._timeouts,
+            streamed=streamed)
+        try:
+            if response.status != 200:
+                raw = await response.read(_ERROR_BODY_LIMIT)
+                if response.status >= 500:
+                    log.warning("engine %s answered HTTP %d: %r", self.name, response.status,
+                                raw[:300])
+                raise upstream_error(response.status, raw)
+            yield response
+        finally:
+            response.close()
+
+    async def _get(self, path: str) -> bytes:
+        status, raw = await self._transport.get(self.base_url + path)
+        if status != 200:
+            raise upstream_error(status, raw)
+        return raw
+
+    async def health(self) -> bool:
+        """True when ``/health`` answers 200."""
+        status, _ = await self._transport.get(self.base_url + "/health")
+        return status == 200
+
+    async def get_object(self, path: str) -> dict[str, Any]:
+        """A control ``GET`` (e.g. ``/version``) whose answer must be a JSON object."""
+        raw = await self._get(path)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise EngineError(f"engine's {path} is not JSON") from exc
+        if not isinstance(body, dict):
+            raise EngineError(f"engine's {path} is not a JSON object")
+        return body
+
+    async def models(self) -> list[dict[str, Any]]:
+        """The model cards of ``/v1/models`` (base model and loaded LoRA adapters)."""
+        raw = await self._get("/v1/models")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise EngineError("engine's /v1/models is not JSON") from exc
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise EngineError("engine's /v1/models has no 'data' list")
+        return [card for card in data
+                if isinstance(card, dict) and isinstance(card.get("id"), str)]
+
+    async def load(self) -> EngineLoad:
+        """The engine's queue, KV usage and prefix-cache counters from ``/metrics``."""
+        return parse_load(await self._get("/metrics"))
