@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
+from engines.lifetime import die_with_parent
 from engines.spec import EngineSpec
 
 log = logging.getLogger("sluice.supervisor")
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EngineProcess:
@@ -63,7 +57,7 @@ class EngineProcess:
             self._process = await asyncio.create_subprocess_exec(
                 *argv, env={**os.environ, **self.spec.environment()},
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
 
     async def _watch(self) -> None:

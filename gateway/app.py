@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from engines.supervisor import EngineProcess
 from gateway.cache import CachePolicy, ResponseCaching
 from gateway.config.settings import EngineConfig, Settings
-from gateway.core.context import CHAT, COMPLETIONS
+from gateway.core.endpoints import HTTP
 from gateway.edge.accounting import RefusalAccountingMiddleware
 from gateway.edge.cors import CORSMiddleware
 from gateway.edge.handlers import EXCEPTION_HANDLERS
@@ -37,7 +37,6 @@ from gateway.edge.routes import (
     docs,
     health,
     openai,
-    passthrough,
     playground,
     ws,
 )
@@ -47,10 +46,10 @@ from gateway.keys import KeyService, memory_keys
 from gateway.keys.redis import redis_keys
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
+from gateway.pipeline.answer import Answer
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
 from gateway.pipeline.drain import Drain
-from gateway.pipeline.passthrough import ENDPOINTS, Passthrough
 from gateway.scheduling import Scheduler
 from gateway.stores import Stores, memory_stores
 from gateway.stores.redis_link import RedisLink
@@ -60,7 +59,6 @@ from gateway.upstream.aiohttp_transport import AiohttpTransport
 from gateway.upstream.client import EngineClient
 from gateway.upstream.pool import EnginePool
 from gateway.upstream.transport import Transport
-from gateway.upstream.websocket import WebSocketDialer
 from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
@@ -102,7 +100,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                             settings.log_dir / f"engine-{config.name}.log")
                     await process.start()
                     stack.push_async_callback(process.stop)
-            upstream = transport or AiohttpTransport(settings.pool, settings.timeouts)
+            upstream = transport or AiohttpTransport(settings.pool, settings.timeouts,
+                                                     settings.websocket)
             stack.push_async_callback(upstream.aclose)
 
             def client(config: EngineConfig) -> EngineClient:
@@ -160,16 +159,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 watch = watch_versions(redis, state.versions.channel, versions.reload)
                 stack.push_async_callback(
                     _cancel, asyncio.create_task(watch, name="versions-watch"))
-            dialer = WebSocketDialer(
-                connect_s=settings.timeouts.connect_s,
-                max_message_bytes=settings.websocket.max_message_bytes,
-                heartbeat_s=settings.websocket.ping_interval_s,
-                max_sockets=settings.websocket.max_realtime_sessions)
-            stack.push_async_callback(dialer.aclose)
             director = Director(
-                pool, connector, Admission(settings.admission, state.counters),
-                _caching(settings, state, metrics), drain, metrics, settings.resilience,
-                max_event_bytes=settings.max_event_bytes, keys=key_service,
+                pool, Admission(settings.admission, state.counters),
+                _caching(settings, state, metrics), drain, metrics, keys=key_service,
                 versions=versions,
                 hooks=[mirror.finished, VersionMeasure(state.measurements).record])
             yield {
@@ -179,21 +171,19 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "drain": drain,
                 "redis": redis,
                 "director": director,
+                "answer": Answer(connector, drain, metrics, settings.resilience,
+                                 director.finish, max_event_bytes=settings.max_event_bytes),
                 "keys": key_service,
                 "versions": versions,
                 "version_admin": version_admin,
                 "rollouts": rollouts,
-                "passthrough": Passthrough(pool, connector, director, metrics,
-                                           max_event_bytes=settings.max_event_bytes),
-                "realtime": RealtimeRelay(pool, scheduler, dialer, director,
-                                          settings.websocket,
-                                          retries=settings.resilience.retries),
+                "realtime": RealtimeRelay(connector, pool, director, settings.websocket),
             }
 
     page = playground.routes() if settings.playground else []
     admin_routes = [*admin.routes, *admin_versions.routes] if settings.admin.enabled else []
     app = GatewayApp(
-        routes=[*openai.routes, *passthrough.routes, *ws.routes, *health.routes,
+        routes=[*openai.routes, *ws.routes, *health.routes,
                 *docs.routes, *page, *admin_routes],
         middleware=[
             Middleware(CORSMiddleware, allowed_origins=settings.cors_origins,
@@ -201,7 +191,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                        max_age_s=settings.cors.max_age_s),
             Middleware(RequestContextMiddleware, log_requests=settings.access_log),
             Middleware(RefusalAccountingMiddleware, metrics=metrics,
-                       endpoints={e.path: e.name for e in (CHAT, COMPLETIONS, *ENDPOINTS)}),
+                       endpoints={e.path: e.name for e in HTTP}),
             Middleware(AuthMiddleware, api_keys=settings.api_keys,
                        managed_keys=settings.admin.enabled,
                        observability_open=settings.observability.open,

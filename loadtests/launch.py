@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -36,11 +34,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from engines.lifetime import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 STOP_GRACE_S = 20.0
 """How long a process has between SIGTERM and SIGKILL, unless told otherwise."""
-_PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(RuntimeError):
@@ -87,7 +86,7 @@ def spawn(launch: Launch) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(launch.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     finally:
         if out is not subprocess.DEVNULL:
             out.close()
@@ -216,6 +215,3 @@ def _tail(log: Path | None) -> str:
     return f" (log {log}):\n" + log.read_text(errors="replace")[-3000:]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

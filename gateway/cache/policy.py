@@ -24,7 +24,8 @@ from typing import Any
 
 import orjson
 
-from gateway.core.context import CacheUse, Endpoint, RequestContext
+from gateway.core.context import CacheUse, RequestContext
+from gateway.core.endpoints import Endpoint
 
 SAMPLED = frozenset({"chat", "completions"})
 """Endpoints whose answer is fixed only by greedy sampling or a seed (:func:`deterministic`)."""

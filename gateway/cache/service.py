@@ -25,7 +25,8 @@ from typing import Any
 from gateway.cache.flights import Flight, Flights
 from gateway.cache.policy import FIXED, CachePolicy
 from gateway.config.settings import TimeoutSettings
-from gateway.core.context import Endpoint, RequestContext
+from gateway.core.context import RequestContext
+from gateway.core.endpoints import Endpoint
 from gateway.observability.metrics import GatewayMetrics
 from gateway.stores import CachedResponse, Locks, ResponseCache
 

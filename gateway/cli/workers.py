@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import signal
@@ -29,6 +28,7 @@ from typing import Any
 
 import uvloop
 
+from engines.lifetime import die_with_parent
 from engines.supervisor import EngineProcess
 from gateway.app import create_app
 from gateway.config.settings import Settings
@@ -37,7 +37,6 @@ from gateway.observability.logs import configure_logging
 
 log = logging.getLogger("sluice.workers")
 
-_PR_SET_PDEATHSIG = 1
 _STOP_MARGIN_S = 10.0
 """How much longer than a worker's own drain the parent waits before SIGKILL."""
 
@@ -109,7 +108,7 @@ class Supervisor:
     async def _spawn(self, index: int, config_json: bytes) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli.workers", stdin=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent)
+            preexec_fn=die_with_parent)
         assert process.stdin is not None
         process.stdin.write(config_json)
         await process.stdin.drain()
@@ -149,10 +148,6 @@ async def _serve_one(settings: Settings) -> None:
     server = GatewayServer(create_app(settings), settings)
     await server.serve(sockets=[sock])
 
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def main() -> None:

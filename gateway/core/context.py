@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.endpoints import Endpoint
 from gateway.core.keys import ApiKey
-from gateway.core.protocol import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from gateway.core.protocol import RequestBody
 
 if TYPE_CHECKING:
     from gateway.cache.flights import Flight
@@ -25,25 +26,6 @@ PIN_HEADER = "x-sluice-version"
 naming the one that served)."""
 PIN_HEADER_KEY = PIN_HEADER.encode()
 """The same, as an ASGI scope's header name."""
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """An endpoint routed to engines: its metrics name, the engine path, and the request
-    model the director validates (passthrough endpoints, which validate only ``model``
-    and ``stream``, leave it at its default: see :mod:`gateway.pipeline.passthrough`)."""
-
-    name: str
-    path: str
-    model: type[GenerationRequest] = GenerationRequest
-
-    @property
-    def chat(self) -> bool:
-        return self.name == "chat"
-
-
-CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest)
-COMPLETIONS = Endpoint("completions", "/v1/completions", CompletionRequest)
 
 
 @dataclass(slots=True)
@@ -166,7 +148,7 @@ class RequestContext:
     gauged: tuple[str, str] | None = None
     """The (model, version) labels the in-flight gauge was raised under; it is lowered
     under the same ones when the request ends (None: not counted in flight)."""
-    request: GenerationRequest | None = None
+    request: RequestBody | None = None
     """The validated view of ``body`` (fields the gateway acts on)."""
     tried: set[str] = field(default_factory=set)
     """Engines this request was sent to: a retry or a continuation goes elsewhere."""
@@ -243,4 +225,5 @@ class RequestContext:
 
     @property
     def stream(self) -> bool:
-        return self.request is not None and bool(self.request.stream)
+        """The answer is an event stream: asked for, on an endpoint that streams."""
+        return self.endpoint.streams and self.request is not None and bool(self.request.stream)

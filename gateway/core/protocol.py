@@ -44,10 +44,24 @@ class StreamOptions(_Open):
     include_usage: bool | None = None
 
 
-class GenerationRequest(_Open):
+class RequestBody(_Open):
+    """What the gateway reads of every request it routes by model: the model, and
+    whether the answer is streamed (the passthrough endpoints' whole validation)."""
+
     model: str | None = None
     """None (or empty): the one model served, when there is exactly one."""
     stream: bool | None = None
+
+    @property
+    def wants_usage(self) -> bool:
+        return False
+
+    @property
+    def output_budget(self) -> int | None:
+        return None
+
+
+class GenerationRequest(RequestBody):
     stream_options: StreamOptions | None = None
     max_tokens: Integer | None = Field(default=None, ge=1)
 

@@ -5,9 +5,12 @@ until the response ends: when the client disconnects (while the request waits fo
 first token, or mid-stream), the task serving the request is cancelled. That closes the
 upstream stream through the body generator's ``finally``, and vLLM aborts the request.
 
-The stream's body yields lists of event payloads (JSON bytes, as the stream session
-judged them); this response frames each list as SSE in one write and ends the stream
-with ``data: [DONE]``. The response start goes through every middleware (they add
+The stream's body yields lists of events, as the stream session judged them; this
+response writes each list in one write. OpenAI chunk streams (chat, completions) yield
+event payloads (JSON bytes), framed here as ``data:`` events and ended with
+``data: [DONE]``; a ``/v1/responses`` stream yields events already framed (``event:``
+and ``data:`` lines, as the engine sent them), written as they are and ended by its
+own terminal event. The response start goes through every middleware (they add
 headers and note the status); the body chunks that follow go straight to the server's
 own ``send`` when the app left it in the scope (:data:`SERVER_SEND`): no middleware
 rewrites a streamed body, and skipping their wrappers was measured to save about 8 % of
@@ -73,13 +76,15 @@ class ClientWatch:
 
 class SSEStreamResponse(Response):
     """Sends ``head`` then ``body``; stops and closes the body when the client leaves.
-    ``headers`` are added to the SSE ones. With ``keepalive_s`` the body's first events
-    may take long: a ping goes out every ``keepalive_s`` until they come."""
+    ``headers`` are added to the SSE ones. ``framed``: the events come framed (a
+    Responses stream): written as they are, with no ``[DONE]``. With ``keepalive_s`` the
+    body's first events may take long: a ping goes out every ``keepalive_s`` until they
+    come."""
 
     def __init__(self, body: AsyncGenerator[list[bytes], None], watch: ClientWatch, *,
                  head: list[bytes] | None = None, status_code: int = 200,
                  headers: list[tuple[bytes, bytes]] | None = None,
-                 keepalive_s: float = 0.0) -> None:
+                 keepalive_s: float = 0.0, framed: bool = False) -> None:
         self.background = None
         self.body_iterator = body
         self.watch = watch
@@ -87,25 +92,28 @@ class SSEStreamResponse(Response):
         self.status_code = status_code
         self.extra_headers = headers or []
         self.keepalive_s = keepalive_s
+        self.frame = b"".join if framed else sse_frame
+        self.end = b"" if framed else DONE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        frame = self.frame
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": [*SSE_HEADERS, *self.extra_headers]})
             send = scope.get(SERVER_SEND, send)
             if self.head:
-                await send({"type": "http.response.body", "body": sse_frame(self.head),
+                await send({"type": "http.response.body", "body": frame(self.head),
                             "more_body": True})
             if self.keepalive_s:
                 first = await self._pinging(send)
                 if first:
-                    await send({"type": "http.response.body", "body": sse_frame(first),
+                    await send({"type": "http.response.body", "body": frame(first),
                                 "more_body": True})
             async for events in self.body_iterator:
                 if events:
-                    await send({"type": "http.response.body", "body": sse_frame(events),
+                    await send({"type": "http.response.body", "body": frame(events),
                                 "more_body": True})
-            await send({"type": "http.response.body", "body": DONE, "more_body": False})
+            await send({"type": "http.response.body", "body": self.end, "more_body": False})
         except asyncio.CancelledError:
             if not self.watch.absorb_cancel():
                 raise

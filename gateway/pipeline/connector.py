@@ -9,6 +9,10 @@ Retries go to engines not yet tried, after a jittered exponential backoff, and o
 while the retry budget allows; continuations of broken streams draw from the same
 budget, so one dead engine cannot set off a storm of them.
 
+An engine that answers a passthrough request with 404 for the path itself (not for a
+model) does not have the endpoint: the client gets 404 ``unsupported_endpoint``, and
+the engine is not blamed.
+
 Every attempt carries the request's id as ``X-Request-Id`` (vLLM takes it as its own
 request id, so engine logs and the gateway's name the same request); a retry or a
 continuation carries the same id, to another engine (vLLM refuses an id only while it
@@ -21,10 +25,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.config.fleet import ResilienceSettings
 from gateway.core.context import RequestContext
@@ -34,14 +38,39 @@ from gateway.core.errors import (
     EngineUnavailable,
     NoHealthyEngine,
     SluiceError,
+    UnsupportedEndpoint,
     UpstreamRejected,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.budget import RetryBudget
 from gateway.pipeline.drain import Drain
 from gateway.upstream.pool import EnginePool, EngineState
+from gateway.upstream.transport import UpstreamSocket
 
 log = logging.getLogger("sluice.upstream")
+
+T = TypeVar("T")
+
+
+_ROUTE_MISSING = frozenset({"not found", "the engine rejected the request (http 404)"})
+"""A 404's message when the path is unknown: vLLM's (FastAPI's ``Not Found``), or a
+body that is no OpenAI error at all. A missing model's 404 names the model."""
+
+
+def endpoint_missing(error: UpstreamRejected) -> bool:
+    """Whether an engine's 4xx says it has no such path (rather than no such model)."""
+    return error.status_code == 404 and (
+        error.message.strip().lower().removeprefix("404: ") in _ROUTE_MISSING
+        or error.error_type == "Not Found")
+
+
+def unsupported(ctx: RequestContext, error: UpstreamRejected) -> UnsupportedEndpoint | None:
+    """A passthrough path the engines lack, as the client is told it (None: the
+    refusal is the engine's own, passed on)."""
+    if ctx.endpoint.chunks or not endpoint_missing(error):
+        return None
+    return UnsupportedEndpoint(
+        f"the engines serving '{ctx.model}' do not support {ctx.endpoint.path}")
 
 
 class Scheduler(Protocol):
@@ -65,6 +94,14 @@ class Attempt:
     """The first read of a stream; the whole answer when not streamed."""
 
 
+@dataclass(slots=True)
+class Dialed:
+    """One open WebSocket to an engine; its owner closes ``socket``."""
+
+    engine: EngineState
+    socket: UpstreamSocket
+
+
 async def _nothing() -> AsyncIterator[bytes]:
     return
     yield b""  # pragma: no cover - makes this an async generator
@@ -84,17 +121,32 @@ class Connector:
                    continuation: bool = False) -> Attempt:
         """The first bytes (or, not streamed, the whole answer) from an engine not yet
         tried for ``ctx``. A continuation is itself a retry: it needs the budget."""
+        return await self._on_an_engine(
+            ctx, lambda engine: self._attempt(ctx, engine, payload, streamed),
+            continuation=continuation)
+
+    async def dial(self, ctx: RequestContext, query: str) -> Dialed:
+        """A WebSocket to the endpoint's path on an engine for ``ctx`` (``query`` passed
+        on), with the same scheduling, retries and engine accounting as a request."""
+        return await self._on_an_engine(ctx, lambda engine: self._dial(ctx, engine, query))
+
+    async def _on_an_engine(self, ctx: RequestContext,
+                            attempt: Callable[[EngineState], Awaitable[T]], *,
+                            continuation: bool = False) -> T:
+        """The one schedule-and-retry loop: ``attempt`` on the engine the scheduler picks,
+        again on another (after a backoff, within the budget) while the failure says
+        another may well succeed."""
         if continuation:
             self._spend(ctx)
         else:
             self.budget.record_request()
         last: SluiceError | None = None
         failures: dict[tuple[type[SluiceError], str], int] = {}
-        for attempt in range(self._settings.retries + 1):
-            if attempt:
+        for tries in range(self._settings.retries + 1):
+            if tries:
                 self._spend(ctx, last)
                 self._metrics.retries.labels(ctx.label, ctx.version_label).inc()
-                await asyncio.sleep(self._backoff(attempt))
+                await asyncio.sleep(self._backoff(tries))
             try:
                 engine = self._scheduler.schedule(ctx, self._pool.engines)
             except NoHealthyEngine:
@@ -107,7 +159,13 @@ class Connector:
             if ctx.timings.scheduled is None:
                 ctx.timings.scheduled = time.perf_counter()
             try:
-                return await self._attempt(ctx, engine, payload, streamed)
+                opened = await attempt(engine)
+            except UpstreamRejected as exc:
+                self.engine_failed(engine, exc)
+                missing = unsupported(ctx, exc)
+                if missing is None:
+                    raise
+                raise missing from exc
             except SluiceError as exc:
                 if not self.engine_failed(engine, exc):
                     raise
@@ -120,6 +178,13 @@ class Connector:
                 failures[kind] = failures.get(kind, 0) + 1
                 if failures[kind] >= self._settings.max_same_failures:
                     raise
+            except BaseException:  # no verdict on the engine (cancelled): free its probe
+                engine.breaker.release()
+                raise
+            else:
+                self._pool.record_success(engine)
+                self._scheduler.attempt_opened(ctx, engine)
+                return opened
         assert last is not None
         raise last
 
@@ -168,14 +233,17 @@ class Connector:
                 first = await response.read(engine.client.max_answer_bytes)
                 if not first.lstrip().startswith(b"{"):
                     raise EngineError("engine answered with a body that is not a JSON object")
-        except BaseException as exc:
+        except BaseException:
             await stack.aclose()
-            if not isinstance(exc, SluiceError):
-                engine.breaker.release()
             raise
-        self._pool.record_success(engine)
-        self._scheduler.attempt_opened(ctx, engine)
         return Attempt(engine, stack, chunks, first)
+
+    @staticmethod
+    async def _dial(ctx: RequestContext, engine: EngineState, query: str) -> Dialed:
+        socket = await engine.client.websocket(ctx.endpoint.path, query)
+        if ctx.timings.connected is None:
+            ctx.timings.connected = time.perf_counter()
+        return Dialed(engine, socket)
 
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(max, base x 2^(attempt-1))]."""

@@ -1,16 +1,20 @@
-"""The director: one generation request's steps, in order, in one readable function.
+"""The director: every request's steps, in one order, written once.
 
-    authenticate -> resolve -> limit -> cache lookup (-> replay) -> admit -> schedule +
-    open upstream (the connector, with its retries) -> stream (the stream session) ->
-    finish hooks
+    begin -> check_open -> authenticate -> resolve -> enter -> limit -> cache lookup
+    (-> replay) -> admit -> answer -> finish hooks
 
-Each step reads and writes the request's :class:`RequestContext` and is small enough to
-test alone. Resolve maps a model alias to one of its versions (any other name is
-served as it is: see :mod:`gateway.versions`). The cache step (:mod:`gateway.cache`)
-finds a stored answer to replay, or an identical request in flight to follow; a request
-that finds neither leads a flight, and its answer is stored by a finish hook. The other
-finish hooks are metrics, a key's token charge and a debug log line; later features fill
-these steps in rather than adding branches around them.
+Every endpoint runs :meth:`Director.run` (chat, completions, the passthrough routes,
+each ``/v1/ws`` request, ``/v1/realtime`` sessions); each supplies only its *answer*
+step: the engine's answer whole or streamed (:class:`~gateway.pipeline.answer.Answer`),
+or a relayed WebSocket session (:mod:`gateway.edge.websocket.realtime`). Each step reads
+and writes the request's :class:`RequestContext` and is small enough to test alone.
+Resolve validates what the gateway acts on (the endpoint's request model) and maps a
+model alias to one of its versions (any other name is served as it is: see
+:mod:`gateway.versions`). The cache step (:mod:`gateway.cache`) finds a stored answer to
+replay, or an identical request in flight to follow; a request that finds neither leads
+a flight, and its answer is stored by a finish hook. The other finish hooks are metrics,
+a key's token charge and a debug log line; later features fill these steps in rather
+than adding branches around them.
 """
 
 from __future__ import annotations
@@ -21,11 +25,8 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import orjson
-
-from gateway.cache import Flight, FlightFailed, ResponseCaching, keep_answer
-from gateway.config.fleet import ResilienceSettings
-from gateway.core.context import RequestContext, Usage
+from gateway.cache import Flight, FlightFailed, ResponseCaching
+from gateway.core.context import RequestContext
 from gateway.core.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -35,15 +36,13 @@ from gateway.core.errors import (
     ShuttingDown,
     SluiceError,
 )
-from gateway.core.protocol import choice_text, validate
+from gateway.core.protocol import validate
 from gateway.keys import KeyService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
-from gateway.pipeline.connector import Connector
 from gateway.pipeline.drain import Drain
-from gateway.pipeline.session import StreamSession
 from gateway.stores import CachedResponse
-from gateway.upstream.pool import EnginePool, EngineState
+from gateway.upstream.pool import EnginePool
 from gateway.versions import VersionRouter
 
 log = logging.getLogger("sluice.director")
@@ -57,7 +56,7 @@ FinishHook = Callable[[RequestContext], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class StartedStream:
     """A stream whose head (first events) is known; ``body`` yields the rest, and
-    closing it always runs its cleanup."""
+    closing it always runs its cleanup (the request's finish hooks included)."""
 
     head: list[bytes]
     body: AsyncGenerator[list[bytes], None]
@@ -66,30 +65,34 @@ class StartedStream:
     :attr:`RequestContext.start_early`): the body's next events are the head."""
 
 
-class Director:
-    """Runs generation requests through the pipeline."""
+Answered = bytes | StartedStream | None
+"""What an answer step gives: a whole JSON answer, a started stream, or nothing (it
+answered the client itself, as a relayed WebSocket session does)."""
+AnswerStep = Callable[[RequestContext], Awaitable[Answered]]
+"""An endpoint's own step: called once the request is admitted."""
 
-    def __init__(self, pool: EnginePool, connector: Connector, admission: Admission,
-                 cache: ResponseCaching | None, drain: Drain, metrics: GatewayMetrics,
-                 settings: ResilienceSettings, *, max_event_bytes: int = 4 * 1024 * 1024,
-                 keys: KeyService | None = None, hooks: Sequence[FinishHook] = (),
-                 versions: VersionRouter | None = None) -> None:
+
+class Director:
+    """Runs every request through the pipeline's steps (see the module docstring)."""
+
+    def __init__(self, pool: EnginePool, admission: Admission, cache: ResponseCaching | None,
+                 drain: Drain, metrics: GatewayMetrics, *, keys: KeyService | None = None,
+                 hooks: Sequence[FinishHook] = (), versions: VersionRouter | None = None
+                 ) -> None:
         self._pool = pool
-        self._connector = connector
         self._admission = admission
         self._cache = cache
         self._drain = drain
         self._metrics = metrics
-        self._settings = settings
-        self._max_event_bytes = max_event_bytes
         self._keys = keys
         self._versions = versions
         stored = () if cache is None else (cache.stored,)
         self._hooks = (*stored, self._record_metrics, self._account_key, self._log, *hooks)
 
-    async def generate(self, ctx: RequestContext) -> bytes | StartedStream:
-        """JSON bytes for a non-streamed request, a started stream for a streamed one."""
-        self.default_model(ctx)
+    async def run(self, ctx: RequestContext, answer: AnswerStep) -> Answered:
+        """Run one request through every step, in order; ``answer`` is the endpoint's
+        own step. A stream (:class:`StartedStream`) closes the request's books when it
+        ends; any other answer has them closed here."""
         self.begin(ctx)
         try:
             self.check_open()
@@ -101,15 +104,18 @@ class Director:
             if replayed is not None:
                 return replayed
             await self.admit(ctx)
-            if ctx.stream:
-                return await self.stream(ctx)
-            return await self.complete(ctx)
+            answered = await answer(ctx)
         except BaseException as exc:
             await self.finish(ctx, exc)
             raise
+        if not isinstance(answered, StartedStream):
+            await self.finish(ctx, None)
+        return answered
 
     def begin(self, ctx: RequestContext) -> None:
-        """Give the request its ``model`` metrics label (every path calls this first)."""
+        """Fill in a left-out model (:meth:`default_model`) and give the request its
+        ``model`` metrics label."""
+        self.default_model(ctx)
         ctx.label = self.model_label(ctx.requested_model)
 
     def enter(self, ctx: RequestContext) -> None:
@@ -158,10 +164,12 @@ class Director:
         any other name unchanged."""
         ctx.request = validate(ctx.endpoint.model, ctx.body)
         if not ctx.request.model:
+            bases = sorted(self._pool.base_models())
+            served = f"they serve {', '.join(bases)}" if bases else "none is served yet"
             raise InvalidField("you must provide a model parameter (it may be left out only "
-                               "when the engines serve exactly one model)", param="model",
-                               code="missing_required_parameter")
-        self.resolve_model(ctx, mirror=True)
+                               f"when the engines serve exactly one model; {served})",
+                               param="model", code="missing_required_parameter")
+        self.resolve_model(ctx, mirror=ctx.endpoint.chunks)
         for name in _BUDGETS:  # acted on as integers: continuations shrink them
             if type(ctx.body.get(name)) is float:
                 ctx.body[name] = getattr(ctx.request, name)
@@ -174,10 +182,8 @@ class Director:
     def resolve_model(self, ctx: RequestContext, *, mirror: bool = False) -> None:
         """Map the requested name to the model the engines serve: an alias to one of its
         versions by its policy (split, sticky caller, pin, fallback chain: see
-        :mod:`gateway.versions`), any other name unchanged. Every route that names a
-        model resolves it here: chat and completions (through :meth:`resolve`), the
-        passthrough endpoints and realtime sessions. ``mirror``: start the policy's
-        shadow copies (chat and completions only)."""
+        :mod:`gateway.versions`), any other name unchanged. ``mirror``: start the
+        policy's shadow copies (chat and completions only)."""
         ctx.model = ctx.requested_model
         if self._versions is not None:
             self._versions.resolve(ctx, mirror=mirror)
@@ -277,49 +283,6 @@ class Director:
             self._metrics.admission_rejections.labels(ctx.label, ctx.version_label).inc()
             raise
         ctx.timings.admitted = time.perf_counter()
-
-    async def complete(self, ctx: RequestContext) -> bytes:
-        attempt = await self._connector.open(ctx, orjson.dumps(ctx.body), streamed=False)
-        try:
-            raw = attempt.first
-            ctx.timings.first_byte = time.perf_counter()
-            try:
-                answer = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise self._engine_fault(attempt.engine, "not JSON") from exc
-            if not isinstance(answer, dict):
-                raise self._engine_fault(attempt.engine, "not a JSON object")
-            if "usage" in answer and answer["usage"] is not None:
-                ctx.usage = Usage.from_openai(answer["usage"])
-                if ctx.usage is None:
-                    raise self._engine_fault(attempt.engine, "invalid usage counts")
-            keep_answer(ctx, raw, answer)
-            if ctx.keep_text:
-                ctx.answer_text = choice_text(answer, chat=ctx.endpoint.chat)[:ctx.keep_text]
-        finally:
-            await attempt.stack.aclose()
-        await self.finish(ctx, None)
-        return raw
-
-    def _engine_fault(self, engine: EngineState, what: str) -> EngineError:
-        error = EngineError(f"engine answered with {what}")
-        self._connector.engine_failed(engine, error)
-        return error
-
-    async def stream(self, ctx: RequestContext) -> StartedStream:
-        payload = dict(ctx.body)
-        payload["stream_options"] = {**(ctx.body.get("stream_options") or {}),
-                                     "include_usage": True}
-        assert ctx.request is not None
-        # With no engine up there is no wait to keep alive: the 503 comes at once.
-        ctx.start_early = ctx.start_early and ctx.admitted
-        session = StreamSession(ctx, payload, self._connector, self._drain, self._metrics,
-                                self._settings, self.finish,
-                                forward_usage=ctx.request.wants_usage,
-                                max_event_bytes=self._max_event_bytes,
-                                tap=ctx.cache.flight)
-        body = session.run()
-        return StartedStream(await anext(body), body, waiting=ctx.start_early)
 
     async def finish(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Close the request's books once: release admission, record the outcome, run

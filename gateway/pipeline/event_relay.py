@@ -33,7 +33,10 @@ class EventRelay:
     """One streamed Responses answer, from one engine."""
 
     __slots__ = ("_buf", "_skip_lf", "done", "fault", "max_event_bytes", "sequence",
-                 "usage")
+                 "tokens", "usage")
+
+    usage_event: bytes | None = None
+    """Usage comes inside the terminal event: nothing is kept apart."""
 
     def __init__(self, max_event_bytes: int = 4 * 1024 * 1024) -> None:
         self.max_event_bytes = max_event_bytes
@@ -46,6 +49,9 @@ class EventRelay:
         """Token counts of the terminal event's ``response.usage``."""
         self.sequence = -1
         """The last ``sequence_number`` forwarded."""
+        self.tokens = 0
+        """Text deltas forwarded (``response.output_text.delta``, a token each as vLLM
+        streams): what a stream cut before its terminal event is charged."""
 
     def feed(self, data: bytes) -> list[bytes]:
         """The whole events of ``data`` to forward (each framed, blank line included).
@@ -75,6 +81,17 @@ class EventRelay:
         self._buf = rest
         return out
 
+    @property
+    def reported_usage(self) -> Usage | None:
+        return self.usage
+
+    @property
+    def complete(self) -> bool:
+        return self.done
+
+    def text(self, chars: int) -> str:
+        return ""  # (only chat and completions texts are compared by shadow mirrors)
+
     def error_event(self, error: SluiceError) -> bytes:
         """The event that ends a stream that broke: a Responses ``error`` event that also
         carries the OpenAI error object (which the ``openai`` client raises)."""
@@ -103,7 +120,10 @@ class EventRelay:
             raise EngineError("engine reported an error mid-stream")
         if type(obj.get("sequence_number")) is int:
             self.sequence = obj["sequence_number"]
-        if obj.get("type") in TERMINAL:
+        kind_of = obj.get("type")
+        if kind_of == "response.output_text.delta":
+            self.tokens += 1
+        elif kind_of in TERMINAL:
             self.usage = _usage(obj.get("response"))
             self.done = True
         return True

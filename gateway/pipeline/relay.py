@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.core.context import Usage
-from gateway.core.errors import EngineError
+from gateway.core.errors import EngineError, SluiceError
 from gateway.pipeline.sse import SSEDecoder
 
 log = logging.getLogger("sluice.relay")
@@ -38,6 +38,8 @@ class Transcript:
     tokens: int = 0
     """Events that carried output text: one token each as vLLM streams (an estimate when
     one event carries several)."""
+    other_tokens: int = 0
+    """Events that carried other output (tool calls, reasoning), counted the same way."""
     finished: bool = False
     """A choice already reported its finish_reason."""
     stream_id: str | None = None
@@ -154,9 +156,11 @@ class Relay:
             if self._chat:
                 delta = choice.get("delta")
                 delta = delta if isinstance(delta, dict) else {}
+                text = delta.get("content")
                 if delta.get("tool_calls"):
                     t.obstacle = "tool calls were being streamed"
-                text = delta.get("content")
+                if not text and (delta.get("tool_calls") or delta.get("reasoning_content")):
+                    t.other_tokens += 1  # output too, though not the answer's text
             else:
                 text = choice.get("text")
             if isinstance(text, str) and text:
@@ -183,6 +187,21 @@ class Relay:
                             "total_tokens": self.usage.prompt_tokens
                             + self.usage.completion_tokens}
         return orjson.dumps(obj)
+
+    def error_event(self, error: SluiceError) -> bytes:
+        """The event that ends a stream that broke: the OpenAI error object."""
+        return error.to_json()
+
+    @property
+    def tokens(self) -> int:
+        return self.transcript.tokens + self.transcript.other_tokens
+
+    @property
+    def complete(self) -> bool:
+        return self.transcript.finished
+
+    def text(self, chars: int) -> str:
+        return self.transcript.head(chars)
 
     @property
     def reported_usage(self) -> Usage | None:

@@ -1,14 +1,15 @@
 """The stream session: one streamed answer, however many engines it takes.
 
-It owns the upstream attempt, decodes and judges its events (:mod:`.relay`), and when
-the engine breaks after the first byte it continues the answer on another engine from
-the transcript (:mod:`.failover`), or ends it with one error event. It yields lists of
-event payloads (JSON bytes): the route frames them, as SSE today and as WebSocket
-messages alike. The first yield is the head (possibly empty); errors before it are
-ordinary HTTP errors. A request that starts early (SSE keep-alive) first yields an empty
-list at once, then the head; errors before the head are then an error event too. When
-the session ends, however it ends, its upstream is closed and ``on_end`` runs once with
-the context filled in.
+It owns the upstream attempt, decodes and judges its events with the endpoint's relay
+(:class:`~gateway.pipeline.relay.Relay` for OpenAI chunks,
+:class:`~gateway.pipeline.event_relay.EventRelay` for ``/v1/responses`` events), and when
+the engine breaks after the first byte it continues a chunk stream on another engine from
+the transcript (:mod:`.failover`), or ends the stream with one error event. It yields
+lists of events: the edge frames them, as SSE or as WebSocket messages. The first yield
+is the head (possibly empty); errors before it are ordinary HTTP errors. A request that
+starts early (SSE keep-alive) first yields an empty list at once, then the head; errors
+before the head are then an error event too. When the session ends, however it ends, its
+upstream is closed and ``on_end`` runs once with the context filled in.
 
 A cacheable request's session is given its flight (``tap``): every batch it yields is
 appended to it as is (one ``append`` per read), and the stream's usage chunk is kept
@@ -21,12 +22,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from gateway.config.fleet import ResilienceSettings
-from gateway.core.context import RequestContext
+from gateway.core.context import RequestContext, Usage
 from gateway.core.errors import EngineError, EngineTimeout, ShuttingDown, SluiceError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.connector import Attempt, Connector
@@ -40,13 +41,55 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.session")
 
 Events = AsyncGenerator[list[bytes], None]
+OnEnd = Callable[[RequestContext, BaseException | None], Awaitable[None]]
+
+
+class StreamRelay(Protocol):
+    """What the session needs of a relay: events in, whole judged events out."""
+
+    @property
+    def fault(self) -> EngineError | None:
+        """The engine sent something bad; the events before it were handed out."""
+        ...
+
+    @property
+    def done(self) -> bool:
+        """The stream ended as it should (``[DONE]``, a terminal event)."""
+        ...
+
+    @property
+    def usage_event(self) -> bytes | None:
+        """The stream's usage event, when it is kept apart from the others."""
+        ...
+
+    def feed(self, data: bytes) -> list[bytes]: ...
+
+    def error_event(self, error: SluiceError) -> bytes:
+        """The event that ends a stream that broke after its first byte."""
+        ...
+
+    @property
+    def reported_usage(self) -> Usage | None: ...
+
+    @property
+    def tokens(self) -> int:
+        """Output events delivered: what a stream cut before its usage is charged."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """The answer ended whole (a cached stream is stored only then)."""
+        ...
+
+    def text(self, chars: int) -> str:
+        """The first ``chars`` characters of choice 0's text, as delivered."""
+        ...
 
 
 class StreamSession:
-    def __init__(self, ctx: RequestContext, payload: dict[str, Any], connector: Connector,
-                 drain: Drain, metrics: GatewayMetrics, settings: ResilienceSettings,
-                 on_end: Callable[[RequestContext, BaseException | None], Awaitable[None]], *,
-                 forward_usage: bool, max_event_bytes: int = 4 * 1024 * 1024,
+    def __init__(self, ctx: RequestContext, payload: dict[str, Any], relay: StreamRelay,
+                 connector: Connector, drain: Drain, metrics: GatewayMetrics,
+                 settings: ResilienceSettings, on_end: OnEnd, *, usage_last: bool = False,
                  tap: Flight | None = None) -> None:
         self.ctx = ctx
         self._payload = payload
@@ -56,9 +99,8 @@ class StreamSession:
         self._settings = settings
         self._on_end = on_end
         self._tap = tap
-        self._usage_last = forward_usage and tap is not None
-        self.relay = Relay(chat=ctx.endpoint.chat, forward_usage=forward_usage and tap is None,
-                           max_event_bytes=max_event_bytes)
+        self._usage_last = usage_last and tap is not None
+        self.relay = relay
 
     async def run(self) -> Events:
         """Open the stream and yield its events (see the module docstring)."""
@@ -69,7 +111,7 @@ class StreamSession:
                 attempt, head = await self._open()
             except SluiceError as exc:  # the client has the headers: an error event
                 await self._on_end(ctx, exc)
-                yield [exc.to_json()]
+                yield [relay.error_event(exc)]
                 return
             except BaseException as exc:
                 await self._on_end(ctx, exc)
@@ -111,7 +153,7 @@ class StreamSession:
                     if not relay.done:
                         raise EngineError("engine closed the stream before it finished")
                     if tap is not None:
-                        ctx.cache.complete = relay.transcript.finished
+                        ctx.cache.complete = relay.complete
                         ctx.cache.usage_event = relay.usage_event
                         if self._usage_last and relay.usage_event is not None:
                             yield [relay.usage_event]
@@ -123,7 +165,7 @@ class StreamSession:
                     attempt, data = follow, follow.first
         except SluiceError as exc:
             error = exc
-            yield [exc.to_json()]
+            yield [relay.error_event(exc)]
         except (asyncio.CancelledError, GeneratorExit) as exc:
             error = None if relay.done else exc  # gone after the end is not a disconnect
             raise
@@ -134,9 +176,9 @@ class StreamSession:
         finally:
             await attempt.stack.aclose()
             ctx.usage = relay.reported_usage
-            ctx.streamed_tokens = relay.transcript.tokens
+            ctx.streamed_tokens = relay.tokens
             if ctx.keep_text:
-                ctx.answer_text = relay.transcript.head(ctx.keep_text)
+                ctx.answer_text = relay.text(ctx.keep_text)
             await self._on_end(ctx, error)
 
     async def _open(self) -> tuple[Attempt, list[bytes]]:
@@ -179,10 +221,14 @@ class StreamSession:
                     cause.message)
         self._connector.engine_failed(attempt.engine, cause)
         await attempt.stack.aclose()
-        transcript = self.relay.transcript
         if isinstance(cause, EngineTimeout) and not cause.blames_engine:
             failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
             raise cause  # the request's own time is up: no engine gets more of it
+        relay = self.relay
+        if not isinstance(relay, Relay):  # named events (Responses): not continued
+            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
+            raise cause
+        transcript = relay.transcript
         if transcript.finished and transcript.obstacle is None:
             failovers.labels(ctx.label, ctx.version_label, "completed").inc()
             return None
@@ -200,7 +246,7 @@ class StreamSession:
             failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
             raise cause from exc
         ctx.continuations += 1
-        self.relay.continue_from_here()
+        relay.continue_from_here()
         failovers.labels(ctx.label, ctx.version_label, "continued").inc()
         log.info("stream of %s continued on %s after %d tokens", ctx.model, new.engine.name,
                  transcript.tokens)

@@ -6,7 +6,7 @@ picker, all plugins built by type name from a :class:`Registry` and configured i
 :meth:`Scheduler.attempt_opened` and :meth:`Scheduler.engine_restarted`.
 """
 
-from gateway.scheduling.interfaces import (
+from gateway.scheduling.framework.interfaces import (
     AttemptObserver,
     Candidate,
     Cycle,
@@ -16,7 +16,7 @@ from gateway.scheduling.interfaces import (
     Scorer,
     Scores,
 )
-from gateway.scheduling.plugin_config import Params, PluginConfig, PluginConfigError
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, PluginConfigError
 from gateway.scheduling.registry import Registry, default_registry
 from gateway.scheduling.scheduler import Scheduler
 

@@ -22,7 +22,7 @@ from gateway.config.fleet import (
     WeightedPluginRef,
 )
 from gateway.scheduling.filters import STANDARD
-from gateway.scheduling.interfaces import (
+from gateway.scheduling.framework.interfaces import (
     AttemptObserver,
     Consumer,
     Filter,
@@ -30,7 +30,7 @@ from gateway.scheduling.interfaces import (
     RestartObserver,
     Scorer,
 )
-from gateway.scheduling.plugin_config import PluginConfigError
+from gateway.scheduling.framework.plugin_config import PluginConfigError
 from gateway.scheduling.producers import Producers
 from gateway.scheduling.registry import Registry
 from gateway.scheduling.timing import TimedFilter, TimedObserver, TimedPicker, TimedScorer

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.scheduling.filters import circuit, healthy, not_tried, serves_model
+from gateway.scheduling.framework.plugin_config import Factory, PluginConfig, PluginConfigError
 from gateway.scheduling.pickers import max_score
-from gateway.scheduling.plugin_config import Factory, PluginConfig, PluginConfigError
 from gateway.scheduling.producers import Producers
 from gateway.scheduling.scorers import kv_cache, least_loaded, prefix, round_robin, session
 

@@ -18,7 +18,7 @@ from gateway.config.fleet import RoutingSettings
 from gateway.core.context import RequestContext
 from gateway.core.errors import NoHealthyEngine
 from gateway.observability.metrics import GatewayMetrics
-from gateway.scheduling.interfaces import C, Candidate, Cycle
+from gateway.scheduling.framework.interfaces import C, Candidate, Cycle
 from gateway.scheduling.producers import PrefixCacheIndexer, Producers
 from gateway.scheduling.profiles import Plan, PlanBuilder, restart_observers
 from gateway.scheduling.registry import Registry, default_registry
@@ -26,7 +26,7 @@ from gateway.scheduling.registry import Registry, default_registry
 
 class Scheduler:
     """One per app. Building it builds every profile: a bad one raises
-    :class:`~gateway.scheduling.plugin_config.PluginConfigError` here."""
+    :class:`~gateway.scheduling.framework.plugin_config.PluginConfigError` here."""
 
     def __init__(self, settings: RoutingSettings, metrics: GatewayMetrics,
                  registry: Registry | None = None) -> None:

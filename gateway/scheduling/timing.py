@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from prometheus_client import Histogram
 
 from gateway.core.context import RequestContext
-from gateway.scheduling.interfaces import (
+from gateway.scheduling.framework.interfaces import (
     AttemptObserver,
     C,
     Candidate,

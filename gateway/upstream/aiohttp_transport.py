@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.config.settings import PoolSettings, TimeoutSettings
+from gateway.config.settings import PoolSettings, TimeoutSettings, WebSocketSettings
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable
 from gateway.upstream.transport import StreamTimeouts
 from gateway.upstream.watchdog import Watchdog
+from gateway.upstream.websocket import EngineSocket, WebSocketDialer
 
 _TOTAL = "the answer took longer than the gateway's total time limit"
 _STALL = "engine stopped sending tokens (timeout)"
@@ -124,7 +125,12 @@ async def _read_all(content: aiohttp.StreamReader, limit: int) -> bytes:
 class AiohttpTransport:
     """Engine requests over one pooled aiohttp session."""
 
-    def __init__(self, pool: PoolSettings, timeouts: TimeoutSettings) -> None:
+    def __init__(self, pool: PoolSettings, timeouts: TimeoutSettings,
+                 websocket: WebSocketSettings | None = None) -> None:
+        ws = websocket or WebSocketSettings()
+        self._dialer = WebSocketDialer(
+            connect_s=timeouts.connect_s, max_message_bytes=ws.max_message_bytes,
+            heartbeat_s=ws.ping_interval_s, max_sockets=ws.max_realtime_sessions)
         connector = aiohttp.TCPConnector(
             limit=pool.max_connections,
             limit_per_host=pool.max_connections_per_engine,
@@ -169,6 +175,10 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
 
+    async def connect(self, url: str) -> EngineSocket:
+        return await self._dialer.connect(url)
+
     async def aclose(self) -> None:
         await self._watchdog.aclose()
+        await self._dialer.aclose()
         await self._session.close()

@@ -19,7 +19,7 @@ import orjson
 from gateway.config.settings import TimeoutSettings
 from gateway.core.errors import EngineError, SluiceError, UpstreamRejected
 from gateway.upstream.load import EngineLoad, parse_load
-from gateway.upstream.transport import StreamTimeouts, Transport, UpstreamResponse
+from gateway.upstream.transport import StreamTimeouts, Transport, UpstreamResponse, UpstreamSocket
 
 log = logging.getLogger("sluice.engines")
 
@@ -86,6 +86,11 @@ class EngineClient:
             yield response
         finally:
             response.close()
+
+    async def websocket(self, path: str, query: str = "") -> UpstreamSocket:
+        """A WebSocket to the engine's ``path`` (``query`` passed on as it is)."""
+        url = self.base_url.replace("http", "ws", 1) + path
+        return await self._transport.connect(url + (f"?{query}" if query else ""))
 
     async def _get(self, path: str) -> bytes:
         status, raw = await self._transport.get(self.base_url + path)

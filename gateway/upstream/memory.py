@@ -4,6 +4,10 @@ Tests of the client, connector, stream session and director script engine behavi
 with it (first bytes, a stream that breaks, a stall, a 5xx) and read back what was sent
 and whether each response was closed finished or aborted. Timeouts are enforced exactly
 as the real transport does, on the same :class:`StreamTimeouts`.
+
+WebSockets (``connect``) go to ``sockets``: it gets a :class:`MemorySocket` for each
+dial, plays the engine's side of it (or raises, as an engine that refuses or cannot be
+reached), and the caller gets the other side.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable, SluiceError
-from gateway.upstream.transport import StreamTimeouts
+from gateway.upstream.transport import GOING_AWAY, Closed, StreamTimeouts
 
 
 @dataclass
@@ -47,6 +51,50 @@ class MemoryResponse:
 
 Handler = Callable[[MemoryRequest], Awaitable[MemoryResponse]]
 """Answers one request. Raise ``ConnectionRefusedError`` to play an unreachable engine."""
+
+
+class MemorySocket:
+    """Both ends of one WebSocket: the gateway's (:meth:`receive`, :meth:`send`,
+    :meth:`close`, the :class:`~gateway.upstream.transport.UpstreamSocket` protocol) and
+    the engine's (:meth:`to_client`, :meth:`from_client`, :meth:`hang_up`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sent: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        """What the gateway sent, in order; None once it closed."""
+        self._inbox: asyncio.Queue[str | bytes | Closed] = asyncio.Queue()
+        self.closed_with: int | None = None
+        """The close code the gateway sent (None: still open)."""
+
+    async def receive(self) -> str | bytes | Closed:
+        return await self._inbox.get()
+
+    async def send(self, data: str | bytes) -> None:
+        if self.closed_with is None:
+            self.sent.put_nowait(data)
+
+    async def close(self, code: int = GOING_AWAY) -> None:
+        if self.closed_with is None:
+            self.closed_with = code
+            self.sent.put_nowait(None)
+            self._inbox.put_nowait(Closed(code))
+
+    def to_client(self, data: str | bytes) -> None:
+        """The engine sends one message."""
+        self._inbox.put_nowait(data)
+
+    async def from_client(self) -> str | bytes | None:
+        """The next message the gateway sent; None once it closed."""
+        return await self.sent.get()
+
+    def hang_up(self, code: int) -> None:
+        """The engine closes the socket with ``code``."""
+        self._inbox.put_nowait(Closed(code))
+
+
+SocketHandler = Callable[[MemorySocket], Awaitable[None]]
+"""Accepts (returns) or refuses (raises: ``UpstreamRejected``, ``ConnectionRefusedError``)
+one WebSocket; the engine side of an accepted one is played on ``socket`` afterwards."""
 
 
 async def _iterate(body: bytes | Iterable[bytes] | AsyncIterable[bytes]
@@ -116,9 +164,11 @@ class _Response:
 class MemoryTransport:
     """Routes every request to ``handler``; keeps each request for inspection."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, sockets: SocketHandler | None = None) -> None:
         self.handler = handler
+        self.sockets = sockets
         self.requests: list[MemoryRequest] = []
+        self.dialed: list[MemorySocket] = []
 
     async def _call(self, request: MemoryRequest) -> MemoryResponse:
         self.requests.append(request)
@@ -144,6 +194,19 @@ class MemoryTransport:
             return response.status, await reader.read(1 << 24)
         finally:
             reader.close()
+
+    async def connect(self, url: str) -> MemorySocket:
+        socket = MemorySocket(url)
+        self.dialed.append(socket)
+        if self.sockets is None:
+            raise EngineUnavailable("engine unreachable: no WebSocket handler")
+        try:
+            await self.sockets(socket)
+        except SluiceError:
+            raise
+        except (ConnectionError, OSError) as exc:
+            raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
+        return socket
 
     async def aclose(self) -> None:
         return None

@@ -18,7 +18,12 @@ from typing import Any
 
 from gateway.config.fleet import BreakerSettings
 from gateway.config.settings import EngineConfig
-from gateway.core.errors import SluiceError
+from gateway.core.errors import (
+    NoHealthyEngine,
+    SluiceError,
+    UnsupportedEndpoint,
+    UpstreamRejected,
+)
 from gateway.observability.metrics import GatewayMetrics
 from gateway.upstream.breaker import BreakerState, CircuitBreaker
 from gateway.upstream.client import EngineClient
@@ -63,6 +68,10 @@ class EngineState:
 
     @property
     def kv_usage(self) -> float:
+        """The KV-cache usage a recent scrape saw (1.0 = full); 0 when the last scrape is
+        too old to say anything, as :attr:`load` falls back to the gateway's own count."""
+        if time.monotonic() - self.scraped_at > _SCRAPE_FRESH_S:
+            return 0.0
         return self.scraped.kv_usage
 
     @property
@@ -146,6 +155,21 @@ class EnginePool:
     def serving(self, model: str) -> bool:
         """Some engine that may take a request now serves ``model``."""
         return bool(self.routable_for(model))
+
+    async def version(self) -> dict[str, Any]:
+        """``/version`` of the first healthy engine that answers it."""
+        last: SluiceError = NoHealthyEngine("no engine is up yet; retry shortly")
+        for engine in self.engines:
+            if engine.healthy:
+                try:
+                    return await engine.client.get_object("/version")
+                except SluiceError as exc:
+                    log.warning("engine %s answered no /version: %s", engine.name,
+                                exc.message)
+                    last = exc
+        if isinstance(last, UpstreamRejected):
+            raise UnsupportedEndpoint("the engines do not support /version") from last
+        raise last
 
     @contextmanager
     def lease(self, engine: EngineState) -> Iterator[EngineState]:

@@ -3,7 +3,9 @@
 A transport sends one request to an engine and hands back an :class:`UpstreamResponse`
 whose errors are already Sluice errors (:mod:`gateway.core.errors`): connection failures are
 ``EngineUnavailable``, timeouts ``EngineTimeout``, broken or oversized bodies
-``EngineError``. Nothing above this seam sees a library's exceptions.
+``EngineError``; or it opens a WebSocket to an engine (vLLM's ``/v1/realtime``) and hands
+back an :class:`UpstreamSocket`, its handshake's errors translated the same way (a 4xx
+refusal is ``UpstreamRejected``). Nothing above this seam sees a library's exceptions.
 """
 
 from __future__ import annotations
@@ -48,6 +50,44 @@ class UpstreamResponse(Protocol):
         ...
 
 
+GOING_AWAY = 1001
+BAD_GATEWAY = 1014
+"""RFC 6455 close code: the gateway's upstream failed."""
+MESSAGE_TOO_BIG = 1009
+_SENDABLE = range(1000, 5000)
+_RESERVED = frozenset({1004, 1005, 1006, 1015})
+"""Close codes that must never be sent in a close frame (RFC 6455 §7.4.1)."""
+
+
+def sendable_close_code(code: int | None, fallback: int) -> int:
+    """``code`` when it may be sent in a close frame, else ``fallback``."""
+    if code is None or code not in _SENDABLE or code in _RESERVED:
+        return fallback
+    return code
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The engine's socket closed; ``code`` is what it sent (or what the transport saw:
+    1009 for a message over the size limit, 1014 for a failure)."""
+
+    code: int
+
+
+class UpstreamSocket(Protocol):
+    """One open WebSocket to an engine. The owner calls :meth:`close`, always."""
+
+    async def receive(self) -> str | bytes | Closed:
+        """The next message, or :class:`Closed` once the socket is closed."""
+        ...
+
+    async def send(self, data: str | bytes) -> None:
+        """Send one message; a socket already closed drops it (its close is coming)."""
+        ...
+
+    async def close(self, code: int = GOING_AWAY) -> None: ...
+
+
 class Transport(Protocol):
     """Sends requests to engines."""
 
@@ -58,6 +98,10 @@ class Transport(Protocol):
 
     async def get(self, url: str) -> tuple[int, bytes]:
         """A short control request (health, models, metrics) with the control timeout."""
+        ...
+
+    async def connect(self, url: str) -> UpstreamSocket:
+        """Open a WebSocket to ``url`` (``ws://``); returns once the engine accepted it."""
         ...
 
     async def aclose(self) -> None: ...

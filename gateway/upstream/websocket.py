@@ -1,4 +1,5 @@
-"""WebSockets to engines (vLLM's ``/v1/realtime``), over aiohttp.
+"""WebSockets to engines (vLLM's ``/v1/realtime``), over aiohttp: the production
+transport's :meth:`~gateway.upstream.aiohttp_transport.AiohttpTransport.connect`.
 
 The one place aiohttp's WebSocket errors become gateway errors: an engine that cannot
 be reached is ``EngineUnavailable``, a handshake it refuses with a 4xx is
@@ -12,33 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 
 import aiohttp
 
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable, UpstreamRejected
-
-GOING_AWAY = 1001
-BAD_GATEWAY = 1014
-"""RFC 6455 close code: the gateway's upstream failed."""
-MESSAGE_TOO_BIG = 1009
-_SENDABLE = range(1000, 5000)
-_RESERVED = frozenset({1004, 1005, 1006, 1015})
-"""Close codes that must never be sent in a close frame (RFC 6455 §7.4.1)."""
-
-
-def sendable_close_code(code: int | None, fallback: int) -> int:
-    """``code`` when it may be sent in a close frame, else ``fallback``."""
-    if code is None or code not in _SENDABLE or code in _RESERVED:
-        return fallback
-    return code
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The engine's socket closed; ``code`` is what it sent (or what aiohttp saw)."""
-
-    code: int
+from gateway.upstream.transport import (
+    BAD_GATEWAY,
+    GOING_AWAY,
+    MESSAGE_TOO_BIG,
+    Closed,
+    sendable_close_code,
+)
 
 
 class EngineSocket:

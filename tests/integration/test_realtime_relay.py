@@ -151,3 +151,96 @@ async def test_sessions_past_the_limit_are_refused(
     await wait_until(lambda: _no_sessions(sim), "the engine's socket to close")
     async with client.ws_connect(gateway + "/v1/realtime?model=sim-model") as ws:
         assert (await receive(ws))["type"] == "session.created"
+
+
+ADMIN_TOKEN = "admin-" + "0123456789abcdef" * 2
+
+
+async def _managed_key(gateway: str, **spec: object) -> str:
+    async with httpx.AsyncClient(base_url=gateway) as http:
+        created = await http.post("/admin/keys", json={"name": "rt", **spec},
+                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert created.status_code == 201, created.text
+    return str(created.json()["key"])
+
+
+async def test_a_keys_requests_per_minute_count_realtime_sessions(
+        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([sim_server], admin={"token": ADMIN_TOKEN})
+    key = await _managed_key(gateway, rpm=2)
+    auth = {"Authorization": f"Bearer {key}"}
+    for _ in range(2):
+        async with client.ws_connect(gateway + "/v1/realtime?model=sim-model",
+                                     headers=auth) as ws:
+            assert (await receive(ws))["type"] == "session.created"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(gateway + "/v1/realtime?model=sim-model", headers=auth)
+    assert caught.value.status == 429
+    assert caught.value.headers is not None
+    assert "Retry-After" in caught.value.headers
+    # Without ?model= the handshake is answered first: the refusal is an error event.
+    async with client.ws_connect(gateway + "/v1/realtime", headers=auth) as ws:
+        await ws.send_json({"type": "session.update", "model": "sim-model"})
+        event = await receive(ws)
+        assert (event["type"], event["code"]) == ("error", "rate_limit_exceeded")
+        assert (await ws.receive(timeout=10)).type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1013  # try again later
+    assert await sessions_on(sim_server) == 0
+
+
+async def test_a_session_is_charged_the_tokens_the_engine_reports(
+        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([sim_server], admin={"token": ADMIN_TOKEN})
+    key = await _managed_key(gateway, tpm=100)
+    auth = {"Authorization": f"Bearer {key}"}
+    async with client.ws_connect(gateway + "/v1/realtime?model=sim-model",
+                                 headers=auth) as ws:
+        assert (await receive(ws))["type"] == "session.created"
+        await ws.send_json({"type": "session.update", "model": "sim-model"})
+        usage = (await transcribe(ws, 1))[-1]["usage"]
+    reported = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert reported > 100
+    async with httpx.AsyncClient(base_url=gateway, headers=auth) as http:
+        await wait_until(lambda: _session_counted(http), "the session's end to be counted")
+        charged = metric((await http.get("/metrics")).text, "sluice_key_tokens_total{")
+        after = await http.post("/v1/completions",
+                                json={"model": "sim-model", "prompt": "hi", "max_tokens": 1})
+    assert charged == reported
+    assert after.status_code == 429
+    assert after.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def _session_counted(http: httpx.AsyncClient) -> bool:
+    page = (await http.get("/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+               if line.startswith("sluice_requests_total{")
+               and 'endpoint="realtime"' in line) == 1
+
+
+async def test_a_draining_gateway_refuses_a_new_session(
+        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession,
+        gateway_apps: dict[str, Any]) -> None:
+    gateway = await start_gateway([sim_server])
+    gateway_apps[gateway].state.drain.begin()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await client.ws_connect(gateway + "/v1/realtime?model=sim-model")
+    assert caught.value.status == 503
+    async with client.ws_connect(gateway + "/v1/realtime") as ws:
+        await ws.send_json({"type": "session.update", "model": "sim-model"})
+        event = await receive(ws)
+        assert (event["type"], event["code"]) == ("error", "shutting_down")
+    assert await sessions_on(sim_server) == 0
+
+
+async def test_sessions_hold_the_models_admission_slots(
+        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([sim_server], admission={"max_in_flight_per_engine": 2})
+    async with client.ws_connect(gateway + "/v1/realtime?model=sim-model") as first, \
+            client.ws_connect(gateway + "/v1/realtime?model=sim-model") as second:
+        for ws in (first, second):
+            assert (await receive(ws))["type"] == "session.created"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await client.ws_connect(gateway + "/v1/realtime?model=sim-model")
+        assert caught.value.status == 429
+    async with client.ws_connect(gateway + "/v1/realtime?model=sim-model") as ws:
+        assert (await receive(ws))["type"] == "session.created"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from gateway.config.settings import EngineConfig, TimeoutSettings
 from gateway.core.errors import EngineUnavailable
 from gateway.observability.metrics import GatewayMetrics
 from gateway.upstream.client import EngineClient
+from gateway.upstream.load import EngineLoad
 from gateway.upstream.memory import MemoryRequest, MemoryResponse, MemoryTransport
 from gateway.upstream.pool import EnginePool
 from gateway.versions import VersionsSettings
@@ -136,3 +138,13 @@ async def test_only_a_real_restart_forgets_the_engine_cache() -> None:
     engines.transport.handler = down  # ... and a later one up: it restarted
     await pool.refresh()
     assert restarted == ["a", "a"]
+
+
+def test_a_stale_scrape_says_nothing_of_load_or_kv_cache() -> None:
+    engine = Engines().pool().engines[0]
+    engine.in_flight = 1
+    engine.scraped = EngineLoad(running=5, waiting=2, kv_usage=0.9)
+    engine.scraped_at = time.monotonic()
+    assert (engine.load, engine.kv_usage) == (7, 0.9)
+    engine.scraped_at = time.monotonic() - 60  # the engine's /metrics stopped answering
+    assert (engine.load, engine.kv_usage) == (1, 0.0)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from gateway.scheduling.hashring import BoundedLoadRing, stable_hash
+from gateway.scheduling.scorers.hashring import BoundedLoadRing, stable_hash
 
 NODES = ["e0", "e1", "e2", "e3"]
 IDLE = dict.fromkeys(NODES, 0)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.scheduling.prefix_index import PrefixIndex, block_hashes, prompt_text
+from gateway.scheduling.producers.prefix_index import PrefixIndex, block_hashes, prompt_text
 
 
 class FakeClock:

@@ -1,6 +1,6 @@
-"""The ``/v1/realtime`` relay's own bookkeeping, with a scripted client socket and a
-scripted engine dialer: whatever ends a session, the engine's socket is closed and the
-engine's breaker and lease are given back."""
+"""The ``/v1/realtime`` relay's own bookkeeping, with a scripted client socket and
+engines' sockets played through the memory transport: whatever ends a session, the
+engine's socket is closed and the engine's breaker and lease are given back."""
 
 from __future__ import annotations
 
@@ -18,40 +18,29 @@ from gateway.pipeline.drain import Drain
 from gateway.stores.memory import MemoryCounters
 from gateway.upstream.breaker import CircuitBreaker
 from gateway.upstream.client import EngineClient
-from gateway.upstream.memory import MemoryRequest, MemoryResponse, MemoryTransport
+from gateway.upstream.memory import (
+    MemoryRequest,
+    MemoryResponse,
+    MemorySocket,
+    MemoryTransport,
+)
 from gateway.upstream.pool import EnginePool
-from gateway.upstream.websocket import Closed
 from tests.unit.pipeline.conftest import InOrder
 
 
-class EngineSide:
-    def __init__(self) -> None:
-        self.closed = False
-
-    async def send(self, data: str | bytes) -> None:
-        return None
-
-    async def receive(self) -> str | bytes | Closed:
-        await asyncio.Event().wait()
-        return Closed(1000)
-
-    async def close(self, code: int = 1001) -> None:
-        self.closed = True
-
-
 class Dialer:
+    """The engine side of the memory transport's WebSockets: accepts each (or hangs)."""
+
     def __init__(self, *, hang: bool = False) -> None:
         self.hang = hang
-        self.sockets: list[EngineSide] = []
+        self.sockets: list[MemorySocket] = []
         self.dialing = asyncio.Event()
 
-    async def connect(self, url: str) -> EngineSide:
+    async def __call__(self, socket: MemorySocket) -> None:
         self.dialing.set()
         if self.hang:
             await asyncio.Event().wait()
-        socket = EngineSide()
         self.sockets.append(socket)
-        return socket
 
 
 class ClientSide:
@@ -82,20 +71,19 @@ def relay_for(dialer: Dialer) -> tuple[RealtimeRelay, EnginePool]:
     async def unused(request: MemoryRequest) -> MemoryResponse:
         return MemoryResponse(404)
 
-    transport = MemoryTransport(unused)
+    transport = MemoryTransport(unused, sockets=dialer)
     pool = EnginePool([EngineConfig(name="a", url="http://a")],
                       lambda c: EngineClient(c.name, c.base_url, transport, TimeoutSettings()),
                       GatewayMetrics(), health_interval_s=1)
     engine = pool.engines[0]
     engine.healthy = True
     engine.cards = {"m": {"id": "m"}}
-    metrics, resilience, scheduler = GatewayMetrics(), ResilienceSettings(), InOrder()
+    metrics, resilience, scheduler = GatewayMetrics(), ResilienceSettings(retries=0), InOrder()
     drain = Drain(30, metrics)
-    director = Director(pool, Connector(pool, scheduler, drain, metrics, resilience),
-                        Admission(AdmissionSettings(), MemoryCounters()), None, drain,
-                        metrics, resilience)
-    relay = RealtimeRelay(pool, scheduler, dialer, director,  # type: ignore[arg-type]
-                          WebSocketSettings(), retries=0)
+    director = Director(pool, Admission(AdmissionSettings(), MemoryCounters()), None, drain,
+                        metrics)
+    connector = Connector(pool, scheduler, drain, metrics, resilience)
+    relay = RealtimeRelay(connector, pool, director, WebSocketSettings())
     return relay, pool
 
 
@@ -108,7 +96,7 @@ async def test_a_session_cancelled_while_its_handshake_is_answered_closes_the_en
     await client.accepting.wait()
     session.cancel()
     await asyncio.gather(session, return_exceptions=True)
-    assert [socket.closed for socket in dialer.sockets] == [True]
+    assert [socket.closed_with is not None for socket in dialer.sockets] == [True]
     assert (relay.sessions, pool.engines[0].in_flight) == (0, 0)
 
 

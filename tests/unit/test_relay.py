@@ -229,3 +229,14 @@ def test_a_continuation_looks_like_the_first_stream() -> None:
     ]  # no second role chunk; usage counted as one request (2 tokens streamed before)
     assert r.reported_usage == Usage(28, 9)
     assert r.done
+
+
+def test_tool_call_and_reasoning_events_count_as_delivered_output() -> None:
+    r = relay()
+    calls = {"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": "{\"a\""}}]}}]}
+    thinking = {"id": "c1", "choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]}
+    r.feed(event(thinking) + event(calls) + event(calls) + TOKEN)
+    assert r.tokens == 4  # a stream cut here is charged four output events
+    assert r.transcript.tokens == 1  # only the text becomes a continuation's prompt
+    assert r.text(100) == " Paris"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.core.context import CHAT, COMPLETIONS
+from gateway.core.endpoints import CHAT, COMPLETIONS
 from gateway.core.errors import InvalidField
 from gateway.edge.handshake import chosen_subprotocol, origin_refusal, subprotocol_key
 from gateway.edge.websocket.messages import (

@@ -1,18 +1,28 @@
-"""OpenAI-compatible routes: chat completions, completions, models (aliases included)."""
+"""OpenAI-compatible routes: every endpoint answered by engines (chat, completions and
+the rest of vLLM's OpenAI server, routed by the body's ``model``), the model list and
+cards (aliases included), and the engines' version.
+
+One handler serves every POST endpoint: it reads the body into a request context, hands
+it to :meth:`Director.run <gateway.pipeline.director.Director.run>` with the engine
+answer step, and maps the result to a JSON response or an event stream. Routes the
+cache serves read its request headers and answer with ``x-sluice-cache``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.cache import read_directives
-from gateway.core.context import CHAT, COMPLETIONS, PIN_HEADER_KEY, Endpoint, RequestContext
-from gateway.core.errors import SluiceError
+from gateway.cache import read_directives, serves
+from gateway.core.context import PIN_HEADER_KEY, RequestContext
+from gateway.core.endpoints import HTTP, Endpoint
+from gateway.core.errors import ModelNotFound, SluiceError
 from gateway.core.protocol import check_media_type, parse_body
 from gateway.edge.accounting import director_counts
 from gateway.edge.headers import header
@@ -40,18 +50,22 @@ async def new_context(request: Request, endpoint: Endpoint) -> RequestContext | 
     return ctx
 
 
-async def _generate(request: Request, endpoint: Endpoint) -> Response:
+async def answer(request: Request, endpoint: Endpoint) -> Response:
+    """One request to ``endpoint``, through the director, as an HTTP response."""
     ctx = await new_context(request, endpoint)
     if ctx is None:
         return Response(status_code=CLIENT_CLOSED)
-    read_directives(ctx.cache, header(request.scope, b"cache-control"),
-                    header(request.scope, b"x-sluice-cache"))
-    keepalive_s = request.state.settings.streaming.keepalive_s
+    cached = serves(endpoint)
+    if cached:
+        read_directives(ctx.cache, header(request.scope, b"cache-control"),
+                        header(request.scope, b"x-sluice-cache"))
+    state = request.state
+    keepalive_s = state.settings.streaming.keepalive_s
     ctx.start_early = keepalive_s > 0
     watch = ClientWatch(request.receive)
     director_counts(request)
     try:
-        result = await request.state.director.generate(ctx)
+        result = await state.director.run(ctx, state.answer)
     except asyncio.CancelledError:
         await watch.close()
         if watch.absorb_cancel():
@@ -59,17 +73,17 @@ async def _generate(request: Request, endpoint: Endpoint) -> Response:
         raise
     except SluiceError as exc:
         await watch.close()
-        exc.headers.update(generation_headers(ctx))
+        exc.headers.update(generation_headers(ctx, cache=cached))
         raise
     except BaseException:
         await watch.close()
         raise
-    headers = generation_headers(ctx)
+    headers = generation_headers(ctx, cache=cached)
     if isinstance(result, StartedStream):
         return SSEStreamResponse(
             result.body, watch, head=result.head,
             headers=[(k.encode(), v.encode()) for k, v in headers.items()],
-            keepalive_s=keepalive_s if result.waiting else 0.0)
+            keepalive_s=keepalive_s if result.waiting else 0.0, framed=not endpoint.chunks)
     await watch.close()
     return Response(result, media_type="application/json", headers=headers)
 
@@ -81,12 +95,11 @@ def generation_headers(ctx: RequestContext, *, cache: bool = True) -> dict[str, 
     return {"x-sluice-cache": ctx.cache.result, **route} if cache else route
 
 
-async def chat_completions(request: Request) -> Response:
-    return await _generate(request, CHAT)
-
-
-async def completions(request: Request) -> Response:
-    return await _generate(request, COMPLETIONS)
+def _handler(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        return await answer(request, endpoint)
+    handle.__name__ = handle.__qualname__ = endpoint.name
+    return handle
 
 
 async def list_models(request: Request) -> Response:
@@ -96,8 +109,25 @@ async def list_models(request: Request) -> Response:
                     media_type="application/json")
 
 
+async def model_card(request: Request) -> Response:
+    """A served model's card, or a model alias's (when some version of it is served)."""
+    model_id = request.path_params["model_id"]
+    cards = request.state.pool.models()
+    aliases = request.state.versions.cards({card["id"] for card in cards})
+    for card in (*aliases, *cards):
+        if card["id"] == model_id:
+            return Response(orjson.dumps(card), media_type="application/json")
+    raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+
+
+async def version(request: Request) -> Response:
+    return Response(orjson.dumps(await request.state.pool.version()),
+                    media_type="application/json")
+
+
 routes = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
+    *(Route(e.path, _handler(e), methods=["POST"]) for e in HTTP),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", model_card, methods=["GET"]),
+    Route("/version", version, methods=["GET"]),
 ]

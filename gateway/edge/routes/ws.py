@@ -40,7 +40,8 @@ async def requests_socket(websocket: WebSocket) -> None:
             raise SocketClosed from exc
 
     principal, key = caller(websocket.scope)
-    mux = Multiplexer(websocket.state.director, send, socket_id=uuid.uuid4().hex[:12],
+    mux = Multiplexer(websocket.state.director, websocket.state.answer, send,
+                      socket_id=uuid.uuid4().hex[:12],
                       max_requests=settings.websocket.max_requests_per_socket,
                       session_key=header(websocket.scope, b"x-session-id"),
                       principal=principal, key=key,

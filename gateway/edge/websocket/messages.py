@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.context import CHAT, COMPLETIONS, Endpoint
+from gateway.core.endpoints import CHAT, COMPLETIONS, Endpoint
 from gateway.core.errors import InvalidRequest, SluiceError
 from gateway.core.protocol import parse_body
 

@@ -1,7 +1,8 @@
 """One ``/v1/ws`` socket: many generation requests at once, each its own task.
 
 The socket's reader turns frames into actions (:mod:`.messages`): a request starts a
-task that runs it through the director, streaming forced on, and sends its events as
+task that runs it through the director's run with the engine answer step, streaming
+forced on, and sends its events as
 tagged messages (a model alias is resolved as over HTTP, pinned by the frame's
 ``version`` or the handshake's ``x-sluice-version``; ``done`` names the version); a
 cancel cancels that task, which closes the upstream stream (the engine sees the
@@ -34,7 +35,7 @@ from gateway.edge.websocket.messages import (
     read_frame,
 )
 from gateway.keys import ApiKey
-from gateway.pipeline.director import Director, StartedStream
+from gateway.pipeline.director import AnswerStep, Director, StartedStream
 
 log = logging.getLogger("sluice.websocket")
 
@@ -49,11 +50,12 @@ class SocketClosed(Exception):
 class Multiplexer:
     """The requests of one socket (see the module docstring)."""
 
-    def __init__(self, director: Director, send: Send, *, socket_id: str,
+    def __init__(self, director: Director, answer: AnswerStep, send: Send, *, socket_id: str,
                  max_requests: int, session_key: str | None = None,
                  principal: str | None = None, key: ApiKey | None = None,
                  pinned_version: str | None = None) -> None:
         self._director = director
+        self._answer = answer
         self._pinned_version = pinned_version
         self._principal = principal
         self._key = key
@@ -143,7 +145,7 @@ class Multiplexer:
             await self._send_quietly(tagged.error(SluiceError("internal gateway error")))
 
     async def _stream(self, request_id: str, ctx: RequestContext, tagged: Tagged) -> None:
-        result = await self._director.generate(ctx)
+        result = await self._director.run(ctx, self._answer)
         assert isinstance(result, StartedStream)  # streaming is forced on
         try:
             for payload in result.head:

@@ -21,10 +21,17 @@ A model alias is resolved as over HTTP (its policy's split, sticky caller, the
 ``x-sluice-version`` pin header of the handshake, the fallback chain): the session goes
 to the chosen version's engines, ``model`` in the query and in every ``session.update``
 naming the alias is rewritten to the name they serve, and a handshake answered after
-``?model=`` carries ``x-sluice-version`` (and ``x-sluice-engine``). A session counts as
-one request of the ``realtime`` endpoint in the director's finish hooks (metrics by
-model and version, the per-version tallies of rollouts): a server error when the
-engine's socket failed.
+``?model=`` carries ``x-sluice-version`` (and ``x-sluice-engine``).
+
+A session is one request of the ``realtime`` endpoint through the director's run, like
+any other (:meth:`~gateway.pipeline.director.Director.run`): refused while the gateway
+drains, its key checked and its model allowed, counted against the key's requests per
+minute, admitted under the model's admission limit (it holds its slot while it lasts),
+and its finish hooks run when it ends (metrics by model and version, the per-version
+tallies of rollouts; a server error when the engine's socket failed). The usage the
+engine reports (``transcription.done`` events carry one) is the session's, charged to the
+key's tokens per minute when it ends. The engine's socket is opened through the
+connector's schedule-and-retry loop (the transport's WebSocket seam).
 
 After that the session is pinned to that engine and every message passes through as it
 is, text or binary, both ways; the query string is passed on to the engine. Either
@@ -40,53 +47,35 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from starlette.types import Scope
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.config.settings import WebSocketSettings
-from gateway.core.context import PIN_HEADER_KEY, Endpoint, RequestContext
-from gateway.core.errors import (
-    EngineError,
-    EngineUnavailable,
-    InvalidRequest,
-    ModelNotFound,
-    Overloaded,
-    SluiceError,
-    UpstreamRejected,
-)
-from gateway.core.protocol import GenerationRequest
+from gateway.core.context import PIN_HEADER_KEY, RequestContext, Usage
+from gateway.core.endpoints import REALTIME
+from gateway.core.errors import EngineError, Overloaded, SluiceError
 from gateway.edge.handshake import chosen_subprotocol, refuse
 from gateway.edge.headers import header
 from gateway.edge.middleware import caller
-from gateway.pipeline.connector import Scheduler
+from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
-from gateway.upstream.pool import EnginePool, EngineState
-from gateway.upstream.websocket import (
+from gateway.upstream.pool import EnginePool
+from gateway.upstream.transport import (
     BAD_GATEWAY,
     GOING_AWAY,
     Closed,
-    EngineSocket,
-    WebSocketDialer,
+    UpstreamSocket,
     sendable_close_code,
 )
 
 log = logging.getLogger("sluice.realtime")
 
-REALTIME = Endpoint("realtime", "/v1/realtime", GenerationRequest)
-"""The scheduler's view of a realtime session (its body is only ``{"model": ...}``)."""
 POLICY_VIOLATION = 1008
 NORMAL = 1000
 TRY_AGAIN_LATER = 1013
-
-
-@dataclass(slots=True)
-class Upstream:
-    engine: EngineState
-    socket: EngineSocket
 
 
 def model_of(event: object) -> str | None:
@@ -126,14 +115,12 @@ def error_event(message: str, code: str | None) -> str:
 class RealtimeRelay:
     """Relays realtime sessions to engines (see the module docstring)."""
 
-    def __init__(self, pool: EnginePool, scheduler: Scheduler, dialer: WebSocketDialer,
-                 director: Director, settings: WebSocketSettings, *, retries: int) -> None:
+    def __init__(self, connector: Connector, pool: EnginePool, director: Director,
+                 settings: WebSocketSettings) -> None:
+        self._connector = connector
         self._pool = pool
-        self._scheduler = scheduler
-        self._dialer = dialer
         self._director = director
         self._settings = settings
-        self._retries = retries
         self.sessions = 0
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -164,41 +151,39 @@ class RealtimeRelay:
                                  principal=principal, key=key,
                                  session_key=header(scope, b"x-session-id"))
         ctx.pinned_version = header(scope, PIN_HEADER_KEY)
-        self._director.begin(ctx)
-        error: BaseException | None = None
-        try:
-            error = await self._session(websocket, ctx, first)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await self._director.finish(ctx, error)
 
-    async def _session(self, websocket: WebSocket, ctx: RequestContext,
-                       first: str | None) -> SluiceError | None:
-        """Open the engine's socket (answering the handshake when it is still open,
-        i.e. ``first`` is None) and relay; what the session failed with, if anything."""
-        scope = websocket.scope
+        async def answer(ctx: RequestContext) -> None:
+            await self._session(websocket, ctx, first)
+
         try:
-            upstream = await self._open(ctx, _query(scope, ctx))
+            await self._director.run(ctx, answer)
         except SluiceError as exc:
-            if first is None:
+            if websocket.application_state is WebSocketState.CONNECTING:
                 exc.headers.update(ctx.route_headers())
                 await refuse(exc, scope, websocket.receive, websocket.send)
-            else:
+            elif websocket.application_state is WebSocketState.CONNECTED:
                 await self._fail(websocket, exc)
-            return exc
+
+    async def _session(self, websocket: WebSocket, ctx: RequestContext,
+                       first: str | None) -> None:
+        """The session's answer step: open the engine's socket (answering the handshake
+        when it is still open, i.e. ``first`` is None) and relay until one side closes.
+        Raises what the session failed with (the client has been told)."""
+        upstream = await self._connector.dial(ctx, _query(websocket.scope, ctx))
         try:
             if first is None:
                 await websocket.accept(
-                    subprotocol=chosen_subprotocol(scope),
+                    subprotocol=chosen_subprotocol(websocket.scope),
                     headers=[(k.encode(), v.encode()) for k, v in ctx.route_headers().items()])
             with self._pool.lease(upstream.engine):
+                log.debug("realtime session for %s on %s", ctx.model, upstream.engine.name)
                 if first is not None:
                     await upstream.socket.send(_renamed(first, ctx))
-                return await self._relay(websocket, upstream.socket, ctx)
+                failed = await self._relay(websocket, upstream.socket, ctx)
         finally:
             await upstream.socket.close()
+        if failed is not None:
+            raise failed
 
     async def _first_message(self, websocket: WebSocket) -> tuple[str, str] | None:
         """The first message and the model it names; None (the client told, the socket
@@ -224,52 +209,12 @@ class RealtimeRelay:
             return None
         return text, model
 
-    async def _open(self, ctx: RequestContext, query: str) -> Upstream:
-        """A socket to an engine serving the session's model (an alias resolved to its
-        version by the director); engines that cannot be reached are marked down and the
-        next one tried (``retries`` more at most). A managed key not allowed the model
-        is refused (403), as the director refuses it."""
-        self._director.authenticate(ctx)
-        self._director.resolve_model(ctx)
-        self._director.enter(ctx)
-        last: SluiceError | None = None
-        for _ in range(self._retries + 1):
-            try:
-                engine = self._scheduler.schedule(ctx, self._pool.engines)
-            except EngineUnavailable:
-                if last is None:
-                    raise
-                raise last from None
-            ctx.tried.add(engine.name)
-            ctx.engine = engine.name
-            url = engine.client.base_url.replace("http", "ws", 1) + REALTIME.path
-            try:
-                socket = await self._dialer.connect(url + (f"?{query}" if query else ""))
-            except EngineUnavailable as exc:
-                self._pool.mark_down(engine, exc)
-                last = exc
-                continue
-            except UpstreamRejected:
-                self._pool.record_success(engine)  # it answered; it serves no realtime
-                raise
-            except SluiceError as exc:
-                self._pool.record_failure(engine, exc)
-                raise
-            except BaseException:  # no verdict on the engine (cancelled): free its probe
-                engine.breaker.release()
-                raise
-            self._pool.record_success(engine)
-            log.debug("realtime session for %s on %s", ctx.model, engine.name)
-            return Upstream(engine, socket)
-        assert last is not None
-        raise last
-
-    async def _relay(self, websocket: WebSocket, upstream: EngineSocket,
+    async def _relay(self, websocket: WebSocket, upstream: UpstreamSocket,
                      ctx: RequestContext) -> SluiceError | None:
         """Pass messages both ways until one side closes; then close the other. An
         engine socket that failed is the session's error."""
         to_engine = asyncio.create_task(self._client_to_engine(websocket, upstream, ctx))
-        to_client = asyncio.create_task(self._engine_to_client(websocket, upstream))
+        to_client = asyncio.create_task(self._engine_to_client(websocket, upstream, ctx))
         try:
             done, _ = await asyncio.wait((to_engine, to_client),
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -288,7 +233,7 @@ class RealtimeRelay:
         return None
 
     @staticmethod
-    async def _client_to_engine(websocket: WebSocket, upstream: EngineSocket,
+    async def _client_to_engine(websocket: WebSocket, upstream: UpstreamSocket,
                                 ctx: RequestContext) -> int:
         """Until the client closes: its close code."""
         while True:
@@ -300,12 +245,15 @@ class RealtimeRelay:
                                 else message.get("bytes") or b"")
 
     @staticmethod
-    async def _engine_to_client(websocket: WebSocket, upstream: EngineSocket) -> int | None:
+    async def _engine_to_client(websocket: WebSocket, upstream: UpstreamSocket,
+                                ctx: RequestContext) -> int | None:
         """Until the engine closes: its close code; None when the client is gone."""
         while True:
             item = await upstream.receive()
             if isinstance(item, Closed):
                 return item.code
+            if isinstance(item, str) and '"usage"' in item:
+                _count_usage(ctx, item)
             message = {"type": "websocket.send", "text": item} if isinstance(item, str) \
                 else {"type": "websocket.send", "bytes": item}
             try:
@@ -314,9 +262,9 @@ class RealtimeRelay:
                 return None
 
     async def _fail(self, websocket: WebSocket, exc: SluiceError) -> None:
-        code = TRY_AGAIN_LATER if isinstance(exc, (EngineUnavailable, Overloaded)) else \
-            POLICY_VIOLATION if isinstance(exc, (ModelNotFound, InvalidRequest,
-                                                 UpstreamRejected)) else BAD_GATEWAY
+        status = exc.status_code
+        code = TRY_AGAIN_LATER if status in (429, 503) else \
+            POLICY_VIOLATION if 400 <= status < 500 else BAD_GATEWAY
         await self._close(websocket, exc.message, str(exc.code) if exc.code else None,
                           close_code=code)
 
@@ -348,6 +296,22 @@ def _query(scope: Scope, ctx: RequestContext) -> str:
         return query
     return urlencode([(k, ctx.model if k == "model" and v == ctx.requested_model else v)
                       for k, v in parse_qsl(query, keep_blank_values=True)])
+
+
+def _count_usage(ctx: RequestContext, text: str) -> None:
+    """Add the usage an engine event reports (``transcription.done``) to the session's."""
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return
+    usage = Usage.from_openai(event.get("usage")) if isinstance(event, dict) else None
+    if usage is None:
+        return
+    if ctx.usage is None:
+        ctx.usage = usage
+    else:
+        ctx.usage.prompt_tokens += usage.prompt_tokens
+        ctx.usage.completion_tokens += usage.completion_tokens
 
 
 def _outcome(task: asyncio.Task[int | None], failed: int) -> int | None:

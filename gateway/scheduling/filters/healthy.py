@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.core.context import RequestContext
-from gateway.scheduling.interfaces import C
-from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.framework.interfaces import C
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
 
 
 class Healthy:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from gateway.core.context import RequestContext
 from gateway.core.errors import ModelNotFound, NoHealthyEngine
-from gateway.scheduling.interfaces import C
-from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.framework.interfaces import C
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
 
 
 class ServesModel:

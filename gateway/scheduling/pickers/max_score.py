@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.scheduling.interfaces import Cycle
-from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.framework.interfaces import Cycle
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
 
 _TIE = 1e-9
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 
 from gateway.config.fleet import PrefixIndexSettings
 from gateway.core.context import RequestContext
-from gateway.scheduling.interfaces import Candidate
-from gateway.scheduling.prefix_index import PrefixIndex, block_hashes, prompt_text
+from gateway.scheduling.framework.interfaces import Candidate
+from gateway.scheduling.producers.prefix_index import PrefixIndex, block_hashes, prompt_text
 
 SCRATCH_KEY = "prefix"
 """Where a request's prompt block hashes are kept in ``RequestContext.scratch``."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.scheduling.interfaces import Cycle, Scores
-from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.framework.interfaces import Cycle, Scores
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
 
 
 class LeastLoaded:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from gateway.config.fleet import DEFAULT_AFFINITY_FLOOR, DEFAULT_LOAD_FACTOR
-from gateway.scheduling.interfaces import Cycle, Scores
-from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.framework.interfaces import Cycle, Scores
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
 from gateway.scheduling.producers import PrefixCacheIndexer
 
 

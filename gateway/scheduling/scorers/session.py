@@ -10,9 +10,9 @@ from __future__ import annotations
 from pydantic import Field
 
 from gateway.config.fleet import DEFAULT_LOAD_FACTOR
-from gateway.scheduling.hashring import BoundedLoadRing
-from gateway.scheduling.interfaces import Cycle, Scores
-from gateway.scheduling.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.framework.interfaces import Cycle, Scores
+from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
+from gateway.scheduling.scorers.hashring import BoundedLoadRing
 
 
 class SessionParams(Params):

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from gateway.cache import CachePolicy, cache_key, deterministic, read_directives, serves, whole
-from gateway.core.context import CHAT, COMPLETIONS, CacheUse, Endpoint, RequestContext
+from gateway.core.context import CacheUse, RequestContext
+from gateway.core.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
+from gateway.core.endpoints import PASSTHROUGH as ENDPOINTS
 from gateway.core.protocol import validate
-from gateway.pipeline.passthrough import EMBEDDINGS, ENDPOINTS
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 EMBED = {"model": "m", "input": ["one", "two"]}

@@ -13,12 +13,15 @@ import pytest
 from gateway.cache import CachePolicy, ResponseCaching
 from gateway.config.fleet import AdmissionSettings, BreakerSettings, ResilienceSettings
 from gateway.config.settings import EngineConfig, TimeoutSettings
-from gateway.core.context import CHAT, RequestContext
+from gateway.core.context import RequestContext
+from gateway.core.endpoints import CHAT
 from gateway.core.errors import NoHealthyEngine
+from gateway.keys import KeyService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission
+from gateway.pipeline.answer import Answer
 from gateway.pipeline.connector import Connector
-from gateway.pipeline.director import Director, StartedStream
+from gateway.pipeline.director import Answered, Director, StartedStream
 from gateway.pipeline.drain import Drain
 from gateway.stores.memory import MemoryCache, MemoryCounters
 from gateway.upstream.client import EngineClient
@@ -79,6 +82,7 @@ async def slowly(*chunks: bytes, then: BaseException | None = None,
 @dataclass
 class Rig:
     director: Director
+    answer: Answer
     pool: EnginePool
     scheduler: InOrder
     transport: MemoryTransport
@@ -87,6 +91,10 @@ class Rig:
     connector: Connector
     caching: ResponseCaching | None = None
     scripts: dict[str, Script] = field(default_factory=dict)
+
+    async def run(self, ctx: RequestContext) -> Answered:
+        """``ctx`` through the director's run, answered by the engines."""
+        return await self.director.run(ctx, self.answer)
 
     def ctx(self, body: dict[str, Any]) -> RequestContext:
         return RequestContext.new("req-1", CHAT, {"model": "m", "messages": [
@@ -100,7 +108,7 @@ class Rig:
         return 0.0 if value is None else value
 
 
-async def collect(result: bytes | StartedStream) -> list[dict[str, Any]]:
+async def collect(result: Answered) -> list[dict[str, Any]]:
     """Every event a streamed result yields, decoded (the head first)."""
     assert isinstance(result, StartedStream)
     events = [orjson.loads(p) for p in result.head]
@@ -119,7 +127,8 @@ def rig_factory() -> Callable[..., Rig]:
              timeouts: dict[str, Any] | None = None,
              admission: AdmissionSettings | None = None,
              max_event_bytes: int = 4 * 1024 * 1024,
-             cache: dict[str, Any] | None = None) -> Rig:
+             cache: dict[str, Any] | None = None,
+             keys: KeyService | None = None) -> Rig:
         scripts: dict[str, Script] = {}
 
         async def handler(request: MemoryRequest) -> MemoryResponse:
@@ -147,9 +156,10 @@ def rig_factory() -> Callable[..., Rig]:
             cache.get("store") or MemoryCache(), metrics, ttl_s=cache.get("ttl_s", 60.0),
             max_entry_bytes=1024 * 1024, coalesce=cache.get("coalesce", True), waits=limits,
             locks=cache.get("locks"), follow_wait_s=cache.get("follow_wait_s", 30.0))
-        director = Director(pool, connector, gate, caching, drain, metrics, settings,
-                            max_event_bytes=max_event_bytes)
-        return Rig(director, pool, scheduler, transport, gate, metrics, connector, caching,
-                   scripts)
+        director = Director(pool, gate, caching, drain, metrics, keys=keys)
+        answer = Answer(connector, drain, metrics, settings, director.finish,
+                        max_event_bytes=max_event_bytes)
+        return Rig(director, answer, pool, scheduler, transport, gate, metrics, connector,
+                   caching, scripts)
 
     return make

@@ -50,7 +50,7 @@ async def run(rig: Rig, body: dict[str, Any], **use: bool) -> tuple[RequestConte
     ctx = rig.ctx(body)
     for name, value in use.items():
         setattr(ctx.cache, name, value)
-    result = await rig.director.generate(ctx)
+    result = await rig.run(ctx)
     if body.get("stream"):
         return ctx, await collect(result)
     return ctx, orjson.loads(result)
@@ -219,7 +219,7 @@ async def test_followers_of_a_leader_cut_mid_stream_end_with_an_error_event(
 
     rig.scripts.update(a=never_ends)
     leader = rig.ctx({**GREEDY, "stream": True})
-    started = await rig.director.generate(leader)
+    started = await rig.run(leader)
     follower = asyncio.create_task(run(rig, {**GREEDY, "stream": True}))
     await asyncio.sleep(0.07)
     await started.body.aclose()  # type: ignore[union-attr]  # the leader's client left

@@ -32,7 +32,7 @@ async def test_a_failed_engine_is_retried_on_the_next(rig_factory: Callable[...,
     rig = rig_factory()
     rig.scripts.update(a=five_hundred, b=ok, c=ok)
     ctx = rig.ctx({})
-    assert await rig.director.generate(ctx) == ANSWER
+    assert await rig.run(ctx) == ANSWER
     assert (ctx.tried, ctx.attempts, ctx.engine) == ({"a", "b"}, 2, "b")
     assert rig.scheduler.opened == ["b"]  # only an open attempt is attributed
     assert not rig.pool.engines[0].breaker.available()
@@ -59,7 +59,7 @@ async def test_an_engine_4xx_is_passed_on_and_not_retried(
 
     rig.scripts.update(a=bad_request, b=ok, c=ok)
     with pytest.raises(UpstreamRejected) as caught:
-        await rig.director.generate(rig.ctx({}))
+        await rig.run(rig.ctx({}))
     error = caught.value
     assert (error.status_code, error.message, error.param, error.engine_code) == (
         422, "temperature too high", "temperature", "out_of_range")
@@ -68,7 +68,7 @@ async def test_an_engine_4xx_is_passed_on_and_not_retried(
     assert rig.pool.engines[0].breaker.available()  # the engine did its job
     rig.scripts.update(a=vllm_style)
     with pytest.raises(UpstreamRejected) as numeric:
-        await rig.director.generate(rig.ctx({}))
+        await rig.run(rig.ctx({}))
     assert numeric.value.body() == {"error": {"message": "max_tokens too large",
                                               "type": "BadRequestError", "param": None,
                                               "code": 400}}
@@ -82,7 +82,7 @@ async def test_a_first_token_timeout_is_not_retried(rig_factory: Callable[..., R
 
     rig.scripts.update(a=stalls, b=ok, c=ok)
     with pytest.raises(EngineTimeout):
-        await rig.director.generate(rig.ctx({"stream": True}))
+        await rig.run(rig.ctx({"stream": True}))
     assert rig.sent_to("b") == []
     assert rig.sent_to("a")[0].aborted
 
@@ -96,7 +96,7 @@ async def test_a_total_time_timeout_does_not_count_against_the_engine(
 
     rig.scripts.update(a=long_answer, b=ok, c=ok)
     with pytest.raises(EngineTimeout) as caught:
-        await rig.director.generate(rig.ctx({}))
+        await rig.run(rig.ctx({}))
     assert not caught.value.blames_engine
     assert rig.pool.engines[0].breaker.available()
     assert rig.sent_to("b") == []
@@ -107,7 +107,7 @@ async def test_the_same_fault_on_two_engines_stops_the_retries(
     rig = rig_factory()
     rig.scripts.update(a=five_hundred, b=five_hundred, c=ok)
     with pytest.raises(EngineError) as caught:
-        await rig.director.generate(rig.ctx({}))
+        await rig.run(rig.ctx({}))
     assert caught.value.status_code == 502
     assert "secret" not in caught.value.message  # an engine's page never reaches clients
     assert rig.sent_to("c") == []
@@ -118,7 +118,7 @@ async def test_unreachable_engines_do_not_count_as_the_same_fault(
         rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory()
     rig.scripts.update(a=refused, b=refused, c=ok)
-    assert await rig.director.generate(rig.ctx({})) == ANSWER
+    assert await rig.run(rig.ctx({})) == ANSWER
     assert [e.healthy for e in rig.pool.engines] == [False, False, True]
 
 
@@ -129,16 +129,16 @@ async def test_a_non_json_answer_is_a_502_and_retried(rig_factory: Callable[...,
         return MemoryResponse(200, b"<html>hello</html>")
 
     rig.scripts.update(a=html, b=ok, c=ok)
-    assert await rig.director.generate(rig.ctx({})) == ANSWER
+    assert await rig.run(rig.ctx({})) == ANSWER
     rig.scripts.update(b=html, c=html)
     with pytest.raises(EngineError):
-        await rig.director.generate(rig.ctx({}))
+        await rig.run(rig.ctx({}))
 
 
 async def test_the_retry_budget_stops_retries(rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory(resilience={"retry_budget_ratio": 0.0, "retry_budget_min_per_s": 0.0})
     rig.scripts.update(a=refused, b=ok, c=ok)
     with pytest.raises(EngineError):
-        await rig.director.generate(rig.ctx({}))
+        await rig.run(rig.ctx({}))
     assert rig.sent_to("b") == []
     assert rig.sample("sluice_retry_budget_exhausted_total", model="m", version="none") == 1

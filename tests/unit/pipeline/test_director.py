@@ -31,7 +31,7 @@ async def test_a_store_failing_to_release_admission_spoils_neither_answer_nor_bo
 
     rig.admission.leave = store_down  # type: ignore[method-assign]
     ctx = rig.ctx({"stream": stream})
-    result = await rig.director.generate(ctx)
+    result = await rig.run(ctx)
     if stream:
         events = await collect(result)
         assert events[0]["choices"][0]["delta"]["content"] == "Hi"
@@ -60,7 +60,7 @@ async def test_the_answer_text_is_kept_only_as_far_as_asked(
     rig.scripts.update(a=answer_hello)
     ctx = rig.ctx({"stream": stream})
     ctx.keep_text = keep
-    result = await rig.director.generate(ctx)
+    result = await rig.run(ctx)
     if stream:
         await collect(result)
     assert ctx.answer_text == kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.errors import UpstreamRejected
-from gateway.pipeline.passthrough import endpoint_missing
+from gateway.pipeline.connector import endpoint_missing
 from gateway.upstream.client import upstream_error
 
 

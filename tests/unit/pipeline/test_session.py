@@ -28,7 +28,7 @@ async def test_a_stream_is_relayed_event_by_event(rig_factory: Callable[..., Rig
 
     rig.scripts.update(a=engine)
     ctx = rig.ctx({"stream": True})
-    events = await collect(await rig.director.generate(ctx))
+    events = await collect(await rig.run(ctx))
     assert texts(events) == "The end"
     assert all(e["choices"] for e in events)  # the client did not ask for usage
     assert ctx.usage is not None
@@ -56,7 +56,7 @@ async def test_a_broken_stream_is_continued_on_another_engine(
     rig.scripts.update(a=dies, b=continues)
     ctx = rig.ctx({"stream": True, "max_tokens": 10,
                    "stream_options": {"include_usage": True}})
-    events = await collect(await rig.director.generate(ctx))
+    events = await collect(await rig.run(ctx))
     assert texts(events) == "Once upon a time"
     assert {e["id"] for e in events} == {"chatcmpl-a"}
     roles = [c for e in events for c in e["choices"] if "role" in c["delta"]]
@@ -87,7 +87,7 @@ async def test_the_budget_refuses_a_continuation_storm(
     outcomes = []
     for _ in range(4):
         rig.pool.engines[0].breaker.record_success()  # keep sending to the dying engine
-        events = await collect(await rig.director.generate(rig.ctx({"stream": True})))
+        events = await collect(await rig.run(rig.ctx({"stream": True})))
         outcomes.append("error" if "error" in events[-1] else texts(events))
     assert outcomes == ["xy", "xy", "error", "error"]
     assert rig.sample("sluice_retry_budget_exhausted_total", model="m", version="none") == 2
@@ -103,7 +103,7 @@ async def test_an_error_event_from_the_engine_is_not_passed_on(
 
     rig.scripts.update(a=errs)
     ctx = rig.ctx({"stream": True})
-    events = await collect(await rig.director.generate(ctx))
+    events = await collect(await rig.run(ctx))
     assert events[-1]["error"]["code"] == "engine_error"
     assert "secret" not in events[-1]["error"]["message"]
     assert ctx.outcome.status == "502"
@@ -119,7 +119,7 @@ async def test_a_bad_first_event_is_an_http_error(rig_factory: Callable[..., Rig
     rig.scripts.update(a=garbage)
     ctx = rig.ctx({"stream": True})
     with pytest.raises(EngineError):
-        await rig.director.generate(ctx)
+        await rig.run(ctx)
     assert ctx.outcome.status == "502"
     assert await rig.admission.in_flight("m") == 0
 
@@ -139,7 +139,7 @@ async def test_a_stream_broken_before_its_first_event_is_an_http_error(
     rig.scripts.update(a=broken)
     ctx = rig.ctx({"stream": True})
     with pytest.raises(EngineError):
-        await rig.director.generate(ctx)
+        await rig.run(ctx)
     assert ctx.outcome.status == "502"
     assert not rig.pool.engines[0].breaker.available()  # charged to the engine
     assert await rig.admission.in_flight("m") == 0
@@ -155,7 +155,7 @@ async def test_a_first_event_split_across_reads_is_the_head(
                                           chunk(None, finish="stop") + usage(3, 1) + DONE))
 
     rig.scripts.update(a=split)
-    result = await rig.director.generate(rig.ctx({"stream": True}))
+    result = await rig.run(rig.ctx({"stream": True}))
     assert not isinstance(result, bytes)
     assert len(result.head) == 2
     assert texts(await collect(result)) == "Hi"
@@ -170,7 +170,7 @@ async def test_a_client_leaving_mid_stream_releases_everything(
 
     rig.scripts.update(a=long)
     ctx = rig.ctx({"stream": True})
-    result = await rig.director.generate(ctx)
+    result = await rig.run(ctx)
     assert not isinstance(result, bytes)
     await anext(result.body)
     await result.body.aclose()  # what the response does when the client is gone
@@ -192,7 +192,7 @@ async def test_a_gateway_error_is_not_charged_to_the_engine(
     rig.scripts.update(a=fine)
     ctx = rig.ctx({"stream": True})
     with pytest.raises(ValueError, match="a gateway bug"):
-        await collect(await rig.director.generate(ctx))
+        await collect(await rig.run(ctx))
     assert ctx.outcome.status == "500"
     assert rig.pool.engines[0].breaker.available()
     assert rig.sent_to("b") == []  # and not retried elsewhere
@@ -209,7 +209,7 @@ async def test_an_early_start_yields_at_once_then_the_head(
     rig.scripts.update(a=engine)
     ctx = rig.ctx({"stream": True})
     ctx.start_early = True
-    result = await rig.director.generate(ctx)
+    result = await rig.run(ctx)
     assert isinstance(result, StartedStream)
     assert (result.head, result.waiting) == ([], True)
     assert rig.transport.requests == []  # nothing asked of an engine yet
@@ -229,7 +229,7 @@ async def test_an_early_start_that_fails_before_the_head_ends_with_an_error_even
     rig.scripts.update(a=five_hundred)
     ctx = rig.ctx({"stream": True})
     ctx.start_early = True
-    events = await collect(await rig.director.generate(ctx))
+    events = await collect(await rig.run(ctx))
     assert events == [{"error": {"message": "engine error (HTTP 500)",
                                  "type": "upstream_error", "param": None,
                                  "code": "engine_error"}}]
@@ -242,7 +242,7 @@ async def test_an_early_start_closed_before_the_head_is_a_disconnect(
     rig = rig_factory()
     ctx = rig.ctx({"stream": True})
     ctx.start_early = True
-    result = await rig.director.generate(ctx)
+    result = await rig.run(ctx)
     assert isinstance(result, StartedStream)
     await result.body.aclose()  # the client left before the engine was asked
     assert (ctx.outcome.status, ctx.outcome.client_left) == ("499", True)

@@ -30,7 +30,7 @@ async def test_a_cancel_while_the_done_message_is_sent_adds_no_cancelled_message
             done_written.set()
             await asyncio.Event().wait()
 
-    mux = Multiplexer(rig.director, send, socket_id="s", max_requests=4)
+    mux = Multiplexer(rig.director, rig.answer, send, socket_id="s", max_requests=4)
     await mux.text(orjson.dumps({"id": "r1", "type": "chat.completions",
                                  "body": {"model": "m", "messages": [
                                      {"role": "user", "content": "hi"}]}}).decode())

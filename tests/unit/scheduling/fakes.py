@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config.fleet import RoutingSettings
-from gateway.core.context import CHAT, RequestContext
+from gateway.core.context import RequestContext
+from gateway.core.endpoints import CHAT
 from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling import Cycle, Registry, Scheduler
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.config.fleet import PrefixIndexSettings
-from gateway.scheduling import prefix_index as prefix_module
 from gateway.scheduling.producers import PrefixCacheIndexer
+from gateway.scheduling.producers import prefix_index as prefix_module
 from gateway.scheduling.producers.prefix_cache import SCRATCH_KEY
 from tests.unit.scheduling.fakes import Engine, Harness, request
 

@@ -15,7 +15,8 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.config.versions import RolloutSettings
-from gateway.core.context import CHAT, RequestContext
+from gateway.core.context import RequestContext
+from gateway.core.endpoints import CHAT
 from gateway.stores import Window
 from gateway.stores.memory import MemoryMeasurements, MemoryRollouts, MemoryVersionPolicies
 from gateway.stores.windows import Counts

@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from gateway.core.context import CHAT, RequestContext
+from gateway.core.context import RequestContext
+from gateway.core.endpoints import CHAT
 from gateway.core.errors import InvalidField
 from gateway.stores import VersionPolicy
 from gateway.stores.memory import MemoryVersionPolicies

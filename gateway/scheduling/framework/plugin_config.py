@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway.scheduling.producers import Producers
+if TYPE_CHECKING:  # (a type only: producers are plugins' data, built by the scheduler)
+    from gateway.scheduling.producers import Producers
 
 
 class PluginConfigError(ValueError):
