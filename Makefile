@@ -50,7 +50,7 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers bench-versions  ## every benchmark the README reports
+	bench-scale bench-servers bench-workers bench-versions  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
