@@ -280,9 +280,9 @@ def configuration_page(missing: list[str] | None = None) -> str:
         "builds the one `Settings` object the gateway runs with. Unknown keys are an error "
         "at every level, and so is a value outside its bounds: the gateway does not start.",
         "",
-        "In the tables, `<name>` stands for a name of your choosing (a model, a profile, an "
-        "alias, a version) and `[]` for each item of a list. A `—` marks a setting without "
-        "a description in the code.",
+        "In the keys, `<model>`, `<profile>`, `<alias>` and `<version>` stand for names of "
+        "your choosing and `[]` for each item of a list. A `—` marks a setting without a "
+        "description in the code.",
         "",
     ]
     seen: dict[type[BaseModel], str] = {}
