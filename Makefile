@@ -15,17 +15,24 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers \
-	bench-versions gateway engine peer granian model redis chromium node-clients browser clients clean
+	bench-versions gateway engine peer granian model redis chromium node-clients browser clients \
+	docs docs-reference clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
 
-test: gateway engine redis model chromium node-clients lint  ## every test layer; .ci/run calls exactly this
+test: gateway engine redis model chromium node-clients lint docs  ## every test layer; .ci/run calls exactly this
 	$(VENV)/bin/pytest tests -ra
 
 lint: gateway
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+docs: gateway  ## the documentation site (mkdocs.yml, docs/) into build/site; warnings fail it
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+docs-reference: gateway  ## regenerate docs/reference/configuration.md and metrics.md from the code
+	$(VENV)/bin/python -m tools.docs_reference
 
 unit: gateway
 	$(VENV)/bin/pytest tests/unit -ra
@@ -43,7 +50,7 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers bench-versions  ## every benchmark the README reports
+	bench-scale bench-servers bench-workers bench-versions  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -102,7 +109,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "==> gateway environment ($(VENV))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,docs]'
 	touch $@
 
 # The engine has its own virtualenv: the gateway never imports vllm or torch.
