@@ -15,22 +15,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.types import Receive, Scope, Send
 
 from engines.supervisor import EngineProcess
 from gateway.cache import CachePolicy, ResponseCaching
 from gateway.config.settings import EngineConfig, Settings
-from gateway.core.endpoints import HTTP
-from gateway.edge.accounting import RefusalAccountingMiddleware
-from gateway.edge.cors import CORSMiddleware
+from gateway.edge.cors import Cors
+from gateway.edge.gate import Edge
 from gateway.edge.handlers import EXCEPTION_HANDLERS
-from gateway.edge.middleware import (
-    OPEN_PATHS,
-    AuthMiddleware,
-    BodyLimitMiddleware,
-    RequestContextMiddleware,
-)
+from gateway.edge.middleware import OPEN_PATHS, Auth
 from gateway.edge.routes import (
     admin,
     admin_versions,
@@ -40,7 +32,6 @@ from gateway.edge.routes import (
     playground,
     ws,
 )
-from gateway.edge.streaming import SERVER_SEND
 from gateway.edge.websocket.realtime import RealtimeRelay
 from gateway.keys import KeyService, memory_keys
 from gateway.keys.redis import redis_keys
@@ -66,18 +57,8 @@ from gateway.versions.shadow import ShadowMirror
 from gateway.versions.stats import VersionMeasure
 
 
-class GatewayApp(Starlette):
-    """The Starlette app, leaving the server's own ``send`` in each HTTP scope so that
-    streamed bodies skip the middleware wrappers (see :mod:`gateway.edge.streaming`)."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
-
-
 def create_app(settings: Settings, *, transport: Transport | None = None,
-               stores: Stores | None = None, keys: KeyService | None = None) -> Starlette:
+               stores: Stores | None = None, keys: KeyService | None = None) -> Edge:
     """A gateway app for ``settings``. Nothing starts until its lifespan runs.
 
     ``transport`` replaces the aiohttp engine transport (tests pass an in-memory one);
@@ -85,7 +66,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     set, in memory when not), ``keys`` the key store and rate limiter (the same: in
     Redis when ``redis.url`` is set and ``stores`` is not given, else in memory).
     ``app.state.drain`` is what a
-    server calls on SIGTERM (see :mod:`gateway.edge.server`)."""
+    server calls on SIGTERM (see :mod:`gateway.edge.server`). The app is the edge
+    (:mod:`gateway.edge.gate`) in front of a Starlette router that runs the lifespan."""
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics)  # a bad profile fails here, early
     drain = Drain(settings.resilience.drain_timeout_s, metrics)
@@ -182,27 +164,21 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
 
     page = playground.routes() if settings.playground else []
     admin_routes = [*admin.routes, *admin_versions.routes] if settings.admin.enabled else []
-    app = GatewayApp(
-        routes=[*openai.routes, *ws.routes, *health.routes,
-                *docs.routes, *page, *admin_routes],
-        middleware=[
-            Middleware(CORSMiddleware, allowed_origins=settings.cors_origins,
-                       allowed_headers=settings.cors.allowed_headers,
-                       max_age_s=settings.cors.max_age_s),
-            Middleware(RequestContextMiddleware, log_requests=settings.access_log),
-            Middleware(RefusalAccountingMiddleware, metrics=metrics,
-                       endpoints={e.path: e.name for e in HTTP}),
-            Middleware(AuthMiddleware, api_keys=settings.api_keys,
-                       managed_keys=settings.admin.enabled,
-                       observability_open=settings.observability.open,
-                       open_paths=OPEN_PATHS | (playground.PATHS if page else frozenset())),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        ],
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
-    app.state.drain = drain
-    return app
+    router = Starlette(routes=[*openai.routes, *ws.routes, *health.routes, *docs.routes,
+                               *page, *admin_routes],
+                       exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    router.state.drain = drain
+    return Edge(
+        router, hot={path: (handler, handler.endpoint)
+                     for path, handler in openai.ENDPOINTS.items()},
+        auth=Auth(api_keys=settings.api_keys, managed_keys=settings.admin.enabled,
+                  observability_open=settings.observability.open,
+                  open_paths=OPEN_PATHS | (playground.PATHS if page else frozenset())),
+        cors=Cors(allowed_origins=settings.cors_origins,
+                  allowed_headers=settings.cors.allowed_headers,
+                  max_age_s=settings.cors.max_age_s),
+        metrics=metrics, max_body_bytes=settings.max_body_bytes,
+        log_requests=settings.access_log)
 
 
 def _caching(settings: Settings, stores: Stores, metrics: GatewayMetrics

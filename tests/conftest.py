@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from starlette.applications import Starlette
 
 from gateway.app import create_app
 from gateway.config.settings import EngineConfig, Settings
+from gateway.edge.gate import Edge
 from gateway.edge.server import GatewayServer
 from loadtests.launch import LaunchError, free_port
 from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, real_stack
@@ -28,13 +28,13 @@ StartGateway = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-def gateway_apps() -> dict[str, Starlette]:
+def gateway_apps() -> dict[str, Edge]:
     """The app behind each URL ``start_gateway`` returned (e.g. ``app.state.drain``)."""
     return {}
 
 
 @pytest.fixture
-async def start_gateway(gateway_apps: dict[str, Starlette]) -> AsyncIterator[StartGateway]:
+async def start_gateway(gateway_apps: dict[str, Edge]) -> AsyncIterator[StartGateway]:
     """Start gateways in this event loop: ``await start_gateway(engines=[url, ...], **settings)``
     returns the base URL (``http=`` picks another uvicorn HTTP protocol class). Each runs
     a real uvicorn server on a free port; all are shut down (lifespan included) at

@@ -1,17 +1,17 @@
 """CORS: browsers on other origins may call the gateway, as far as the settings allow.
 
-A preflight (``OPTIONS`` with ``Access-Control-Request-Method``) is answered here, before
-authentication and routing (a browser sends it without the key): 204 with what may be
-sent, or 403 for an origin not allowed. Other requests from an allowed origin go on as
-usual and their response start gets ``Access-Control-Allow-Origin`` and
-``Access-Control-Expose-Headers`` (the gateway's own response headers a page may read).
-A request without ``Origin`` (SDKs, curl) costs one header lookup; a streamed body never
-passes through here (see :mod:`gateway.edge.streaming`).
+The edge (:mod:`gateway.edge.gate`) answers a preflight (``OPTIONS`` with
+``Access-Control-Request-Method``) before authentication and routing (a browser sends it
+without the key): 204 with what may be sent, or 403 for an origin not allowed. Other
+requests from an allowed origin go on as usual and their response start gets
+``Access-Control-Allow-Origin`` and ``Access-Control-Expose-Headers`` (the gateway's own
+response headers a page may read). A request without ``Origin`` (SDKs, curl) costs one
+header lookup.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.core.errors import PermissionDenied
 from gateway.edge.handlers import error_response
@@ -24,44 +24,28 @@ EXPOSED_HEADERS = (b"x-request-id, retry-after, server-timing, x-sluice-engine, 
 phases before the first byte, and the engine that answered."""
 
 
-class CORSMiddleware:
+class Cors:
     """``allowed_origins``: exact origins (``https://app.example``), or ``*`` for any.
     ``allowed_headers``: request headers a page may send; one ending in ``*`` allows every
     header starting with the rest (``x-stainless-*``: the OpenAI SDKs' own headers)."""
 
-    def __init__(self, app: ASGIApp, *, allowed_origins: list[str],
-                 allowed_headers: list[str], max_age_s: int) -> None:
-        self.app = app
+    def __init__(self, *, allowed_origins: list[str], allowed_headers: list[str],
+                 max_age_s: int) -> None:
         self.any_origin = "*" in allowed_origins
         self.origins = frozenset(allowed_origins)
         self.headers = ", ".join(h.lower() for h in allowed_headers if not h.endswith("*"))
         self.prefixes = tuple(h[:-1].lower() for h in allowed_headers if h.endswith("*"))
         self.max_age = str(max_age_s).encode()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        origin = header(scope, b"origin") if scope["type"] == "http" else None
-        if origin is None:
-            await self.app(scope, receive, send)
-            return
-        allowed = self.any_origin or origin in self.origins
-        if scope["method"] == "OPTIONS" \
-                and header(scope, b"access-control-request-method") is not None:
-            await self._preflight(origin, allowed, scope, receive, send)
-            return
-        if not allowed:
-            await self.app(scope, receive, send)
-            return
+    def allows(self, origin: str) -> bool:
+        return self.any_origin or origin in self.origins
+
+    def response_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        """What an allowed origin's response start gets. Timing-Allow-Origin: the page's
+        Resource Timing entries get Server-Timing too."""
         allow = self._allow(origin)
-        # Timing-Allow-Origin: the page's Resource Timing entries get Server-Timing too.
-        cors = [*allow, (b"access-control-expose-headers", EXPOSED_HEADERS),
+        return [*allow, (b"access-control-expose-headers", EXPOSED_HEADERS),
                 (b"timing-allow-origin", allow[0][1])]
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *cors]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
 
     def _allow(self, origin: str) -> list[tuple[bytes, bytes]]:
         if self.any_origin:
@@ -69,9 +53,10 @@ class CORSMiddleware:
         return [(b"access-control-allow-origin", origin.encode("latin-1")),
                 (b"vary", b"Origin")]
 
-    async def _preflight(self, origin: str, allowed: bool, scope: Scope, receive: Receive,
-                         send: Send) -> None:
-        if not allowed:
+    async def preflight(self, origin: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer a preflight: 204 with what may be sent, or 403 for an origin not
+        allowed."""
+        if not self.allows(origin):
             refusal = PermissionDenied(f"origin {origin[:200]!r} may not call this gateway",
                                        code="cors_origin_not_allowed")
             await error_response(refusal)(scope, receive, send)

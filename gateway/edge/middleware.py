@@ -1,25 +1,23 @@
-"""Pure-ASGI middleware: request id and access log, API-key auth, body size limit.
+"""Who is calling: API keys checked at the edge, for HTTP requests and WebSocket
+handshakes alike (:mod:`gateway.edge.gate` runs the check once per request).
 
-Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through with one
-cheap function call per message and no extra tasks or buffering.
+A key is one of the static ``api_keys`` (principal ``static-<index>``) or a managed key of
+the key service in the lifespan state (``keys``; principal: its id; a revoked one is
+refused). The request's state records whether a valid key came (``authenticated``), its
+``principal`` and, for a managed key, its record (``api_key``).
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
-import time
-import uuid
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from gateway.core.errors import AuthenticationFailed, RequestTooLarge, SluiceError
-from gateway.edge.handlers import error_response
-from gateway.edge.handshake import refuse, subprotocol_key
+from gateway.core.errors import AuthenticationFailed, SluiceError
+from gateway.core.keys import ApiKey
+from gateway.edge.handshake import subprotocol_key
 from gateway.edge.headers import header
-from gateway.keys import ApiKey, KeyService
-
-access_log = logging.getLogger("sluice.access")
+from gateway.keys import KeyService
 
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
 """Never need a key (the API description holds nothing about keys or engines)."""
@@ -31,77 +29,30 @@ ADMIN_PREFIX = "/admin/"
 not open it."""
 
 
-class RequestContextMiddleware:
-    """Gives every request an id (``x-request-id``, kept if the client sent one) and
-    writes one access-log line when the response ends."""
-
-    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
-        self.app = app
-        self.log_requests = log_requests
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = header(scope, b"x-request-id") or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
-        status = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()),
-                                      (b"x-request-id", request_id.encode("latin-1"))]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if self.log_requests:
-                access_log.info(
-                    "request", extra={
-                        "request_id": request_id, "method": scope["method"],
-                        "path": scope["path"], "status": status or 500,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "key_id": scope["state"].get("principal"),
-                    })
-
-
-class AuthMiddleware:
+class Auth:
     """Requires ``Authorization: Bearer <key>`` when keys are configured (a WebSocket
     may send it as a ``bearer.<key>`` subprotocol instead, see
     :mod:`gateway.edge.handshake`; the exceptions: ``open_paths``, by default
-    :data:`OPEN_PATHS`, :data:`OBSERVABILITY_PATHS` and the admin API).
+    :data:`OPEN_PATHS`, :data:`OBSERVABILITY_PATHS` and the admin API)."""
 
-    A key is one of the static ``api_keys`` (principal ``static-<index>``) or a managed
-    key of the key service in the lifespan state (``keys``; principal: its id; a revoked
-    one is refused). Records in the request's state whether a valid key came
-    (``authenticated``), its ``principal`` and, for a managed key, its record
-    (``api_key``)."""
-
-    def __init__(self, app: ASGIApp, *, api_keys: list[str], managed_keys: bool = False,
+    def __init__(self, *, api_keys: list[str], managed_keys: bool = False,
                  observability_open: bool = False,
                  open_paths: frozenset[str] = OPEN_PATHS) -> None:
-        self.app = app
         self.keys = [k.encode() for k in api_keys]
         self.required = bool(api_keys) or managed_keys
         self.managed = managed_keys
         self.observability_open = observability_open
         self.open_paths = open_paths
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
+    async def check(self, scope: Scope) -> SluiceError | None:
+        """Identify the caller into the scope's state; the refusal when it may not go on
+        (a missing, invalid or revoked key; a 503 when the key store is down)."""
+        state = scope["state"]
         state["authenticated"] = False
         state["principal"] = state["api_key"] = None
         path = scope["path"]
         if not self.required or path in self.open_paths or path.startswith(ADMIN_PREFIX):
-            await self.app(scope, receive, send)
-            return
+            return None
         sent = header(scope, b"authorization") or ""
         scheme, _, token = sent.partition(" ")
         if not sent and scope["type"] == "websocket":
@@ -114,24 +65,15 @@ class AuthMiddleware:
             try:
                 principal, key = await self._identify(token, state.get("keys"))
             except SluiceError as exc:  # the key store is down: 503, never a 500
-                if scope["type"] == "websocket":
-                    await refuse(exc, scope, receive, send)
-                else:
-                    await _reject(exc, scope, receive, send)
-                return
+                return exc
             if key is not None and key.revoked:
                 refusal = "API key has been revoked"
             elif principal is not None:
                 state.update(authenticated=True, principal=principal, api_key=key)
         if state["authenticated"] or path == "/ready" or (
                 self.observability_open and path in OBSERVABILITY_PATHS):
-            await self.app(scope, receive, send)
-            return
-        error = AuthenticationFailed(refusal, key_sent=bool(sent))
-        if scope["type"] == "websocket":
-            await refuse(error, scope, receive, send)
-            return
-        await _reject(error, scope, receive, send)
+            return None
+        return AuthenticationFailed(refusal, key_sent=bool(sent))
 
     async def _identify(self, token: str,
                         service: KeyService | None) -> tuple[str | None, ApiKey | None]:
@@ -149,43 +91,6 @@ class AuthMiddleware:
 
 
 def caller(scope: Scope) -> tuple[str | None, ApiKey | None]:
-    """The principal and managed key :class:`AuthMiddleware` found for a request."""
+    """The principal and managed key :class:`Auth` found for a request."""
     state = scope.get("state", {})
     return state.get("principal"), state.get("api_key")
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes`` with 413, whether or not they declare
-    a Content-Length."""
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _reject(self._too_large(), scope, receive, send)
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-    def _too_large(self) -> RequestTooLarge:
-        return RequestTooLarge(f"request body is larger than {self.max_bytes} bytes")
-
-
-async def _reject(error: SluiceError, scope: Scope, receive: Receive, send: Send) -> None:
-    await error_response(error)(scope, receive, send)

@@ -1,7 +1,18 @@
-"""The server's HTTP protocol: :mod:`gateway.edge.http10`'s, with bounds on what a client can
-make a connection hold before its request is complete.
+"""The server's HTTP protocol: uvicorn's httptools protocol, with HTTP/1.0-correct framing
+of streamed responses and bounds on what a client can make a connection hold before its
+request is complete. This is the one module that relies on uvicorn's internals
+(:data:`UVICORN_INTERNALS`, checked when it is imported, so an incompatible uvicorn fails
+at start and not silently: uvicorn is pinned in ``pyproject.toml``).
 
-uvicorn's httptools protocol reads a request head of any size, waits for a head or a
+**HTTP/1.0.** uvicorn frames every response that has no Content-Length as
+``Transfer-Encoding: chunked``, even for an HTTP/1.0 request, whose client cannot read it
+(RFC 9112 §6.1: a server must not send a transfer coding to an HTTP/1.0 client). For
+HTTP/1.0 uvicorn already closes the connection after the response, so a streamed body is
+written as it comes and ended by the close instead (RFC 9112 §6.3, close-delimited):
+``chunked_encoding`` set before the response starts keeps uvicorn from adding chunking,
+and ``expected_content_length`` is the count of body bytes it still lets through.
+
+**Bounds.** uvicorn's httptools protocol reads a request head of any size, waits for a head or a
 body forever, and takes every connection it is offered: its ``timeout_keep_alive`` only
 runs after a response (never on a connection that has sent nothing or half a request),
 and ``limit_concurrency`` answers 503 to every request, ``/health`` included, once idle
@@ -37,11 +48,76 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import httptools
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, ASGISendEvent
+from uvicorn._types import Scope as UvicornScope
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.config.settings import ConnectionLimits
 from gateway.core.errors import HeadersTooLarge, RequestTimeout, SluiceError, TooManyConnections
-from gateway.edge.http10 import HttpToolsProtocol
+
+UVICORN_INTERNALS = {
+    httptools_impl.HttpToolsProtocol: (
+        "connection_made", "connection_lost", "data_received", "handle_websocket_upgrade",
+        "on_message_begin", "on_url", "on_header", "on_headers_complete", "on_body",
+        "on_message_complete", "on_response_complete", "send_400_response",
+        "_start_asgi_task", "_should_upgrade", "_unsupported_upgrade_warning",
+        "_unset_keepalive_if_required"),
+    httptools_impl.RequestResponseCycle: ("run_asgi", "send", "receive"),
+}
+"""What this module overrides or calls of uvicorn's classes. The instance attributes it
+reads (a protocol's ``parser``, ``cycle``, ``flow``, ``connections``, ``server_state``;
+a cycle's ``response_started``, ``response_complete``, ``chunked_encoding``,
+``expected_content_length``, ``keep_alive``, ``disconnected``, ``message_event``,
+``waiting_for_100_continue``) are checked by ``tests/unit/test_uvicorn_internals.py``
+on a live connection."""
+
+
+def _check_uvicorn() -> None:
+    missing = [f"{cls.__name__}.{name}" for cls, names in UVICORN_INTERNALS.items()
+               for name in names if not hasattr(cls, name)]
+    if missing:
+        import uvicorn
+        raise ImportError(f"uvicorn {uvicorn.__version__} lacks what gateway.edge.protocol "
+                          f"builds on: {', '.join(missing)}; install the pinned uvicorn")
+
+
+_check_uvicorn()
+
+
+class HttpToolsProtocol(httptools_impl.HttpToolsProtocol):
+    """Sends streamed responses to HTTP/1.0 clients close-delimited, not chunked."""
+
+    def _start_asgi_task(self, cycle: httptools_impl.RequestResponseCycle,
+                         app: ASGI3Application) -> None:
+        if cycle.scope.get("http_version") == "1.0":
+            app = _close_delimited(app, cycle)
+        super()._start_asgi_task(cycle, app)
+
+
+def _close_delimited(app: ASGI3Application,
+                     cycle: httptools_impl.RequestResponseCycle) -> ASGI3Application:
+    """``app``, with a response lacking Content-Length written unframed, up to the close."""
+
+    async def framed_app(scope: UvicornScope, receive: ASGIReceiveCallable,
+                         send: ASGISendCallable) -> None:
+        unframed = False
+
+        async def send_unframed(message: ASGISendEvent) -> None:
+            nonlocal unframed
+            if message["type"] == "http.response.start" and not cycle.response_started:
+                names = {bytes(name).lower() for name, _ in message.get("headers", ())}
+                if not names & {b"content-length", b"transfer-encoding"}:
+                    unframed = True
+                    cycle.chunked_encoding = False
+                    cycle.keep_alive = False
+            elif message["type"] == "http.response.body" and unframed:
+                cycle.expected_content_length = len(message.get("body", b""))
+            await send(message)
+
+        await app(scope, receive, send_unframed)
+
+    return framed_app
 
 
 class _Phase(enum.Enum):

@@ -12,9 +12,9 @@ from __future__ import annotations
 from types import FrameType
 
 import uvicorn
-from starlette.applications import Starlette
 
 from gateway.config.settings import Settings
+from gateway.edge.gate import Edge
 from gateway.edge.protocol import protocol_for
 from gateway.pipeline.drain import Drain
 
@@ -23,13 +23,15 @@ BACKSTOP_S = 5.0
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, app: Starlette, settings: Settings, *, host: str | None = None,
+    def __init__(self, app: Edge, settings: Settings, *, host: str | None = None,
                  port: int | None = None) -> None:
         self.drain: Drain = app.state.drain
         ws = settings.websocket
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
             http=protocol_for(settings.limits), lifespan="on", log_config=None, access_log=False,
+            # Nothing reads the client's address; X-Forwarded-* would only cost a wrapper.
+            proxy_headers=False,
             ws_max_size=ws.max_message_bytes, ws_ping_interval=ws.ping_interval_s,
             ws_ping_timeout=ws.ping_timeout_s,
             timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + BACKSTOP_S),

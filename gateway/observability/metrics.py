@@ -18,6 +18,8 @@ alias version whose model (or adapter) it serves under the alias's name. Join on
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -144,5 +146,67 @@ class GatewayMetrics:
             "locally or refused, cache skipped, last known state read).", ["store"],
             registry=r)
 
+        self._versions: dict[tuple[str, str], VersionMetrics] = {}
+
+    def version(self, model: str, version: str) -> VersionMetrics:
+        """The per-request metrics of one ``model`` and ``version`` label pair, their
+        children looked up once (prometheus-client's ``labels()`` validates and locks on
+        every call; a request touches these eight or more times). Bounded as the label
+        values are: the model label of a name no engine serves is ``unknown``."""
+        found = self._versions.get((model, version))
+        if found is None:
+            found = self._versions[(model, version)] = VersionMetrics(self, model, version)
+        return found
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class VersionMetrics:
+    """The label children of the per-request metrics of one (model, version), each
+    made on first use (a series appears once something was counted in it)."""
+
+    __slots__ = ("_children", "_metrics", "labels")
+
+    def __init__(self, metrics: GatewayMetrics, model: str, version: str) -> None:
+        self._metrics = metrics
+        self.labels = (model, version)
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, name: str, *more: str) -> Any:
+        key = (name, *more)
+        child = self._children.get(key)
+        if child is None:
+            metric = getattr(self._metrics, name)
+            child = self._children[key] = metric.labels(*self.labels, *more)
+        return child
+
+    @property
+    def in_flight(self) -> Gauge:
+        gauge: Gauge = self._child("in_flight")
+        return gauge
+
+    @property
+    def ttft(self) -> Histogram:
+        histogram: Histogram = self._child("ttft")
+        return histogram
+
+    @property
+    def itl(self) -> Histogram:
+        histogram: Histogram = self._child("itl")
+        return histogram
+
+    def tokens(self, kind: str) -> Counter:
+        """``sluice_tokens_total``'s child for ``prompt`` or ``completion`` tokens."""
+        counter: Counter = self._child("tokens", kind)
+        return counter
+
+    def requests(self, engine: str, endpoint: str, status: str) -> Counter:
+        """``sluice_requests_total``'s child for a request that ended so."""
+        counter: Counter = self._child("requests", engine, endpoint, status)
+        return counter
+
+    def e2e(self, endpoint: str) -> Histogram:
+        """``sluice_request_duration_seconds``'s child for an endpoint."""
+        histogram: Histogram = self._child("e2e", endpoint)
+        return histogram

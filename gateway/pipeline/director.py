@@ -122,7 +122,7 @@ class Director:
         """Count the request in flight, under its model and (once resolved) version
         labels; :meth:`finish` lowers the gauge under the same labels."""
         ctx.gauged = (ctx.label, ctx.version_label)
-        self._metrics.in_flight.labels(*ctx.gauged).inc()
+        self._metrics.version(*ctx.gauged).in_flight.inc()
 
     def model_label(self, requested: str) -> str:
         """The ``model`` label of a request's metrics: an alias's name, a served model's,
@@ -313,17 +313,16 @@ class Director:
     async def _record_metrics(self, ctx: RequestContext) -> None:
         m, label, version = self._metrics, ctx.label, ctx.version_label
         if ctx.gauged is not None:
-            m.in_flight.labels(*ctx.gauged).dec()
+            m.version(*ctx.gauged).in_flight.dec()
         if ctx.outcome.client_left:
             m.client_disconnects.labels(label, version).inc()
-        m.requests.labels(label, version, ctx.engine, ctx.endpoint.name,
-                          ctx.outcome.status).inc()
+        per = m.version(label, version)
+        per.requests(ctx.engine, ctx.endpoint.name, ctx.outcome.status).inc()
         assert ctx.timings.finished is not None
-        m.e2e.labels(label, version, ctx.endpoint.name).observe(
-            ctx.timings.finished - ctx.timings.arrived)
+        per.e2e(ctx.endpoint.name).observe(ctx.timings.finished - ctx.timings.arrived)
         if ctx.usage is not None:
-            m.tokens.labels(label, version, "prompt").inc(ctx.usage.prompt_tokens)
-            m.tokens.labels(label, version, "completion").inc(ctx.usage.completion_tokens)
+            per.tokens("prompt").inc(ctx.usage.prompt_tokens)
+            per.tokens("completion").inc(ctx.usage.completion_tokens)
 
     async def _account_key(self, ctx: RequestContext) -> None:
         """Per-key metrics, and the tokens streamed charged to the key's TPM window."""

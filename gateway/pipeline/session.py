@@ -121,12 +121,12 @@ class StreamSession:
         error: BaseException | None = None
         try:
             last = ctx.timings.first_byte = time.perf_counter()
-            version = ctx.version_label
-            self._metrics.ttft.labels(ctx.label, version).observe(last - ctx.timings.arrived)
+            per = self._metrics.version(ctx.label, ctx.version_label)
+            per.ttft.observe(last - ctx.timings.arrived)
             if tap is not None and head:
                 tap.append(head)
             yield head
-            itl = self._metrics.itl.labels(ctx.label, version)
+            itl = per.itl
             data = b""  # the first read of a continuation, once there is one
             while True:
                 try:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.edge.http10 import HttpToolsProtocol
+from gateway.edge.protocol import HttpToolsProtocol
 from loadtests.launch import free_port
 from simulator import SimConfig
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway.config.settings import EngineConfig, TimeoutSettings
 from gateway.observability.metrics import GatewayMetrics
@@ -60,24 +61,20 @@ def profile(scorer: str) -> dict[str, Any]:
     return {"profiles": {"only": {"scorers": {scorer: 1.0}}}, "default": {"profile": "only"}}
 
 
-async def test_the_engine_with_the_least_kv_cache_in_use_is_picked() -> None:
-    pool = await scraped_pool({
-        "a": vllm_metrics(running=1, waiting=0, kv=0.9),
-        "b": vllm_metrics(running=1, waiting=0, kv=0.2),
-        "c": vllm_metrics(running=1, waiting=0, kv=0.5),
-    })
-    h = Harness(**profile("kv_cache"))
-    picks = [h.pick(pool.engines) for _ in range(3)]  # equal scores would take turns
-    assert [(p.engine.name, p.reason) for p in picks] == [("b", "kv")] * 3
+KV_CACHE = {"a": {"running": 1, "waiting": 0, "kv": 0.9},
+            "b": {"running": 1, "waiting": 0, "kv": 0.2},
+            "c": {"running": 1, "waiting": 0, "kv": 0.5}}
+QUEUES = {"a": {"running": 4, "waiting": 0, "kv": 0.1},  # Only running + waiting puts b
+          "b": {"running": 2, "waiting": 1, "kv": 0.1},  # lowest: without waiting c would
+          "c": {"running": 0, "waiting": 5, "kv": 0.1}}  # be, without running a.
 
 
-async def test_the_engine_with_the_fewest_running_plus_waiting_is_picked() -> None:
-    # Only running + waiting puts b lowest: without waiting c would be, without running a.
-    pool = await scraped_pool({
-        "a": vllm_metrics(running=4, waiting=0, kv=0.1),
-        "b": vllm_metrics(running=2, waiting=1, kv=0.1),
-        "c": vllm_metrics(running=0, waiting=5, kv=0.1),
-    })
-    h = Harness(**profile("least_loaded"))
+@pytest.mark.parametrize(("scorer", "reason", "pages"), [
+    ("kv_cache", "kv", KV_CACHE), ("least_loaded", "least_loaded", QUEUES)],
+    ids=["the least KV cache in use", "the fewest running plus waiting"])
+async def test_the_engine_the_scrape_shows_least_busy_is_picked(
+        scorer: str, reason: str, pages: dict[str, dict[str, Any]]) -> None:
+    pool = await scraped_pool({name: vllm_metrics(**page) for name, page in pages.items()})
+    h = Harness(**profile(scorer))
     picks = [h.pick(pool.engines) for _ in range(3)]  # equal scores would take turns
-    assert [(p.engine.name, p.reason) for p in picks] == [("b", "least_loaded")] * 3
+    assert [(p.engine.name, p.reason) for p in picks] == [("b", reason)] * 3
