@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 class CacheSettings(BaseModel):
     """The response cache: identical deterministic requests answered from a store, and
-    identical requests in flight sharing one upstream call (see README, "Response
-    cache")."""
+    identical requests in flight sharing one upstream call (see the response cache
+    page, ``docs/explanation/cache.md``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
