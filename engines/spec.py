@@ -18,22 +18,49 @@ class EngineSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: Path
-    served_name: str
-    host: str = "127.0.0.1"
-    port: int = Field(default=8100, ge=1, le=65535)
-    python: Path = Path(sys.executable)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    max_model_len: int = Field(default=2048, ge=16)
+    model: Path = Field(description="--model: the model directory vLLM serves")
+    served_name: str = Field(
+        description="--served-model-name: the model name the engine lists in /v1/models "
+                    "and clients send")
+    host: str = Field(
+        default="127.0.0.1",
+        description="--host: where the engine listens, and where the gateway reaches it")
+    port: int = Field(default=8100, ge=1, le=65535,
+                      description="--port; give each managed engine its own")
+    python: Path = Field(
+        default=Path(sys.executable),
+        description="the Python of a virtualenv with vLLM (e.g. .venv-engine/bin/python); "
+                    "the default, the gateway's own interpreter, normally has no vLLM")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="float32",
+        description="--dtype of weights and activations; auto: the model's own")
+    max_model_len: int = Field(
+        default=2048, ge=16,
+        description="--max-model-len: prompt plus output tokens of one request, at most")
     kv_cache_gib: int = Field(
         default=2, ge=1, description="whole GiB: vLLM reads VLLM_CPU_KVCACHE_SPACE as an int")
-    max_num_seqs: int = Field(default=64, ge=1)
-    enable_lora: bool = True
-    max_loras: int = Field(default=2, ge=1)
-    max_lora_rank: int = Field(default=8, ge=1)
-    quantization: str | None = None
-    prefix_caching: bool = True
-    extra_args: tuple[str, ...] = ()
+    max_num_seqs: int = Field(
+        default=64, ge=1,
+        description="--max-num-seqs: requests the engine runs at once; more wait in its "
+                    "queue")
+    enable_lora: bool = Field(
+        default=True,
+        description="--enable-lora, with LoRA adapters loadable at run time "
+                    "(VLLM_ALLOW_RUNTIME_LORA_UPDATING)")
+    max_loras: int = Field(default=2, ge=1,
+                           description="--max-loras: adapters in one batch (with enable_lora)")
+    max_lora_rank: int = Field(
+        default=8, ge=1,
+        description="--max-lora-rank: the largest adapter rank it loads (with enable_lora)")
+    quantization: str | None = Field(
+        default=None, description="--quantization method (awq, gptq, ...); null: not passed")
+    prefix_caching: bool = Field(
+        default=True,
+        description="--enable-prefix-caching, or --no-enable-prefix-caching when false "
+                    "(prefix routing then gains nothing on this engine)")
+    extra_args: tuple[str, ...] = Field(
+        default=(), description="more vLLM arguments, appended to the command line as "
+                                "they are")
 
     @property
     def url(self) -> str:

@@ -61,8 +61,9 @@ MODELS = {"v1": "sim-a", "v2": "sim-b"}
 SIM = {"prefill_base_ms": 5.0, "decode_step_ms": 5.0, "max_num_seqs": 1024}
 BOUNDS = {"max_error_rate": 0.05, "max_ttft_p99_ratio": 1.5, "ttft_p99_slack_s": 0.05,
           "min_requests": 20, "check_interval_s": 0.25, "max_hold_factor": 3}
-"""The README's default bounds, checked every 250 ms instead of every second (so a
-driver's lease, 3 checks, lapses 750 ms after it dies)."""
+"""The default ``versions.rollout`` bounds (``docs/reference/configuration.md``), checked
+every 250 ms instead of every second (so a driver's lease, 3 checks, lapses 750 ms after
+it dies)."""
 NO_FAULTS = {"error_rate": 0.0, "slow_token_ms": 0.0}
 
 

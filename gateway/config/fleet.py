@@ -34,7 +34,12 @@ class _Frozen(BaseModel):
 class RoutingPolicy(_Frozen):
     """How one model's requests are spread over the engines that serve it."""
 
-    strategy: Strategy = "least_loaded"
+    strategy: Strategy = Field(
+        default="least_loaded",
+        description="a preset of scorer weights: round_robin (round_robin 1), least_loaded "
+                    "(least_loaded 1, kv_cache 0.25), session (session 2, least_loaded 1), "
+                    "prefix (prefix 2, least_loaded 1); with scorers set it only names the "
+                    "decisions (the strategy label of sluice_routing_decisions_total)")
     scorers: dict[ScorerName, float] | None = Field(
         default=None, description="explicit scorer weights; replaces the strategy's preset")
     profile: str | None = Field(
@@ -67,14 +72,27 @@ class RoutingPolicy(_Frozen):
 class PluginRef(_Frozen):
     """One plugin of a profile: its type in the plugin registry and its parameters."""
 
-    type: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
+    type: str = Field(
+        min_length=1,
+        description="a plugin type: filters serves_model, healthy, circuit, not_tried; "
+                    "scorers round_robin, least_loaded, kv_cache, session, prefix; picker "
+                    "max_score; or one registered in code. An unknown type, or one of "
+                    "another kind, stops the gateway at start")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the plugin's own parameters (prefix: load_factor, affinity_floor; "
+                    "session: load_factor; circuit: max_ejection_percent); a shipped plugin "
+                    "given an unknown one stops the gateway at start")
 
 
 class WeightedPluginRef(PluginRef):
     """A scorer of a profile, with its weight (0 leaves it out)."""
 
-    weight: float = Field(default=1.0, ge=0)
+    weight: float = Field(
+        default=1.0, ge=0,
+        description="the scorer's values (0 to 1 per engine) are multiplied by this and "
+                    "summed with the other scorers' for the picker; 0 leaves it out (its "
+                    "type and params are still checked)")
 
 
 class Profile(_Frozen):
@@ -158,13 +176,25 @@ class ResilienceSettings(_Frozen):
     max_same_failures: int = Field(
         default=2, ge=1, description="stop retrying once the same engine fault (status "
         "and message) showed on this many engines: the request itself is the likely cause")
-    backoff_base_s: float = Field(default=0.02, ge=0)
-    backoff_max_s: float = Field(default=0.5, ge=0)
+    backoff_base_s: float = Field(
+        default=0.02, ge=0,
+        description="wait before a retry: random, up to this for the first and twice as "
+                    "much for each next one (full jitter); 0: retry at once")
+    backoff_max_s: float = Field(
+        default=0.5, ge=0, description="cap on the wait before a retry")
     retry_budget_ratio: float = Field(
         default=0.2, ge=0, description="retries allowed per request, over 10 s")
-    retry_budget_min_per_s: float = Field(default=10.0, ge=0)
+    retry_budget_min_per_s: float = Field(
+        default=10.0, ge=0,
+        description="retries allowed per second whatever the traffic: over 10 s, "
+                    "10 x this plus retry_budget_ratio x the requests, per gateway process, "
+                    "stream continuations included; once spent, a failure is neither "
+                    "retried nor continued")
     failover: bool = Field(default=True, description="continue a broken stream elsewhere")
-    max_failovers: int = Field(default=2, ge=0, le=5)
+    max_failovers: int = Field(
+        default=2, ge=0, le=5,
+        description="continuations of one broken stream, at most; past it the stream ends "
+                    "with an error event and [DONE] (0: as with failover false)")
     breaker: BreakerSettings = BreakerSettings()
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="SIGTERM: in-flight streams get this long to finish")
@@ -177,4 +207,7 @@ class AdmissionSettings(_Frozen):
         default=1024, ge=1, description="limit = this x healthy engines serving the model")
     models: dict[str, int] = Field(default_factory=dict,
                                    description="absolute in-flight limit for a model")
-    retry_after_s: int = Field(default=1, ge=1)
+    retry_after_s: int = Field(
+        default=1, ge=1,
+        description="the Retry-After (seconds) of the 429 a request gets past its "
+                    "model's in-flight limit")

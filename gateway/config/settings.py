@@ -35,10 +35,27 @@ class TimeoutSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    connect_s: float = Field(default=5.0, gt=0)
-    first_token_s: float = Field(default=120.0, gt=0)
-    between_tokens_s: float = Field(default=60.0, gt=0)
-    total_s: float = Field(default=900.0, gt=0)
+    connect_s: float = Field(
+        default=5.0, gt=0,
+        description="opening a TCP connection to an engine (for a WebSocket to one, the "
+                    "whole handshake); past it the request fails with a timeout (504), is "
+                    "not retried, and counts as a failure on the engine's breaker")
+    first_token_s: float = Field(
+        default=120.0, gt=0,
+        description="streamed answers: longest silence from the engine until its first "
+                    "output (its queue wait and the prefill); past it a 504, not retried, "
+                    "counted as a failure on the engine's breaker")
+    between_tokens_s: float = Field(
+        default=60.0, gt=0,
+        description="streamed answers: longest silence between two reads after the first "
+                    "(checked at most 1 s late); past it the stream is continued on another "
+                    "engine or ends with an error event, counted on the engine's breaker")
+    total_s: float = Field(
+        default=900.0, gt=0,
+        description="a whole answer from the moment it is sent, streamed or not (once "
+                    "connected, a non-streamed answer has no other bound); past it a 504, or "
+                    "an error event once streaming; never retried or continued, and not "
+                    "held against the engine")
     control_s: float = Field(default=5.0, gt=0, description="health, models, metrics")
 
 
@@ -47,8 +64,17 @@ class PoolSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_connections: int = Field(default=4096, ge=1)
-    max_connections_per_engine: int = Field(default=2048, ge=1)
+    max_connections: int = Field(
+        default=4096, ge=1,
+        description="connections in use to all engines together, per gateway process "
+                    "(idle ones are kept 30 s). Past it a request waits for one to free up: "
+                    "a streamed one with no timer running until it has one, a non-streamed "
+                    "one within total_s, a health check within control_s (its engine is "
+                    "then marked down)")
+    max_connections_per_engine: int = Field(
+        default=2048, ge=1,
+        description="connections in use to one engine, per gateway process; past it a "
+                    "request waits as past max_connections")
 
 
 class ConnectionLimits(BaseModel):
@@ -91,8 +117,14 @@ class WebSocketSettings(BaseModel):
         description="largest WebSocket message from a client or an engine")
     max_requests_per_socket: int = Field(
         default=16, ge=1, description="requests in flight on one /v1/ws socket")
-    ping_interval_s: float = Field(default=20.0, gt=0)
-    ping_timeout_s: float = Field(default=20.0, gt=0)
+    ping_interval_s: float = Field(
+        default=20.0, gt=0,
+        description="each client socket is pinged this often; an engine socket "
+                    "(/v1/realtime) is pinged after this long without a message, and closed "
+                    "when its pong takes longer than half of it")
+    ping_timeout_s: float = Field(
+        default=20.0, gt=0,
+        description="a client that has not answered a ping within this is closed (1011)")
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="without API keys, browser origins (besides the gateway's own) "
@@ -152,7 +184,10 @@ class ObservabilitySettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    open: bool = False
+    open: bool = Field(
+        default=False,
+        description="true: /metrics and /ready's engine list answer without a key; no "
+                    "effect when no keys are required")
 
 
 class StreamingSettings(BaseModel):
@@ -207,8 +242,14 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
-    url: str | None = None
+    name: str = Field(
+        description="the engine's label in metrics, /ready and logs (and its managed log "
+                    "file, engine-<name>.log); give each engine its own")
+    url: str | None = Field(
+        default=None,
+        description="a running engine's base URL, without /v1 (http://10.0.0.5:8000): "
+                    "requests go to its /v1/... paths, health checks to /health and "
+                    "/v1/models; set this or managed")
     managed: EngineSpec | None = None
 
     @model_validator(mode="after")
@@ -234,15 +275,26 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="address the gateway listens on (every worker); 0.0.0.0 or :: for "
+                    "every interface")
+    port: int = Field(default=8000, ge=0, le=65535,
+                      description="port the gateway listens on; 0: a free one, picked at start")
     workers: int = Field(
         default=1, ge=1, le=64,
         description="gateway processes sharing the port (SO_REUSEPORT); managed engines "
                     "are started once, by the parent",
     )
-    api_keys: list[str] = Field(default_factory=list)
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="static keys clients send as Authorization: Bearer <key> (at least 16 "
+                    "printable ASCII characters each; no limits, every model); empty and no "
+                    "admin.token: no key is needed")
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024,
+        description="largest HTTP request body; larger is a 413 (WebSocket messages: "
+                    "websocket.max_message_bytes)")
     max_answer_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024,
         description="largest non-streamed engine answer relayed; larger is a 502")
@@ -254,10 +306,22 @@ class Settings(BaseSettings):
         default=True,
         description="with no engines configured, manage one CPU engine on the default model",
     )
-    cache_dir: Path = Path.home() / ".cache" / "sluice"
-    engine_python: Path = Path(".venv-engine/bin/python")
-    engine_port: int = Field(default=8100, ge=1, le=65535)
-    health_interval_s: float = Field(default=1.0, gt=0)
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "sluice",
+        description="where the default model is prepared (models/) and managed engines "
+                    "log (logs/engine-<name>.log)")
+    engine_python: Path = Field(
+        default=Path(".venv-engine/bin/python"),
+        description="the interpreter (with vLLM) of the default managed engine and of "
+                    "sluice prepare-model, relative to the working directory (an engine "
+                    "of engines has its own: managed.python)")
+    engine_port: int = Field(default=8100, ge=1, le=65535,
+                             description="the default managed engine's port (on 127.0.0.1)")
+    health_interval_s: float = Field(
+        default=1.0, gt=0,
+        description="pause between two health checks of every engine (/health, then "
+                    "/v1/models: its models and LoRA adapters); an engine marked down is "
+                    "routed to again only once one passes")
     timeouts: TimeoutSettings = TimeoutSettings()
     pool: PoolSettings = PoolSettings()
     limits: ConnectionLimits = ConnectionLimits()
@@ -272,8 +336,14 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     redis: RedisSettings = RedisSettings()
     versions: VersionsSettings = VersionsSettings()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="least level of the JSON log lines on stderr; warning or error also "
+                    "silences the access log (its lines are info)")
+    access_log: bool = Field(
+        default=True,
+        description="one log line per HTTP request (sluice.access: request id, method, "
+                    "path, status, duration, key id)")
     playground: bool = Field(
         default=True, description="serve the chat playground page at / (open without a key)")
 

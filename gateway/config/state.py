@@ -8,12 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 class CacheSettings(BaseModel):
     """The response cache: identical deterministic requests answered from a store, and
-    identical requests in flight sharing one upstream call (see README, "Response
-    cache")."""
+    identical requests in flight sharing one upstream call (see the response cache
+    page, ``docs/explanation/cache.md``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(
+        default=True,
+        description="false: nothing is stored or answered from the store, and identical "
+                    "requests in flight do not share a call: each goes to an engine")
     ttl_s: float = Field(default=300.0, gt=0, description="how long an answer is kept")
     max_entry_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="larger answers are not stored")
@@ -58,12 +61,23 @@ class RedisSettings(BaseModel):
 
     url: str = Field(default="", description="empty: in-memory stores (no Redis)")
     max_connections: int = Field(default=64, ge=1, description="pooled connections")
-    connect_timeout_s: float = Field(default=1.0, gt=0)
+    connect_timeout_s: float = Field(
+        default=1.0, gt=0,
+        description="opening a connection to Redis; past it the call fails and Redis counts "
+                    "as down until a probe answers. A whole call is bounded by this plus "
+                    "2 x command_timeout_s")
     command_timeout_s: float = Field(
         default=0.5, gt=0, description="one command (a pool wait included); past it the "
                                        "call counts as failed and Redis as down")
-    key_prefix: str = Field(default="sluice:", max_length=64)
-    fail_open: bool = True
+    key_prefix: str = Field(
+        default="sluice:", max_length=64,
+        description="put as it is before every key and pub/sub channel name: replicas "
+                    "share state only with the same url and prefix")
+    fail_open: bool = Field(
+        default=True,
+        description="while Redis is down: true counts admission slots and managed keys' "
+                    "RPM/TPM in each process alone; false answers 503 instead (admission "
+                    "counts every request that goes to an engine; see above)")
     probe_interval_s: float = Field(
         default=1.0, gt=0, description="PING period: drives sluice_redis_up, /ready and "
                                        "recovery, and refreshes this replica's slot lease")

@@ -181,7 +181,9 @@ def _operation(method: str, path: str, *, websocket: bool) -> dict[str, Any]:
         content = {"text/plain": {"schema": {"type": "string"}}}
     if known.streams:
         content["text/event-stream"] = {"schema": {
-            "type": "string", "description": "Server-Sent Events (see the README)"}}
+            "type": "string",
+            "description": "Server-Sent Events (see the Streams section of "
+                           "docs/reference/http-api.md)"}}
     operation: dict[str, Any] = {
         "summary": known.summary, "tags": [known.tag],
         "responses": {"200": {"description": "OK", "content": content},

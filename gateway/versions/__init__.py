@@ -1,5 +1,5 @@
 """Model aliases and their versions: configuration, the resolver the director's resolve
-step calls, and the policies the admin API changes (see README, "Versions")."""
+step calls, and the policies the admin API changes (see ``docs/explanation/versions.md``)."""
 
 from gateway.config.versions import AliasSettings, VersionSpec, VersionsSettings, policy_problem
 from gateway.core.context import PIN_HEADER

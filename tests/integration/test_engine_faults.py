@@ -4,7 +4,8 @@ The engine is :class:`FakeEngine` writing exactly the bytes of each case. Whatev
 sends, the client gets a well-formed stream (every ``data:`` event one JSON object,
 ``data: [DONE]`` last) or a 502 in OpenAI's shape, never the engine's own text; the
 fault is charged to the engine (``sluice_upstream_errors_total``) and is never counted
-as a client disconnect. README, "Broken engine output", names these tests.
+as a client disconnect. ``docs/reference/errors.md``, "When an engine misbehaves", names
+these tests.
 """
 
 from __future__ import annotations

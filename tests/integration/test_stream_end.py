@@ -2,8 +2,8 @@
 
 An engine response that ends cleanly (no reset, no timeout) before ``[DONE]`` is a broken
 stream: it is continued on another engine, or ends with an error event. When only the
-``[DONE]`` was missing (the answer had finished), the gateway adds it (README: failover
-outcome ``completed``).
+``[DONE]`` was missing (the answer had finished), the gateway adds it (failover outcome
+``completed``: ``docs/explanation/routing.md``, "After the first byte: failover").
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """What is retried before the first byte, and the half-open breaker's single probe.
 
-README, "Before the first byte": 4xx answers and first-token timeouts are never retried;
-an open breaker lets exactly one probe request through once ``open_s`` has passed.
-Every test has two engines, so a retry (or a second request to a probing engine) would
-have somewhere to go; each engine's own counters say what reached it.
+``docs/explanation/routing.md``, "Before the first byte": 4xx answers and first-token
+timeouts are never retried; an open breaker lets exactly one probe request through once
+``open_s`` has passed. Every test has two engines, so a retry (or a second request to a
+probing engine) would have somewhere to go; each engine's own counters say what reached
+it.
 """
 
 from __future__ import annotations
