@@ -33,7 +33,7 @@ import aiohttp
 
 from loadtests.fleet import gateway_launch, sim_launch
 from loadtests.launch import Launch, launched
-from loadtests.proc import read_stats
+from loadtests.proc import CLOCK_TICKS, read_stats
 
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 2, "stream": True}
@@ -66,20 +66,27 @@ def target_launch(name: str, root: Path | None, engine: str, workdir: Path) -> L
     """The gateway of this checkout (``root`` None) or of the checkout at ``root``."""
     settings = {"engines": [{"name": "sim", "url": engine}], "default_engine": False,
                 "access_log": False, "log_level": "warning"}
-    launch = gateway_launch(settings, workdir, name)
-    if root is None:
-        return launch
-    return Launch(launch.argv, launch.url, launch.log, {"PYTHONPATH": str(root)},
-                  ready_path=launch.ready_path)
+    return gateway_launch(settings, workdir, name, root=root)
+
+
+def user_system_s(pid: int) -> tuple[float, float]:
+    """utime and stime of process ``pid`` in seconds (``/proc/PID/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 async def measure(url: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     await load(url, args.warmup, args.concurrency)
     before = read_stats(pid).cpu_s
+    user, system = user_system_s(pid)
     errors, seconds = await load(url, args.requests, args.concurrency)
     cpu = read_stats(pid).cpu_s - before
-    return {"cpu_ms_per_request": cpu * 1000 / args.requests, "requests_per_s":
-            args.requests / seconds, "errors": errors}
+    user_after, system_after = user_system_s(pid)
+    per = 1000 / args.requests
+    return {"cpu_ms_per_request": cpu * per, "user_ms_per_request": (user_after - user) * per,
+            "system_ms_per_request": (system_after - system) * per,
+            "requests_per_s": args.requests / seconds, "errors": errors}
 
 
 async def profile(url: str, pid: int, args: argparse.Namespace) -> None:

@@ -168,11 +168,14 @@ class GatewayProcess:
         return read_stats(self.process.pid)
 
 
-def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gateway") -> Launch:
+def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gateway", *,
+                   root: Path | None = None) -> Launch:
     """``python -m gateway serve`` with ``settings`` (the keys of its YAML config) written to
     ``<log_dir>/<name>.yaml``; ``host`` and a free ``port`` are filled in when missing.
     The response cache is off unless ``settings`` turn it on: the benches measure relaying
-    and routing, and their workloads send temperature-0 requests, repeats included."""
+    and routing, and their workloads send temperature-0 requests, repeats included.
+    ``root``: the gateway of another checkout (e.g. a ``git worktree`` of an earlier
+    commit), run by this one's harness, against the same engines."""
     config = {"host": HOST, "cache": {"enabled": False}, **settings}
     config.setdefault("port", free_port())
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -180,17 +183,18 @@ def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gate
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)]
     return Launch(argv, f"http://{config['host']}:{config['port']}", log_dir / f"{name}.log",
-                  ready_path="/ready")
+                  None if root is None else {"PYTHONPATH": str(root)}, ready_path="/ready")
 
 
 @asynccontextmanager
 async def gateway_process(settings: Mapping[str, Any], *, log_dir: Path,
                           name: str = "gateway", all_engines: bool = True,
-                          ready_timeout_s: float = 60.0) -> AsyncIterator[GatewayProcess]:
+                          ready_timeout_s: float = 60.0,
+                          root: Path | None = None) -> AsyncIterator[GatewayProcess]:
     """Start the gateway (see ``gateway_launch``) and yield it once ready: ``/ready`` is 200
     and, with ``all_engines``, reports every engine healthy. Stopped at the end
     (``loadtests.launch.stop``)."""
-    launch = gateway_launch(settings, log_dir, name)
+    launch = gateway_launch(settings, log_dir, name, root=root)
     async with launched(launch, ready_timeout_s=ready_timeout_s,
                         all_engines=all_engines) as process:
         assert launch.log is not None

@@ -9,6 +9,7 @@ open at once (its ``sluice_requests_in_flight`` gauge, scraped every 0.5 s), and
 time of the load generator (this process) and the engines, which share the machine.
 
     python -m loadtests.scale_bench --out results/scale
+    python -m loadtests.scale_bench --gateway-root /tmp/sluice-e28a60d --out results/scale-old
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ async def bench(args: argparse.Namespace) -> tuple[RunResult, Costs]:
             "default_engine": False, "access_log": False, "log_level": "warning",
             "engines": [{"name": f"sim-{i}", "url": url} for i, url in enumerate(fleet.urls)],
         }  # fmt: skip
-        async with gateway_process(settings, log_dir=logs) as gateway:
+        async with gateway_process(settings, log_dir=logs, root=args.gateway_root) as gateway:
             before, engines_before = gateway.stats(), engines_cpu_s(fleet)
             load_before = self_cpu_s()
             async with PeakRss(gateway.pid) as peak:
@@ -142,7 +143,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--engines", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("results/scale"))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
-    return parser.parse_args(argv)
+    parser.add_argument("--gateway-root", type=Path, default=None,
+                        help="run the gateway of the checkout at this path (e.g. a git "
+                             "worktree of an earlier commit) against the same harness and "
+                             "engines")
+    args = parser.parse_args(argv)
+    if args.gateway_root is not None:
+        args.gateway_root = args.gateway_root.resolve()
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
