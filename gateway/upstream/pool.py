@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Gauge
+
 from gateway.config.fleet import BreakerSettings
 from gateway.config.settings import EngineConfig
 from gateway.core.errors import (
@@ -101,6 +103,8 @@ class EnginePool:
         self._served_as = served_as or {}
         self._info: dict[str, set[tuple[str, str]]] = {}
         """The (model, version) labels of each engine's ``sluice_engine_info`` now."""
+        self._in_flight_gauges: dict[str, Gauge] = {}
+        self._published_circuits: dict[str, int] = {}
         self.on_restart: Callable[[str], None] | None = None
         """Called with an engine's name when it restarted (its caches are empty): a
         health check found it down and a later one up, or its prefix-cache counters went
@@ -175,7 +179,7 @@ class EnginePool:
     def lease(self, engine: EngineState) -> Iterator[EngineState]:
         """Count a request on ``engine`` for as long as the block runs."""
         engine.in_flight += 1
-        gauge = self._metrics.engine_in_flight.labels(engine.name)
+        gauge = self._in_flight_gauge(engine)
         gauge.inc()
         try:
             yield engine
@@ -202,9 +206,20 @@ class EnginePool:
         self._metrics.engine_up.labels(engine.name).set(0)
         self.record_failure(engine, error)
 
+    def _in_flight_gauge(self, engine: EngineState) -> Gauge:
+        gauge = self._in_flight_gauges.get(engine.name)
+        if gauge is None:
+            gauge = self._in_flight_gauges[engine.name] = \
+                self._metrics.engine_in_flight.labels(engine.name)
+        return gauge
+
     def _publish_circuit(self, engine: EngineState) -> None:
-        state = engine.breaker.state
-        self._metrics.circuit_state.labels(engine.name).set(_CIRCUIT_VALUE[state])
+        """The breaker's state in ``sluice_circuit_state``, when it changed (every
+        request that ends records a success or a failure)."""
+        value = _CIRCUIT_VALUE[engine.breaker.state]
+        if self._published_circuits.get(engine.name) != value:
+            self._published_circuits[engine.name] = value
+            self._metrics.circuit_state.labels(engine.name).set(value)
 
     async def refresh(self) -> None:
         """Check every engine once (concurrently)."""
