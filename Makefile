@@ -14,7 +14,7 @@ extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.
 pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
-	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers \
+	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers bench-cpu \
 	bench-versions gateway engine peer granian model redis chromium node-clients browser clients \
 	docs docs-reference clean
 
@@ -50,7 +50,7 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers bench-versions  ## every benchmark docs/explanation/benchmarks.md reports
+	bench-scale bench-servers bench-workers bench-versions bench-cpu  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -81,6 +81,9 @@ bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
 bench-versions: gateway redis  ## guarded rollouts (2 gateways, 1 redis-server) and shadow cost
 	$(VENV)/bin/python -m loadtests.versions_bench --out results/versions_bench.json \
 		--plot docs/bench/rollout.png
+
+bench-cpu: gateway  ## gateway CPU per request: 3,000 two-token streams, 50 at a time, 3 rounds
+	$(VENV)/bin/python -m loadtests.cpu_bench --rounds 3 --out results/cpu_bench.json
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale
