@@ -181,7 +181,9 @@ def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gate
     log_dir.mkdir(parents=True, exist_ok=True)
     config_file = log_dir / f"{name}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config_file)]
+    # -P: the working directory (this checkout) does not go ahead of PYTHONPATH's.
+    argv = [sys.executable, *([] if root is None else ["-P"]), "-m", "gateway", "serve",
+            "--config", str(config_file)]
     return Launch(argv, f"http://{config['host']}:{config['port']}", log_dir / f"{name}.log",
                   None if root is None else {"PYTHONPATH": str(root)}, ready_path="/ready")
 
