@@ -66,11 +66,13 @@ class Connection(asyncio.Protocol):
         return self.reusable()
 
     def send(self, request: bytes) -> None:
+        """Write ``request``; a connection already lost fails in :meth:`head`."""
         assert self._transport is not None
         if self.used:
             self._start()
         self.used = self._active = True
-        self._transport.write(request)
+        if self.failure is None:
+            self._transport.write(request)
 
     def close(self) -> None:
         if self.failure is None:
@@ -137,15 +139,15 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        if not self._active:
-            self._pool.lost(self)
-            return
-        if (exc is None and self.failure is None and self._headers_in
+        if (self._active and exc is None and self.failure is None and self._headers_in
                 and not self._framed and not self.complete):
             self.complete = True  # a body delimited by the connection's close
         elif self.failure is None:
             self.failure = type(exc).__name__ if exc is not None else "ServerDisconnected"
-        self._wake()
+        if self._active:
+            self._wake()
+        else:
+            self._pool.lost(self)
 
     # httptools callbacks
     def on_message_begin(self) -> None:

@@ -172,16 +172,17 @@ class ConnectionPool(Generic[C]):
             async with asyncio.timeout_at(deadline):
                 return await future
         except BaseException as exc:
-            if future.done() and not future.cancelled():  # handed over just too late
+            if future.cancelled() or not future.done():
+                future.cancel()
+                if waiter in self._waiters:  # not if aclose turned it away
+                    self._waiters.remove(waiter)
+            elif future.exception() is None:  # handed over just too late: give it back
                 handed = future.result()
                 if handed is None:
                     self._free(key)
                     self._wake()
                 else:
                     self.release(handed, reuse=True)
-            else:
-                future.cancel()
-                self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 raise EngineTimeout(POOL_FULL, blames_engine=False) from exc
             raise

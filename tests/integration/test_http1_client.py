@@ -375,6 +375,35 @@ async def test_past_the_engine_limit_a_request_waits_its_turn_up_to_the_connect_
         await http.aclose()
 
 
+async def test_closing_the_transport_turns_waiters_away(
+        start_engine: Callable[[Answer], Awaitable[Engine]]) -> None:
+    engine = await start_engine(replies(SSE + b"Transfer-Encoding: chunked\r\n\r\n"))
+    http = Http1Transport(PoolSettings(max_connections_per_engine=1), TimeoutSettings())
+    held = await post(http, engine)  # a stream that never ends
+    waiting = asyncio.create_task(post(http, engine))
+    await asyncio.sleep(0.05)
+    await http.aclose()
+    with pytest.raises(EngineUnavailable):
+        async with asyncio.timeout(5):
+            await waiting
+    with pytest.raises(EngineError, match="engine stream broke"):
+        await stream_all(held)
+
+
+async def test_an_interim_response_is_skipped_and_bad_http_is_unavailable(
+        start_engine: Callable[[Answer], Awaitable[Engine]],
+        transport: Http1Transport) -> None:
+    engine = await start_engine(replies(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + sized(b"{}", "201 Created"),
+        b"SSH-2.0-OpenSSH\r\n\r\n"))
+    response = await post(transport, engine, streamed=False)
+    assert response.status == 201
+    assert await response.read(100) == b"{}"
+    response.close()
+    with pytest.raises(EngineUnavailable, match="bad HTTP"):
+        await post(transport, engine)
+
+
 async def test_the_total_limit_closes_another_engines_idle_connection(
         start_engine: Callable[[Answer], Awaitable[Engine]]) -> None:
     first = await start_engine(replies(sized(b"{}")))
