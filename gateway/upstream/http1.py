@@ -194,6 +194,7 @@ class Http1Transport:
         try:
             return await self._send(key, request, timeouts, started, streamed, first=True)
         except _Stale:
+            self._pool.drop_idle(key)
             return await self._send(key, request, timeouts, started, streamed, first=False)
 
     async def _send(self, key: Key, request: bytes, timeouts: StreamTimeouts,
@@ -216,8 +217,9 @@ class Http1Transport:
                 raise EngineTimeout(_TOTAL, blames_engine=False) from exc
             if response.expired is not None:
                 raise EngineTimeout(_NO_ANSWER) from exc
-            # A kept-alive connection the engine closed as it was reused: the request
-            # never reached the engine, so a fresh connection may carry it, once.
+            # A kept-alive connection the engine closed as it was reused (its keep-alive
+            # timer fired as the request left): the request never reached the engine,
+            # so a fresh connection may carry it, once.
             if first and reused and not connection.received:
                 raise _Stale from exc
             raise EngineUnavailable(f"engine unreachable: {exc}") from exc

@@ -107,6 +107,14 @@ class ConnectionPool(Generic[C]):
             self._drop(connection)
             self._wake()
 
+    def drop_idle(self, key: Key) -> None:
+        """Close the idle connections to ``key`` (one turned out dead: those idle as
+        long or longer likely are too)."""
+        idle = self._idle.pop(key, None)
+        while idle:
+            self._drop(idle.pop())
+        self._wake()
+
     async def aclose(self) -> None:
         """Close every connection, idle or in use, and turn the waiters away."""
         self._closed = True

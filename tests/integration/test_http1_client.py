@@ -319,7 +319,11 @@ async def test_an_idle_connection_the_engine_closed_is_not_used_again(
         async with asyncio.timeout(5):
             await engine.closed.wait()
         engine.closed.clear()
-        await asyncio.sleep(0.05)  # the close reaches the client
+
+        async def dropped() -> bool:  # the pool saw the close: nothing idle, no slot held
+            pool = transport._pool
+            return not any(pool._idle.values()) and pool._total == 0
+        await wait_until(dropped, "the closed connection to leave the pool")
     assert engine.connections == 3
 
 
@@ -339,6 +343,31 @@ async def test_a_request_on_a_kept_connection_that_dies_unanswered_is_sent_again
         assert await response.read(100) == b"{}"
         response.close()
     assert (len(engine.requests), engine.connections) == (3, 2)
+
+
+async def test_after_a_dead_kept_connection_the_retry_takes_a_fresh_one(
+        start_engine: Callable[[Answer], Awaitable[Engine]],
+        transport: Http1Transport) -> None:
+    answered: set[asyncio.StreamWriter] = set()
+
+    async def once_per_connection(reader: asyncio.StreamReader,
+                                  writer: asyncio.StreamWriter, n: int) -> bool:
+        if writer in answered:  # every kept connection dies as it is reused
+            return False
+        answered.add(writer)
+        await asyncio.sleep(0.05)
+        writer.write(sized(b"{}"))
+        return True
+
+    engine = await start_engine(once_per_connection)
+    first = [asyncio.create_task(post(transport, engine, streamed=False)) for _ in range(2)]
+    for response in await asyncio.gather(*first):
+        await response.read(100)
+        response.close()
+    response = await post(transport, engine, streamed=False)  # not on the other kept one
+    assert await response.read(100) == b"{}"
+    response.close()
+    assert (len(engine.requests), engine.connections) == (4, 3)
 
 
 async def test_a_new_connection_that_dies_unanswered_is_not_retried(
