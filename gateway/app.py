@@ -46,8 +46,8 @@ from gateway.stores import Stores, memory_stores
 from gateway.stores.redis_link import RedisLink
 from gateway.stores.redis_stores import redis_stores
 from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
-from gateway.upstream.aiohttp_transport import AiohttpTransport
 from gateway.upstream.client import EngineClient
+from gateway.upstream.http1 import Http1Transport
 from gateway.upstream.pool import EnginePool
 from gateway.upstream.transport import Transport
 from gateway.versions import VersionRouter
@@ -61,7 +61,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                stores: Stores | None = None, keys: KeyService | None = None) -> Edge:
     """A gateway app for ``settings``. Nothing starts until its lifespan runs.
 
-    ``transport`` replaces the aiohttp engine transport (tests pass an in-memory one);
+    ``transport`` replaces the production engine transport (tests pass an in-memory one);
     ``stores`` replaces the state stores (otherwise Redis-backed when ``redis.url`` is
     set, in memory when not), ``keys`` the key store and rate limiter (the same: in
     Redis when ``redis.url`` is set and ``stores`` is not given, else in memory).
@@ -82,8 +82,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                             settings.log_dir / f"engine-{config.name}.log")
                     await process.start()
                     stack.push_async_callback(process.stop)
-            upstream = transport or AiohttpTransport(settings.pool, settings.timeouts,
-                                                     settings.websocket)
+            upstream = transport or Http1Transport(settings.pool, settings.timeouts,
+                                                   settings.websocket)
             stack.push_async_callback(upstream.aclose)
 
             def client(config: EngineConfig) -> EngineClient:

@@ -14,10 +14,13 @@ import httpx
 import pytest
 import yaml
 
+from gateway.config.settings import PoolSettings, TimeoutSettings
+from gateway.upstream.http1 import Http1Transport
 from loadtests.launch import free_port
 from simulator import SimConfig, SimServer
 from tests.integration.fake_engine import FakeEngine, Reply
 from tests.integration.helpers import wait_until
+from tests.integration.raw_engine import Answer, Engine
 
 StartSim = Callable[..., Awaitable[str]]
 """`await start_sim(config: SimConfig | None = None) -> base_url`"""
@@ -117,3 +120,29 @@ async def serve_gateway(tmp_path: Path, gateway_processes: dict[str, subprocess.
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+StartRawEngine = Callable[[Answer], Awaitable[Engine]]
+
+
+@pytest.fixture
+async def start_raw_engine() -> AsyncIterator[StartRawEngine]:
+    """`await start_raw_engine(answer)`: a started raw HTTP/1.1 :class:`Engine` (``.url``)
+    answering each request with ``answer``; closed at teardown."""
+    engines: list[Engine] = []
+
+    async def start(answer: Answer) -> Engine:
+        engines.append(await Engine(answer).start())
+        return engines[-1]
+
+    yield start
+    for engine in engines:
+        await engine.close()
+
+
+@pytest.fixture
+async def http1_transport() -> AsyncIterator[Http1Transport]:
+    """The production transport with default settings; closed at teardown."""
+    transport = Http1Transport(PoolSettings(), TimeoutSettings())
+    yield transport
+    await transport.aclose()
