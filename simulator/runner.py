@@ -15,6 +15,12 @@ from simulator.server import create_sim_app
 
 logger = logging.getLogger("simulator")
 
+BACKLOG = 2048
+"""The listen queue, as vLLM's server (uvicorn's default) has it. aiohttp's own default,
+128, is half the 250 connections each of four engines gets when 1,000 streams start
+together (the scale benchmark), so a simulator busy for a moment dropped SYNs (retried
+by the kernel 1 s later) where vLLM would not."""
+
 
 class SimServer:
     """One simulator listening on `host:port` (port 0 picks a free one).
@@ -58,7 +64,7 @@ class SimServer:
     async def start(self) -> None:
         """Bind and start serving (the engine loop starts with the app)."""
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port)
+        self._site = web.TCPSite(self._runner, self._host, self._port, backlog=BACKLOG)
         await self._site.start()
         self.port = int(self._runner.addresses[0][1])
 

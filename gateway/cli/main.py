@@ -84,7 +84,7 @@ def bench(ctx: typer.Context) -> None:
 
 
 async def _serve(settings: Settings) -> None:
-    server = GatewayServer(create_app(settings), settings)
+    server = GatewayServer(create_app(settings), settings, own_process=True)
     announcer = asyncio.create_task(_announce(settings))
     try:
         await server.serve()

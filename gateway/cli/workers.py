@@ -145,7 +145,7 @@ def serve_workers(settings: Settings,
 
 async def _serve_one(settings: Settings) -> None:
     sock = reuseport_socket(settings.host, settings.port)
-    server = GatewayServer(create_app(settings), settings)
+    server = GatewayServer(create_app(settings), settings, own_process=True)
     await server.serve(sockets=[sock])
 
 

@@ -81,8 +81,8 @@ class ConnectionLimits(BaseModel):
     """Bounds on client connections and on how long a request may take to arrive.
 
     The read timeouts bound the *request* only: a response, streamed or not, may take as
-    long as the upstream timeouts allow. Idle keep-alive connections are closed by
-    uvicorn after its own 5 s."""
+    long as the upstream timeouts allow. An idle connection between requests is closed
+    after ``keep_alive_s``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -101,6 +101,12 @@ class ConnectionLimits(BaseModel):
     body_timeout_s: float = Field(
         default=30.0, gt=0,
         description="longest wait for the next byte of a request body; else 408")
+    keep_alive_s: int = Field(
+        default=75, ge=1,
+        description="an idle connection between requests is closed after this; longer "
+                    "than clients keep idle connections (aiohttp 15 s, load balancers "
+                    "60 s), or a client's next request meets a connection being closed "
+                    "and fails (no client retries a POST)")
 
 
 class WebSocketSettings(BaseModel):

@@ -30,7 +30,8 @@ into ``{"error": {"message", "type", "param", "code"}}`` with the right status.
     ├── UpstreamRejected             (the engine's own 4xx, passed on)
     └── EngineError                  (502 upstream_error)
         ├── EngineUnavailable        (503: connect failed, or no engine up)
-        │   └── NoHealthyEngine      (503, code no_healthy_engine)
+        │   ├── NoHealthyEngine      (503, code no_healthy_engine)
+        │   └── EngineConnectTimeout (503, code engine_connect_timeout)
         └── EngineTimeout            (504 timeout)
 """
 
@@ -268,6 +269,14 @@ class EngineUnavailable(EngineError):
 
 class NoHealthyEngine(EngineUnavailable):
     default_code = "no_healthy_engine"
+
+
+class EngineConnectTimeout(EngineUnavailable):
+    """An engine did not accept a connection within ``timeouts.connect_s``. Nothing was
+    sent, so another engine may take the request; the engine is slow to accept (its
+    listen queue full, its host gone), which its breaker counts, not known to be down."""
+
+    default_code = "engine_connect_timeout"
 
 
 class EngineTimeout(EngineError):

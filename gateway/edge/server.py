@@ -9,6 +9,8 @@ own hard deadline comes a little later, as a backstop).
 
 from __future__ import annotations
 
+import gc
+import socket
 from types import FrameType
 
 import uvicorn
@@ -20,12 +22,36 @@ from gateway.pipeline.drain import Drain
 
 BACKSTOP_S = 5.0
 """How long after the drain deadline uvicorn itself closes what is still open."""
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation (Python's default:
+700). A request makes hundreds of short-lived objects, so the default ran a young
+collection every few requests and a full one every few seconds (see :func:`settle_heap`)."""
+
+
+def settle_heap() -> None:
+    """Once the app has started, in a process of its own: collect the start-up garbage,
+    then freeze what is left (modules, settings, the app; about 100,000 objects) so that
+    no later collection walks it again, and make young collections rarer.
+
+    Measured with 1,000 streams through one gateway: Python's collector took about 14 %
+    of the gateway's CPU, each full collection 100 to 300 ms with the loop stopped (a
+    dozen per 26 s run); with this, gateway CPU per request fell about 12 % (1.59 to
+    1.78 ms -> 1.37 to 1.52 ms per 64-token stream) and one full collection was left."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class GatewayServer(uvicorn.Server):
+    """``own_process``: the server is its process's only work (``sluice serve``, a
+    worker), so it may tune the process's garbage collector (:func:`settle_heap`) once
+    started; tests that run servers inside their own process leave it off."""
+
     def __init__(self, app: Edge, settings: Settings, *, host: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, own_process: bool = False) -> None:
         self.drain: Drain = app.state.drain
+        self.own_process = own_process
         ws = settings.websocket
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
@@ -33,9 +59,14 @@ class GatewayServer(uvicorn.Server):
             # Nothing reads the client's address; X-Forwarded-* would only cost a wrapper.
             proxy_headers=False,
             ws_max_size=ws.max_message_bytes, ws_ping_interval=ws.ping_interval_s,
-            ws_ping_timeout=ws.ping_timeout_s,
+            ws_ping_timeout=ws.ping_timeout_s, timeout_keep_alive=settings.limits.keep_alive_s,
             timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + BACKSTOP_S),
         ))
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.own_process and not self.should_exit:
+            settle_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.drain.begin()

@@ -1,10 +1,11 @@
 """Opening a request on an engine: schedule, connect, read the first bytes; retry if allowed.
 
 Only what happens before the client has seen a byte may be retried, and only when the
-engine is at fault (unreachable, 5xx, a broken or malformed answer) — never a 4xx,
-which would fail the same way anywhere, never a timeout, which would double an already
-long wait, and not once the same fault has shown on ``max_same_failures`` engines (a
-request that trips an engine bug would otherwise take every engine's breaker with it).
+engine is at fault (unreachable or not accepting the connection in time, 5xx, a broken
+or malformed answer) — never a 4xx, which would fail the same way anywhere, never a
+timeout once the request was sent, which would double an already long wait, and not
+once the same fault has shown on ``max_same_failures`` engines (a request that trips an
+engine bug would otherwise take every engine's breaker with it).
 Retries go to engines not yet tried, after a jittered exponential backoff, and only
 while the retry budget allows; continuations of broken streams draw from the same
 budget, so one dead engine cannot set off a storm of them.
@@ -33,6 +34,7 @@ from typing import Protocol, TypeVar
 from gateway.config.fleet import ResilienceSettings
 from gateway.core.context import RequestContext
 from gateway.core.errors import (
+    EngineConnectTimeout,
     EngineError,
     EngineTimeout,
     EngineUnavailable,
@@ -198,6 +200,9 @@ class Connector:
         if isinstance(exc, UpstreamRejected):
             self._pool.record_success(engine)  # it answered; the request was at fault
             return False
+        if isinstance(exc, EngineConnectTimeout):
+            self._pool.record_failure(engine, exc)  # slow to accept: not known to be down
+            return True
         if isinstance(exc, EngineUnavailable):
             self._pool.mark_down(engine, exc)
             return True

@@ -8,8 +8,10 @@ parser) from a keep-alive pool per engine (:mod:`gateway.upstream.http1_pool`). 
 requests (health, models, metrics, ``/version``, WebSockets) stay on the
 :class:`~gateway.upstream.aiohttp_transport.AiohttpTransport` this transport owns.
 
-Translations are that transport's: unreachable -> ``EngineUnavailable``; no answer or no
-first byte in time, or a stall -> ``EngineTimeout``; the total bound ->
+Translations are that transport's: unreachable -> ``EngineUnavailable``; a connection
+not accepted within ``connect_s`` -> ``EngineConnectTimeout`` (nothing was sent: another
+engine may take it); no answer or no first byte in time, or a stall -> ``EngineTimeout``;
+the total bound ->
 ``EngineTimeout(blames_engine=False)``; a broken body -> ``EngineError``. Bounds: the
 first byte of a stream by ``first_byte_s`` (one timer), later reads and the total by the
 :class:`Watchdog`; a non-streamed answer by ``total_s`` from the start (one timer).
@@ -23,7 +25,12 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from gateway.config.settings import PoolSettings, TimeoutSettings, WebSocketSettings
-from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable
+from gateway.core.errors import (
+    EngineConnectTimeout,
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+)
 from gateway.upstream.aiohttp_transport import AiohttpTransport
 from gateway.upstream.http1_connection import Broken, Connection
 from gateway.upstream.http1_pool import ConnectionPool, Key
@@ -201,8 +208,8 @@ class Http1Transport:
                     started: float, streamed: bool, *, first: bool) -> Http1Response:
         try:
             connection = await self._pool.acquire(key, timeouts.connect_s)
-        except TimeoutError as exc:
-            raise EngineTimeout(_NO_ANSWER) from exc
+        except TimeoutError as exc:  # nothing was sent: another engine may take it
+            raise EngineConnectTimeout("engine did not accept the connection in time") from exc
         except OSError as exc:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
         reused = connection.used

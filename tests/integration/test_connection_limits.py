@@ -192,6 +192,19 @@ async def test_keep_alive_and_long_streams_are_not_read_timeouts(
     assert not [e for e in events if '"error"' in e]
 
 
+async def test_an_idle_connection_is_closed_after_keep_alive_s(start_sim, start_gateway) -> None:
+    sim = await start_sim(FAST)
+    gateway = await start_gateway([sim], limits={"keep_alive_s": 1})
+    async with connect(gateway) as (reader, writer):
+        await send(writer, head())
+        assert await status_of(reader) == 200
+        await asyncio.sleep(0.5)  # within keep_alive_s: reused
+        await send(writer, head())
+        assert await status_of(reader) == 200
+        async with asyncio.timeout(WAIT_S):
+            assert await reader.read() == b""  # closed, silently, about 1 s later
+
+
 # The connection limit
 
 

@@ -7,7 +7,12 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from gateway.core.errors import EngineError, EngineTimeout, UpstreamRejected
+from gateway.core.errors import (
+    EngineConnectTimeout,
+    EngineError,
+    EngineTimeout,
+    UpstreamRejected,
+)
 from gateway.upstream.memory import MemoryRequest, MemoryResponse
 from tests.unit.pipeline.conftest import Rig, slowly
 
@@ -120,6 +125,25 @@ async def test_unreachable_engines_do_not_count_as_the_same_fault(
     rig.scripts.update(a=refused, b=refused, c=ok)
     assert await rig.run(rig.ctx({})) == ANSWER
     assert [e.healthy for e in rig.pool.engines] == [False, False, True]
+
+
+async def test_a_connect_timeout_is_retried_and_counted_without_marking_the_engine_down(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+
+    async def slow_to_accept(request: MemoryRequest) -> MemoryResponse:
+        raise EngineConnectTimeout("engine did not accept the connection in time")
+
+    rig.scripts.update(a=slow_to_accept, b=slow_to_accept, c=ok)
+    ctx = rig.ctx({})
+    assert await rig.run(ctx) == ANSWER  # nothing was sent: not a 504
+    assert (ctx.tried, ctx.engine) == ({"a", "b", "c"}, "c")
+    assert [e.healthy for e in rig.pool.engines] == [True, True, True]
+    assert [e.breaker.available() for e in rig.pool.engines] == [False, False, True]
+    rig.scripts.update(c=slow_to_accept)
+    with pytest.raises(EngineConnectTimeout) as caught:
+        await rig.run(rig.ctx({}))
+    assert caught.value.status_code == 503
 
 
 async def test_a_non_json_answer_is_a_502_and_retried(rig_factory: Callable[..., Rig]) -> None:
