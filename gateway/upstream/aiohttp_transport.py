@@ -17,12 +17,15 @@ import aiohttp
 
 from gateway.config.settings import PoolSettings, TimeoutSettings, WebSocketSettings
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable
+from gateway.upstream.bounds import TurnsBound
 from gateway.upstream.transport import StreamTimeouts
 from gateway.upstream.watchdog import Watchdog
 from gateway.upstream.websocket import EngineSocket, WebSocketDialer
 
 _TOTAL = "the answer took longer than the gateway's total time limit"
 _STALL = "engine stopped sending tokens (timeout)"
+_UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_connect=None)
+"""A control request's own bound is a :class:`TurnsBound` around it."""
 _CONTROL_LIMIT = 16 * 1024 * 1024
 """The most a control answer (health, models, metrics, version) may be, in bytes."""
 
@@ -143,6 +146,7 @@ class AiohttpTransport:
             auto_decompress=False,
             raise_for_status=False,
         )
+        self._control_s = timeouts.control_s
         bound = min(timeouts.between_tokens_s, timeouts.total_s)
         self._watchdog = Watchdog(interval_s=min(1.0, max(0.01, bound / 10)))
 
@@ -166,9 +170,19 @@ class AiohttpTransport:
         return AiohttpResponse(response, timeouts, self._watchdog, started)
 
     async def get(self, url: str) -> tuple[int, bytes]:
+        """A control request, bounded by ``control_s`` (counting loop turns too, see
+        :mod:`gateway.upstream.bounds`: a saturated gateway must not mark an engine that
+        answered its health check down)."""
+        loop = asyncio.get_running_loop()
         try:
-            async with self._session.get(url) as response:
-                return response.status, await _read_all(response.content, _CONTROL_LIMIT)
+            async with asyncio.timeout(None) as bound:
+                grace = TurnsBound(bound, loop.time() + self._control_s)
+                try:
+                    async with self._session.get(url, timeout=_UNBOUNDED) as response:
+                        return response.status, await _read_all(response.content,
+                                                                _CONTROL_LIMIT)
+                finally:
+                    grace.cancel()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             # The path only: the message may reach a client (``/version``).
             raise EngineTimeout(f"GET {urlsplit(url).path} timed out") from exc

@@ -6,8 +6,9 @@ recently idle connection, or opens one while there is room (closing another engi
 idle connection when only the total stands in the way), or waits its turn in one queue
 (first come, first served among the waiters that could go), bounded by the connect
 timeout like the connect itself (the connect's bound also counts loop turns: see
-:class:`_TurnsBound`). Idle connections are at most ``max_idle`` per engine and
-are closed after ``idle_s``; one the engine closes while idle leaves the pool at once.
+:class:`~gateway.upstream.bounds.TurnsBound`). Idle connections are at most
+``max_idle`` per engine and are closed after ``idle_s``; one the engine closes while idle
+leaves the pool at once.
 """
 
 from __future__ import annotations
@@ -18,50 +19,12 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 from gateway.core.errors import EngineTimeout
+from gateway.upstream.bounds import TurnsBound
 
 Key = tuple[str, int, bool]
 """An engine's host, port and whether it speaks TLS."""
 
 POOL_FULL = "no connection to the engine came free in time (connection limit)"
-
-
-CONNECT_GRACE_TURNS = 8
-"""Event loop turns a connect still gets once its bound has passed (see
-:class:`_TurnsBound`). Measured: a connect the engine had accepted finished within 3
-more turns on uvloop, 1 on asyncio's own loop."""
-
-
-class _TurnsBound:
-    """Expires ``timeout`` once the loop time ``deadline`` has passed and the event loop
-    has then turned ``turns`` more times (each turn polls the sockets and runs what was
-    ready).
-
-    A connect takes several loop turns after the engine accepted it (the socket turns
-    writable, the transport is made, the protocol connected, the caller resumes), and a
-    loop runs its due timers before it polls sockets. When the gateway's loop is
-    saturated (a thousand requests arriving together on a loaded 2-core machine made
-    turns of 1.2 to 2.2 s) a plain timer fired before the loop had seen connections the
-    engines had accepted at once, and healthy engines were charged connect timeouts.
-    With an idle loop the extra turns take microseconds: an engine that does not accept
-    still fails at about the bound."""
-
-    __slots__ = ("_handle", "_loop", "_timeout", "_turns_left")
-
-    def __init__(self, timeout: asyncio.Timeout, deadline: float, turns: int) -> None:
-        self._timeout = timeout
-        self._turns_left = turns
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.Handle = self._loop.call_at(deadline, self._turn)
-
-    def _turn(self) -> None:
-        if self._turns_left:
-            self._turns_left -= 1
-            self._handle = self._loop.call_soon(self._turn)
-        else:
-            self._timeout.reschedule(self._loop.time())
-
-    def cancel(self) -> None:
-        self._handle.cancel()
 
 
 class Pooled(Protocol):
@@ -113,7 +76,7 @@ class ConnectionPool(Generic[C]):
                 return connection
         try:
             async with asyncio.timeout(None) as bound:
-                grace = _TurnsBound(bound, deadline, CONNECT_GRACE_TURNS)
+                grace = TurnsBound(bound, deadline)
                 try:
                     connection = await self._open(key)
                 finally:
