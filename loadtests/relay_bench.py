@@ -15,7 +15,9 @@ Targets (``--targets``, comma-separated):
   virtualenv (``make peer``); skipped with a message when that is not installed;
 - ``sluice-granian``: the gateway app under granian (``make granian``, optional);
 - ``proto-uvicorn``, ``proto-granian``, ``proto-aiohttp``: the minimal relay of
-  :mod:`loadtests.relay_protos` on each server, to compare the servers alone.
+  :mod:`loadtests.relay_protos` on each server, to compare the servers alone;
+- with ``--compare NAME=PATH``, the gateway of another checkout (a ``git worktree`` of
+  an earlier commit) as target ``NAME``, run by this harness.
 
     python -m loadtests.relay_bench --out results/relay_bench.json
     python -m loadtests.relay_bench --targets direct,sluice,sluice-granian,proto-uvicorn,\
@@ -65,6 +67,8 @@ def launch_for(name: str, engine: str, workdir: Path, args: argparse.Namespace) 
                "access_log": False, "port": port}
     if name == "sluice":
         return gateway_launch(gateway, workdir, "sluice")
+    if name in args.compare:
+        return gateway_launch(gateway, workdir, name, root=args.compare[name])
     if name == "vllm-router":
         router = args.peer_venv / "bin" / "vllm-router"
         if not router.exists():
@@ -120,7 +124,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                      workdir / "sim.log")
     async with engine_fleet([sim]) as engines:
         names, launches = [], []
-        for name in args.targets:
+        for name in [*args.targets, *args.compare]:
             if name == "direct":
                 continue
             try:
@@ -224,10 +228,15 @@ def main() -> None:
                         help="virtualenv holding the vllm-router command")
     parser.add_argument("--granian-path", type=Path, default=GRANIAN_PATH,
                         help="folder holding granian when it is not installed here")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                        help="also measure the gateway of the checkout at PATH (e.g. a git "
+                             "worktree of an earlier commit) as target NAME")
     parser.add_argument("--out", type=Path, default=Path("results/relay_bench.json"))
     parser.add_argument("--profile", help="write a py-spy speedscope profile of the gateway "
                                           "under the largest load to this file")
     args = parser.parse_args()
+    args.compare = {name: Path(path).resolve() for name, _, path in
+                    (spec.partition("=") for spec in args.compare)}
     args.logs = args.out.parent / "relay_bench_logs"
     args.logs.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(bench(args))
