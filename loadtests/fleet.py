@@ -176,7 +176,9 @@ def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gate
     and routing, and their workloads send temperature-0 requests, repeats included.
     ``root``: the gateway of another checkout (e.g. a ``git worktree`` of an earlier
     commit), run by this one's harness, against the same engines."""
-    config = {"host": HOST, "cache": {"enabled": False}, **settings}
+    # (a checkout from before the response cache has no cache settings)
+    cached = root is None or (root / "gateway" / "cache").is_dir()
+    config = {"host": HOST, **({"cache": {"enabled": False}} if cached else {}), **settings}
     config.setdefault("port", free_port())
     log_dir.mkdir(parents=True, exist_ok=True)
     config_file = log_dir / f"{name}.yaml"
