@@ -13,7 +13,8 @@ resolved model and adapter, and the request body without the fields that do not 
 the output (:data:`IGNORED`), with ``stream_options.include_usage`` dropped (the usage
 chunk is stored apart and sent only to those who ask for it). The body is serialized
 with sorted keys, and integral floats at the top level (``temperature: 0.0``) are
-written as integers, so that the same request spelled two ways has one key.
+written as integers (within 64 bits), so that the same request spelled two ways has one
+key.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ ENDPOINTS = SAMPLED | FIXED
 to an engine: ``/tokenize`` is a tokenizer call, about what a lookup costs; scoring,
 reranking and pooling could be cached as embeddings are, but are not; ``/v1/responses``
 keeps state on the server (``previous_response_id``)."""
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+"""The integers a JSON body can hold as integers (what orjson reads and writes): an
+integral float beyond them (a client's ``2**70`` arrives as a float) stays a float."""
 
 IGNORED = frozenset({"model", "stream", "stream_options", "user", "metadata", "store",
                      "priority", "request_id", "service_tier"})
@@ -68,7 +73,7 @@ def cache_key(ctx: RequestContext, *, shared: bool) -> str:
     for name, value in ctx.body.items():
         if name in IGNORED:
             continue
-        if type(value) is float and value.is_integer():
+        if type(value) is float and value.is_integer() and _INT_MIN <= value <= _INT_MAX:
             value = int(value)
         fields[name] = value
     options = ctx.body.get("stream_options")

@@ -24,9 +24,14 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
 
+_INT64 = 2**63
+"""Integers the gateway acts on are 64-bit, as vLLM's: a JSON integer beyond them arrives
+as a float (the JSON reader's) and stays one, so validation refuses it (400)."""
+
+
 def _integral(value: object) -> object:
     """``3.0`` as ``3`` (vLLM's lax validation takes integral floats); others unchanged."""
-    if type(value) is float and value.is_integer():
+    if type(value) is float and value.is_integer() and -_INT64 <= value < _INT64:
         return int(value)
     return value
 
