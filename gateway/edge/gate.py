@@ -2,8 +2,8 @@
 
 Every HTTP request and WebSocket handshake goes through :class:`Edge` once:
 
-1. a request id (``x-request-id``, kept if the client sent one), and the access-log line
-   when the response ends;
+1. a request id (``x-request-id``, kept if the client sent a short printable one, else
+   made up), and the access-log line when the response ends;
 2. CORS: a preflight answered here, an allowed origin's response given its headers
    (:mod:`gateway.edge.cors`);
 3. the API key (:mod:`gateway.edge.middleware`): a refusal is a 401 (a WebSocket
@@ -50,6 +50,25 @@ from gateway.observability.metrics import GatewayMetrics
 access_log = logging.getLogger("sluice.access")
 
 
+MAX_REQUEST_ID = 128
+"""The longest ``X-Request-Id`` kept from a client (vLLM's own are shorter)."""
+_ID_CHARS = frozenset(range(0x21, 0x7F))
+"""Printable ASCII, no space: what an id may hold to be echoed, logged and sent on."""
+
+
+def client_request_id(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` when it is 1 to :data:`MAX_REQUEST_ID` printable
+    ASCII characters; None otherwise (one is made up): an id is echoed to the client,
+    written to logs and sent to the engine, which refuses long ones."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            raw = bytes(value)
+            if 0 < len(raw) <= MAX_REQUEST_ID and _ID_CHARS.issuperset(raw):
+                return raw.decode("ascii")
+            return None
+    return None
+
+
 class Edge:
     """The app a server runs (see the module docstring). ``router`` serves what is not
     dispatched here, and runs the lifespan; ``hot`` maps an engine-answered endpoint's
@@ -93,7 +112,7 @@ class Edge:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[SERVER_SEND] = send
         state = scope.setdefault("state", {})
-        request_id = header(scope, b"x-request-id") or os.urandom(16).hex()
+        request_id = client_request_id(scope) or os.urandom(16).hex()
         state["request_id"] = request_id
         added = [(b"x-request-id", request_id.encode("latin-1"))]
         started = time.perf_counter()

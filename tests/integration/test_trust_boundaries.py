@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.conftest import StartGateway
 
@@ -47,3 +48,31 @@ async def test_integers_beyond_64_bits_are_no_gateway_fault(
         while (message := await ws.receive_json(timeout=10))["type"] == "chunk":
             pass
     assert message.get("error", {}).get("code") != "internal_error", message
+
+
+async def test_a_request_id_is_kept_only_when_short_printable_ascii(
+        start_gateway: StartGateway, start_fake_engine: Any) -> None:
+    seen: list[str | None] = []
+
+    async def reply(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        seen.append(request.headers.get("X-Request-Id"))
+        return web.json_response({"id": "c", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"},
+             "finish_reason": "stop"}]})
+
+    engine = await start_fake_engine(reply)
+    gateway = await start_gateway([engine.url])
+    async with aiohttp.ClientSession() as http:
+        for sent in ("req-42.a_b:c", "x" * 9000, "caf\xe9", "two words", ""):
+            headers = {"X-Request-Id": sent} if sent else {}
+            async with http.post(gateway + "/v1/chat/completions", json=CHAT,
+                                 headers={**headers, "Cache-Control": "no-store"}) as answer:
+                assert answer.status == 200, await answer.text()
+                given = answer.headers["x-request-id"]
+            if sent == "req-42.a_b:c":
+                assert given == sent
+            else:
+                assert given != sent
+                assert len(given) == 32
+                assert all(c in "0123456789abcdef" for c in given)
+            assert seen[-1] == given  # the engine logs the same id
