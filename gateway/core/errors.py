@@ -41,6 +41,15 @@ from typing import Any, ClassVar
 
 import orjson
 
+ECHO_CHARS = 120
+"""The most of a client's own text (a model name, an id) an error message repeats."""
+
+
+def echo(text: str) -> str:
+    """``text`` as an error message may repeat it: cut to :data:`ECHO_CHARS` characters
+    (a client's 100 KB model name does not come back whole)."""
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
+
 
 class SluiceError(Exception):
     """Base of every client-visible error."""

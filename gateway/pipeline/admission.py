@@ -11,7 +11,7 @@ gateway replicas.
 from __future__ import annotations
 
 from gateway.config.fleet import AdmissionSettings
-from gateway.core.errors import Overloaded
+from gateway.core.errors import Overloaded, echo
 from gateway.stores import Counters
 
 
@@ -43,7 +43,7 @@ class Admission:
         limit = self.limit(model, healthy_engines)
         if not await self._counters.acquire(self._key(model), limit):
             raise Overloaded(
-                f"'{model}' is at its limit of {limit} requests in flight; retry later",
+                f"'{echo(model)}' is at its limit of {limit} requests in flight; retry later",
                 retry_after_s=self._settings.retry_after_s)
         return True
 

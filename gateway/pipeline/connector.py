@@ -42,6 +42,7 @@ from gateway.core.errors import (
     SluiceError,
     UnsupportedEndpoint,
     UpstreamRejected,
+    echo,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.budget import RetryBudget
@@ -72,7 +73,7 @@ def unsupported(ctx: RequestContext, error: UpstreamRejected) -> UnsupportedEndp
     if ctx.endpoint.chunks or not endpoint_missing(error):
         return None
     return UnsupportedEndpoint(
-        f"the engines serving '{ctx.model}' do not support {ctx.endpoint.path}")
+        f"the engines serving '{echo(ctx.model)}' do not support {ctx.endpoint.path}")
 
 
 class Scheduler(Protocol):

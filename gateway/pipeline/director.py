@@ -35,6 +35,7 @@ from gateway.core.errors import (
     PermissionDenied,
     ShuttingDown,
     SluiceError,
+    echo,
 )
 from gateway.core.protocol import validate
 from gateway.keys import KeyService
@@ -149,7 +150,7 @@ class Director:
         key = ctx.key
         if key is not None and not key.allows(ctx.requested_model):
             raise PermissionDenied(
-                f"key {key.id} may not use model '{ctx.requested_model}'", param="model",
+                f"key {key.id} may not use model '{echo(ctx.requested_model)}'", param="model",
                 code="model_not_allowed")
 
     async def limit(self, ctx: RequestContext) -> None:

@@ -16,7 +16,7 @@ from prometheus_client import Histogram
 
 from gateway.config.fleet import RoutingSettings
 from gateway.core.context import RequestContext
-from gateway.core.errors import NoHealthyEngine
+from gateway.core.errors import NoHealthyEngine, echo
 from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling.framework.interfaces import C, Candidate, Cycle
 from gateway.scheduling.producers import PrefixCacheIndexer, Producers
@@ -52,7 +52,7 @@ class Scheduler:
         for step in plan.filters:
             candidates = step.filter(ctx, candidates)
             if not candidates:
-                raise NoHealthyEngine(f"no healthy engine serves '{ctx.model}'")
+                raise NoHealthyEngine(f"no healthy engine serves '{echo(ctx.model)}'")
         turn = self._turns.get(ctx.model, 0)
         self._turns[ctx.model] = turn + 1
         if len(candidates) == 1:

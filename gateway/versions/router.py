@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.config.versions import AliasSettings, VersionsSettings, policy_problem
 from gateway.core.context import PIN_HEADER, RequestContext
-from gateway.core.errors import InvalidField, SluiceError
+from gateway.core.errors import InvalidField, SluiceError, echo
 from gateway.stores import VersionPolicies, VersionPolicy
 from gateway.versions.shadow import ShadowMirror
 
@@ -85,8 +85,8 @@ class VersionRouter:
         if ctx.pinned_version is not None:
             if ctx.pinned_version not in alias.versions:
                 raise InvalidField(
-                    f"{PIN_HEADER}: '{ctx.pinned_version[:80]}' is not a version of "
-                    f"'{name}' (versions: {', '.join(alias.versions)})",
+                    f"{PIN_HEADER}: '{echo(ctx.pinned_version)}' is not a version of "
+                    f"'{echo(name)}' (versions: {', '.join(alias.versions)})",
                     param=PIN_HEADER, code="unknown_version")
             version = ctx.pinned_version
         else:

@@ -76,3 +76,19 @@ async def test_a_request_id_is_kept_only_when_short_printable_ascii(
                 assert len(given) == 32
                 assert all(c in "0123456789abcdef" for c in given)
             assert seen[-1] == given  # the engine logs the same id
+
+
+async def test_a_long_model_name_is_not_echoed_whole(
+        start_gateway: StartGateway, sim_server: str) -> None:
+    gateway = await start_gateway([sim_server])
+    name = "m" * 100_000
+    async with aiohttp.ClientSession() as http:
+        for method, path, body in (
+                ("POST", "/v1/chat/completions", {**CHAT, "model": name}),
+                ("POST", "/v1/embeddings", {"model": name, "input": "hi"}),
+                ("GET", f"/v1/models/{name[:5_000]}", None)):  # (a longer head is a 431)
+            async with http.request(method, gateway + path, json=body) as answer:
+                raw = await answer.read()
+            assert answer.status == 404, (path, answer.status)
+            assert len(raw) < 1_000, (path, len(raw))
+            assert "mmmm" in (await answer.json())["error"]["message"]  # it still says which

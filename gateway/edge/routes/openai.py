@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.cache import read_directives, serves
 from gateway.core.context import PIN_HEADER_KEY, RequestContext
 from gateway.core.endpoints import HTTP, Endpoint
-from gateway.core.errors import ModelNotFound, SluiceError
+from gateway.core.errors import ModelNotFound, SluiceError, echo
 from gateway.core.protocol import check_media_type, parse_body
 from gateway.edge.accounting import director_counts
 from gateway.edge.handlers import error_response
@@ -152,7 +152,7 @@ async def model_card(request: Request) -> Response:
     for card in (*aliases, *cards):
         if card["id"] == model_id:
             return Response(orjson.dumps(card), media_type="application/json")
-    raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+    raise ModelNotFound(f"The model '{echo(model_id)}' does not exist.", param="model")
 
 
 async def version(request: Request) -> Response:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 
 from gateway.core.context import RequestContext
-from gateway.core.errors import Overloaded, SluiceError
+from gateway.core.errors import Overloaded, SluiceError, echo
 from gateway.edge.websocket.messages import (
     Cancel,
     FrameError,
@@ -86,7 +86,7 @@ class Multiplexer:
             return
         if action.id in self._tasks:
             await self._send(Tagged(None).error(FrameError(
-                f"request '{action.id}' is already in flight; use another id",
+                f"request '{echo(action.id)}' is already in flight; use another id",
                 param="id", code="duplicate_id")))
             return
         if len(self._tasks) >= self._max_requests:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gateway.core.context import RequestContext
-from gateway.core.errors import ModelNotFound, NoHealthyEngine
+from gateway.core.errors import ModelNotFound, NoHealthyEngine, echo
 from gateway.scheduling.framework.interfaces import C
 from gateway.scheduling.framework.plugin_config import Params, PluginConfig, parse_params
 
@@ -24,7 +24,7 @@ class ServesModel:
         if not serving:
             if not any(c.healthy for c in candidates):
                 raise NoHealthyEngine("no engine is up yet; retry shortly")
-            raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
+            raise ModelNotFound(f"The model '{echo(model)}' does not exist.", param="model")
         return serving
 
 
