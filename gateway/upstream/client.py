@@ -10,6 +10,7 @@ a malformed control answer an ``EngineError`` for that engine alone.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,6 +27,22 @@ log = logging.getLogger("sluice.engines")
 _JSON = {"Content-Type": "application/json"}
 _ERROR_BODY_LIMIT = 64 * 1024
 _MESSAGE_LIMIT = 1000
+
+
+_EXCERPT_CHARS = 300
+_SECRETS = re.compile(
+    r"(?i)(bearer\s+|authorization[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?"
+    r"|(?:api[_-]?key|token|secret|password|passwd)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+    r"|\bsk-[A-Za-z0-9_-]{6,}")
+
+
+def excerpt(raw: bytes) -> str:
+    """What a log line may say of an engine's error body: its start, with anything that
+    looks like a credential (a bearer token, ``api_key=...``, ``sk-...``) redacted. An
+    error page may echo a request's headers or the engine's own configuration."""
+    text = raw[:_EXCERPT_CHARS * 2].decode("utf-8", "replace")
+    text = _SECRETS.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+    return repr(text[:_EXCERPT_CHARS])
 
 
 def upstream_error(status: int, raw: bytes) -> SluiceError:
@@ -80,8 +97,8 @@ class EngineClient:
             if response.status != 200:
                 raw = await response.read(_ERROR_BODY_LIMIT)
                 if response.status >= 500:
-                    log.warning("engine %s answered HTTP %d: %r", self.name, response.status,
-                                raw[:300])
+                    log.warning("engine %s answered HTTP %d: %s", self.name, response.status,
+                                excerpt(raw))
                 raise upstream_error(response.status, raw)
             yield response
         finally:
