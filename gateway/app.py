@@ -22,6 +22,7 @@ from gateway.config.settings import EngineConfig, Settings
 from gateway.edge.cors import Cors
 from gateway.edge.gate import Edge
 from gateway.edge.handlers import EXCEPTION_HANDLERS
+from gateway.edge.lockout import FailedAttempts
 from gateway.edge.middleware import OPEN_PATHS, Auth
 from gateway.edge.routes import (
     admin,
@@ -156,6 +157,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "answer": Answer(connector, drain, metrics, settings.resilience,
                                  director.finish, max_event_bytes=settings.max_event_bytes),
                 "keys": key_service,
+                "admin_attempts": FailedAttempts(),
                 "versions": versions,
                 "version_admin": version_admin,
                 "rollouts": rollouts,
@@ -167,6 +169,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     router = Starlette(routes=[*openai.routes, *ws.routes, *health.routes, *docs.routes,
                                *page, *admin_routes],
                        exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    # No redirect to the other slash form: Starlette builds its Location from the
+    # client's Host header (an open redirect); /admin/keys/ is a 404 like any unknown path.
+    router.router.redirect_slashes = False
     router.state.drain = drain
     return Edge(
         router, hot={path: (handler, handler.endpoint)

@@ -225,6 +225,13 @@ class RateLimited(Overloaded):
         self.limit = limit
 
 
+class TooManyFailures(Overloaded):
+    """A client address sent too many wrong admin tokens in a row; ``Retry-After``
+    says when it may try again (see :mod:`gateway.edge.lockout`)."""
+
+    default_code = "too_many_failed_attempts"
+
+
 class HeadersTooLarge(SluiceError):
     """The request line and headers are larger, or more numerous, than the server reads
     (written by the server's protocol, which then closes the connection)."""

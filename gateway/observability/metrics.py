@@ -111,6 +111,10 @@ class GatewayMetrics:
         self.key_tokens = Counter(
             "sluice_key_tokens", "Tokens (prompt + completion) streamed per API key.",
             ["key_id", "model", "version"], registry=r)
+        self.admin_auth_failures = Counter(
+            "sluice_admin_auth_failures", "Admin API requests refused for their token: "
+            "invalid (a missing or wrong token), held_back (429: the address failed too "
+            "often in a row and waits).", ["outcome"], registry=r)
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
             "(a stored answer), coalesced (an identical request in flight), miss.",

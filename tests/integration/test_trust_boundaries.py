@@ -3,6 +3,7 @@ huge integers, echoed names, request ids, log excerpts, redirects)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -92,3 +93,44 @@ async def test_a_long_model_name_is_not_echoed_whole(
             assert answer.status == 404, (path, answer.status)
             assert len(raw) < 1_000, (path, len(raw))
             assert "mmmm" in (await answer.json())["error"]["message"]  # it still says which
+
+
+ADMIN_TOKEN = "admin-token-0123456789abcdef-0123456789"
+
+
+async def test_a_trailing_slash_is_no_redirect_built_from_host(
+        start_gateway: StartGateway, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([], admin={"token": ADMIN_TOKEN})
+    for path in ("/admin/keys/", "/admin/versions/"):
+        async with client.get(gateway + path, allow_redirects=False,
+                              headers={"Host": "evil.example"}) as answer:
+            body = await answer.json()
+        assert answer.status == 404, (path, answer.status)
+        assert "Location" not in answer.headers
+        assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_wrong_admin_tokens_are_backed_off_per_address(
+        start_gateway: StartGateway, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([], admin={"token": ADMIN_TOKEN},
+                                  observability={"open": True})
+    wrong = {"Authorization": "Bearer not-the-admin-token"}
+    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    statuses = []
+    for _ in range(7):
+        async with client.get(gateway + "/admin/keys", headers=wrong) as answer:
+            statuses.append(answer.status)
+            retry_after = answer.headers.get("Retry-After")
+    assert statuses == [401] * 5 + [429] * 2
+    assert retry_after == "1"
+    async with client.get(gateway + "/admin/keys", headers=right) as held:
+        assert held.status == 429  # held back: the token is not even looked at
+    await asyncio.sleep(1.1)
+    async with client.get(gateway + "/admin/keys", headers=right) as answer:
+        assert answer.status == 200
+    async with client.get(gateway + "/admin/keys", headers=wrong) as answer:
+        assert answer.status == 401  # a right token cleared the address
+    async with client.get(gateway + "/metrics") as metrics:
+        text = await metrics.text()
+    assert 'sluice_admin_auth_failures_total{outcome="invalid"} 6.0' in text
+    assert 'sluice_admin_auth_failures_total{outcome="held_back"} 3.0' in text

@@ -14,21 +14,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.core.errors import AuthenticationFailed
+from gateway.core.errors import AuthenticationFailed, TooManyFailures
 from gateway.core.protocol import KeyRequest, M, check_media_type, parse_body, validate
 from gateway.edge.headers import header
+from gateway.edge.lockout import FailedAttempts
 from gateway.keys import KeyService
+from gateway.observability.metrics import GatewayMetrics
 
 
 def check_admin_token(request: Request) -> None:
-    """Raise 401 unless the request carries the admin token."""
+    """Raise 401 unless the request carries the admin token; 429 without looking at it
+    while the client's address is held back for earlier failures
+    (:mod:`gateway.edge.lockout`)."""
+    attempts: FailedAttempts = request.state.admin_attempts
+    metrics: GatewayMetrics = request.state.metrics
+    address = request.client.host if request.client is not None else ""
+    try:
+        attempts.check(address)
+    except TooManyFailures:
+        metrics.admin_auth_failures.labels("held_back").inc()
+        raise
     sent = header(request.scope, b"authorization") or ""
     scheme, _, token = sent.partition(" ")
     expected: bytes = request.state.settings.admin.token.get_secret_value().encode()
     if not (scheme.lower() == "bearer"
             and hmac.compare_digest(token.strip().encode(), expected)):
+        attempts.failed(address)
+        metrics.admin_auth_failures.labels("invalid").inc()
         raise AuthenticationFailed("missing admin token" if not sent else
                                    "invalid admin token", key_sent=bool(sent))
+    attempts.succeeded(address)
 
 
 def _service(request: Request) -> KeyService:
