@@ -133,8 +133,9 @@ class WebSocketSettings(BaseModel):
         description="a client that has not answered a ping within this is closed (1011)")
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="without API keys, browser origins (besides the gateway's own) "
-                    "that may open a WebSocket; '*' allows any")
+        description="without API keys, browser origins that may open a WebSocket "
+                    "besides the gateway's own address (its IP and port, or localhost on "
+                    "loopback; a name it is reached by must be listed); '*' allows any")
     max_realtime_sessions: int = Field(
         default=256, ge=1, description="/v1/realtime sessions relayed at once (per worker)")
     realtime_first_message_s: float = Field(

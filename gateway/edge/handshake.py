@@ -9,12 +9,16 @@ in OpenAI's shape (401, 403, 503, ...) where the server can send one (the ASGI
 Without API keys anyone who can reach the gateway may use it, and a WebSocket is not
 covered by CORS: any web page could open one to a gateway on the visitor's machine or
 network. So without keys a browser's handshake (one with an ``Origin``) is refused
-unless the origin is the gateway's own (same host and port) or listed in
-``websocket.allowed_origins``.
+unless the origin is listed in ``websocket.allowed_origins`` or is the gateway's own
+address: the scheme matching the socket's (``http`` for ``ws``, ``https`` for ``wss``),
+the port the connection came in on, and the host the connection's local IP address (or
+``localhost`` on a loopback address). The ``Host`` header is not trusted for this: a
+DNS-rebinding page sends its own name in both ``Origin`` and ``Host``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
@@ -46,13 +50,42 @@ def origin_refusal(scope: Scope, *, keys_set: bool,
     """Why a browser's handshake from another origin is refused (see the module
     docstring); None when it may go on."""
     origin = header(scope, b"origin")
-    if keys_set or origin is None or "*" in allowed or origin in allowed:
+    if keys_set or origin is None or "*" in allowed or origin.lower() in {
+            one.lower() for one in allowed}:
         return None
-    if urlsplit(origin).netloc == (header(scope, b"host") or ""):
+    if own_origin(origin, scope):
         return None
     return PermissionDenied(
         f"WebSocket connections from origin {origin[:200]!r} are not allowed; list it "
         "in websocket.allowed_origins or configure API keys", code="origin_not_allowed")
+
+
+_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+def own_origin(origin: str, scope: Scope) -> bool:
+    """Whether ``origin`` is the gateway's own address (see the module docstring)."""
+    server = scope.get("server")
+    if not server:
+        return False
+    try:
+        parts = urlsplit(origin)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return False
+    if parts.scheme != _SCHEMES.get(scope.get("scheme", "ws")) or port != server[1]:
+        return False
+    try:
+        local = ipaddress.ip_address(server[0])
+    except ValueError:  # a Unix socket's path: no address to match
+        return False
+    if host == "localhost":
+        return local.is_loopback
+    try:
+        return ipaddress.ip_address(host) == local
+    except ValueError:  # a name: only a configured origin may be one
+        return False
 
 
 async def refuse(error: SluiceError, scope: Scope, receive: Receive, send: Send) -> None:

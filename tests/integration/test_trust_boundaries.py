@@ -134,3 +134,26 @@ async def test_wrong_admin_tokens_are_backed_off_per_address(
         text = await metrics.text()
     assert 'sluice_admin_auth_failures_total{outcome="invalid"} 6.0' in text
     assert 'sluice_admin_auth_failures_total{outcome="held_back"} 3.0' in text
+
+
+async def test_a_websocket_origin_must_be_the_gateways_own_address_scheme_included(
+        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([sim_server])  # no keys: origins are checked
+    port = gateway.rsplit(":", 1)[1]
+    refused = [
+        # DNS rebinding: the page's own name in Origin and Host alike
+        ({"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}),
+        ({"Origin": f"https://127.0.0.1:{port}"}),  # another scheme
+        ({"Origin": "http://127.0.0.1:1"}),  # another port
+    ]
+    for headers in refused:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await client.ws_connect(gateway + "/v1/ws", headers=headers)
+        assert caught.value.status == 403, headers
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        async with client.ws_connect(gateway + "/v1/ws", origin=origin):
+            pass
+    listed = await start_gateway([sim_server], websocket={
+        "allowed_origins": [f"http://App.example:{port}"]})
+    async with client.ws_connect(listed + "/v1/ws", origin=f"http://app.example:{port}"):
+        pass
