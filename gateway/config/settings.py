@@ -138,6 +138,10 @@ class WebSocketSettings(BaseModel):
                     "loopback; a name it is reached by must be listed); '*' allows any")
     max_realtime_sessions: int = Field(
         default=256, ge=1, description="/v1/realtime sessions relayed at once (per worker)")
+    max_realtime_sessions_per_key: int = Field(
+        default=64, ge=1,
+        description="of those, at most this many held by one API key (by one client "
+                    "address without keys), per worker")
     realtime_first_message_s: float = Field(
         default=10.0, gt=0,
         description="without ?model=, the wait for the session.update naming the model")

@@ -263,5 +263,11 @@ def redis_keys(link: RedisLink, metrics: GatewayMetrics
     known = LastKnownKeys(store, metrics, size=settings.known_keys)
     limiter = OutageLimiter(RedisRateLimiter(link), MemoryRateLimiter(), metrics,
                             fail_open=settings.fail_open)
-    watch = watch_channel(link, store.channel, known.reload, op="keys_watch")
-    return KeyService(known, limiter), watch
+    service = KeyService(known, limiter)
+
+    async def revoked(key_id: str | None) -> None:
+        await service.revoked_elsewhere(key_id)
+        await known.reload(key_id)
+
+    watch = watch_channel(link, store.channel, revoked, op="keys_watch")
+    return service, watch

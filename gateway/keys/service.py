@@ -3,6 +3,7 @@ and revoke keys (the admin API), and apply a key's rate limits."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import math
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from gateway.core.errors import KeyNotFound, RateLimited
 from gateway.core.keys import ApiKey, hash_key, new_key_id, new_secret
 from gateway.keys.protocols import KeyStore, RateLimiter
+from gateway.stores.protocols import StoreUnavailable
 
 _UNITS = {"rpm": "requests", "tpm": "tokens"}
 
@@ -32,6 +34,9 @@ class KeyService:
         self.store = store
         self.limiter = limiter
         self._clock = clock
+        self._revoked: set[str] = set()
+        """Ids of keys revoked while this replica ran (through it, or published by
+        another): what an open socket's key is checked against per request."""
 
     async def identify(self, presented: str) -> ApiKey | None:
         """The managed key ``presented`` is (revoked or not); None when it is none.
@@ -59,7 +64,22 @@ class KeyService:
         key = await self.store.revoke(key_id, self._clock())
         if key is None:
             raise KeyNotFound(f"no API key with id '{key_id}'", param="id")
+        self._revoked.add(key.id)
         return key
+
+    def revoked(self, key: ApiKey) -> bool:
+        """Whether ``key``, valid when it was presented, has been revoked since (as far
+        as this replica knows: no I/O; sockets opened with it check it per request)."""
+        return key.revoked or key.id in self._revoked
+
+    async def revoked_elsewhere(self, key_id: str | None) -> None:
+        """A revocation another replica published; None when the subscription (re)opened
+        and may have missed some: every key is read again for those revoked."""
+        if key_id is not None:
+            self._revoked.add(key_id)
+            return
+        with contextlib.suppress(StoreUnavailable):  # else at the next (re)subscription
+            self._revoked.update(key.id for key in await self.store.all() if key.revoked)
 
     async def admit(self, key: ApiKey) -> None:
         """Count one request against the key's limits; :class:`RateLimited` (429 with

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from gateway.cache import Flight, FlightFailed, ResponseCaching
 from gateway.core.context import RequestContext
 from gateway.core.errors import (
+    AuthenticationFailed,
     ContextLengthExceeded,
     EngineError,
     InvalidField,
@@ -37,6 +38,7 @@ from gateway.core.errors import (
     SluiceError,
     echo,
 )
+from gateway.core.keys import ApiKey
 from gateway.core.protocol import validate
 from gateway.keys import KeyService
 from gateway.observability.metrics import GatewayMetrics
@@ -148,10 +150,17 @@ class Director:
         principal; a managed key may be limited to some models (the names clients send,
         aliases included): any other is a 403 naming it."""
         key = ctx.key
+        if key is not None and self.key_revoked(key):
+            raise AuthenticationFailed("API key has been revoked", key_sent=True)
         if key is not None and not key.allows(ctx.requested_model):
             raise PermissionDenied(
                 f"key {key.id} may not use model '{echo(ctx.requested_model)}'", param="model",
                 code="model_not_allowed")
+
+    def key_revoked(self, key: ApiKey) -> bool:
+        """Whether ``key`` was revoked after it was checked (a socket opened with it is
+        still open): from what this replica knows, no I/O."""
+        return self._keys is not None and self._keys.revoked(key)
 
     async def limit(self, ctx: RequestContext) -> None:
         """Count the request against its key's requests and tokens per minute (429

@@ -1,5 +1,6 @@
 """What a hostile caller can do, each finding shown refused (the trust-boundary findings:
-huge integers, echoed names, request ids, log excerpts, redirects)."""
+huge integers, echoed names, request ids, redirects, admin token guessing, WebSocket
+origins, revoked keys on open sockets, realtime sessions)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import StartGateway
+from tests.integration.conftest import ServeGateway
+from tests.redis_server import RedisServer
 
 HUGE = 2**70
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
@@ -21,6 +24,13 @@ CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}],
 @pytest.fixture
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        yield session
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[aiohttp.ClientSession]:
+    """A session that holds any number of WebSockets at once."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         yield session
 
 
@@ -157,3 +167,94 @@ async def test_a_websocket_origin_must_be_the_gateways_own_address_scheme_includ
         "allowed_origins": [f"http://App.example:{port}"]})
     async with client.ws_connect(listed + "/v1/ws", origin=f"http://app.example:{port}"):
         pass
+
+
+async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[Any], int | None]:
+    """Every JSON message until the socket closes, and its close code."""
+    seen: list[Any] = []
+    while True:
+        message = await ws.receive(timeout=10)
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.CLOSING):
+            return seen, ws.close_code
+        seen.append(message.json())
+
+
+async def test_a_revoked_key_ends_its_open_sockets_on_every_replica(
+        redis_server: RedisServer, serve_gateway: ServeGateway, sim_server: str,
+        sockets: aiohttp.ClientSession) -> None:
+    client = sockets
+    settings = {"admin": {"token": ADMIN_TOKEN}, "redis": {"probe_interval_s": 0.2}}
+    a = await serve_gateway([sim_server], redis_server.url, **settings)
+    b = await serve_gateway([sim_server], redis_server.url, **settings)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with client.post(a + "/admin/keys", json={"name": "soon-revoked"},
+                           headers=admin) as made:
+        key = await made.json()
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    sockets = [await client.ws_connect(g + "/v1/ws", headers=auth) for g in (a, b)]
+    sessions = [await client.ws_connect(g + "/v1/realtime?model=sim-model", headers=auth)
+                for g in (a, b)]
+    for ws in sockets:
+        await ws.send_json({"id": "before", "type": "chat.completions", "body": CHAT})
+        while (message := await ws.receive_json(timeout=10))["type"] == "chunk":
+            pass
+        assert message["type"] == "done", message
+    for rt in sessions:
+        assert (await rt.receive_json(timeout=10))["type"] == "session.created"
+
+    async with client.delete(a + f"/admin/keys/{key['id']}", headers=admin) as revoked:
+        assert revoked.status == 200
+    await asyncio.sleep(1.0)  # the revocation is published; b applies it in milliseconds
+
+    for ws in sockets:
+        await ws.send_json({"id": "after", "type": "chat.completions", "body": CHAT})
+        seen, code = await until_closed(ws)
+        assert [m["type"] for m in seen] == ["error"], seen
+        assert (seen[0]["error"]["code"], code) == ("invalid_api_key", 1008)
+    for rt in sessions:
+        await rt.send_json({"type": "input_audio_buffer.append", "audio": "AAAA"})
+        seen, code = await until_closed(rt)
+        assert [(e["type"], e["code"]) for e in seen] == [("error", "invalid_api_key")]
+        assert code == 1008
+
+
+async def test_realtime_sessions_are_capped_per_key(
+        start_gateway: StartGateway, sim_server: str, sockets: aiohttp.ClientSession) -> None:
+    keys = ["sk-first-realtime-key-0123456789", "sk-other-realtime-key-0123456789"]
+    gateway = await start_gateway([sim_server], api_keys=keys, websocket={
+        "max_realtime_sessions": 4, "max_realtime_sessions_per_key": 2})
+    url = gateway + "/v1/realtime?model=sim-model"
+    first, other = ({"Authorization": f"Bearer {k}"} for k in keys)
+    held = [await sockets.ws_connect(url, headers=first) for _ in range(2)]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await sockets.ws_connect(url, headers=first)
+    assert caught.value.status == 429
+    held += [await sockets.ws_connect(url, headers=other) for _ in range(2)]  # not starved
+    await held.pop().close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await sockets.ws_connect(url, headers=first)  # a free slot is not this key's
+    await held.pop(0).close()
+    await asyncio.sleep(0.2)
+    held.append(await sockets.ws_connect(url, headers=first))  # its own slot came back
+    for socket in held:
+        await socket.close()
+
+
+async def test_every_realtime_session_update_is_checked_for_its_model(
+        start_gateway: StartGateway, sim_server: str, sockets: aiohttp.ClientSession) -> None:
+    gateway = await start_gateway([sim_server])
+    async with sockets.ws_connect(gateway + "/v1/realtime?model=sim-model") as ws:
+        assert (await ws.receive_json(timeout=10))["type"] == "session.created"
+        await ws.send_json({"type": "session.update", "model": "sim-model"})
+        for sneaky in ('{"type": "session.update", "model": "other-model"}',
+                       '{"type": "session.update", "session": {"model": "other-model"}}',
+                       '{"type": "session\\u002eupdate", "model": "other-model"}'):
+            await ws.send_str(sneaky)
+            refused = await ws.receive_json(timeout=10)
+            assert (refused["type"], refused["code"]) == ("error", "model_mismatch"), sneaky
+        await ws.send_json({"type": "input_audio_buffer.append", "audio": "AAAA"})
+        await ws.send_json({"type": "input_audio_buffer.commit"})
+        while (event := await ws.receive_json(timeout=10))["type"] == "transcription.delta":
+            pass
+        assert event["type"] == "transcription.done", event  # the session went on

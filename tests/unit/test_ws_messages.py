@@ -16,7 +16,7 @@ from gateway.edge.websocket.messages import (
     is_error_event,
     read_frame,
 )
-from gateway.edge.websocket.realtime import model_of, renamed
+from gateway.edge.websocket.realtime_events import model_of, models_named, renamed
 from gateway.upstream.websocket import sendable_close_code
 
 
@@ -82,11 +82,13 @@ def test_subprotocols_carry_a_key_and_only_sluice_is_chosen() -> None:
     assert subprotocol_key({"subprotocols": []}) is None
 
 
-def _scope(origin: str | None, host: str = "127.0.0.1:8000") -> dict[str, object]:
+def _scope(origin: str | None, host: str = "127.0.0.1:8000", *,
+           server: tuple[str, int] = ("127.0.0.1", 8000),
+           scheme: str = "ws") -> dict[str, object]:
     headers = [(b"host", host.encode())]
     if origin is not None:
         headers.append((b"origin", origin.encode()))
-    return {"headers": headers}
+    return {"headers": headers, "server": server, "scheme": scheme}
 
 
 def test_foreign_origins_are_refused_only_without_keys() -> None:
@@ -101,12 +103,43 @@ def test_foreign_origins_are_refused_only_without_keys() -> None:
     assert origin_refusal(_scope("http://b.example"), keys_set=False, allowed=["*"]) is None
 
 
+@pytest.mark.parametrize(("origin", "host", "server", "scheme", "own"), [
+    ("http://127.0.0.1:8000", "127.0.0.1:8000", ("127.0.0.1", 8000), "ws", True),
+    ("http://localhost:8000", "localhost:8000", ("127.0.0.1", 8000), "ws", True),
+    ("http://[::1]:8000", "[::1]:8000", ("::1", 8000), "ws", True),
+    ("https://10.0.0.5", "10.0.0.5", ("10.0.0.5", 443), "wss", True),
+    # DNS rebinding: the page's name in Origin and Host alike
+    ("http://evil.example:8000", "evil.example:8000", ("127.0.0.1", 8000), "ws", False),
+    ("https://127.0.0.1:8000", "127.0.0.1:8000", ("127.0.0.1", 8000), "ws", False),
+    ("http://10.0.0.5", "10.0.0.5", ("10.0.0.5", 443), "wss", False),
+    ("http://127.0.0.1:8001", "127.0.0.1:8000", ("127.0.0.1", 8000), "ws", False),
+    ("http://localhost:8000", "localhost:8000", ("10.0.0.5", 8000), "ws", False),
+    ("http://10.0.0.6:8000", "10.0.0.6:8000", ("10.0.0.5", 8000), "ws", False),
+    ("http://[bad:8000", "x", ("127.0.0.1", 8000), "ws", False),
+    ("null", "127.0.0.1:8000", ("127.0.0.1", 8000), "ws", False),
+])
+def test_the_gateways_own_origin_comes_from_the_connection_not_host(
+        origin: str, host: str, server: tuple[str, int], scheme: str, own: bool) -> None:
+    refusal = origin_refusal(_scope(origin, host, server=server, scheme=scheme),
+                             keys_set=False, allowed=[])
+    assert (refusal is None) is own
+
+
 def test_realtime_model_comes_from_a_session_update() -> None:
     assert model_of({"type": "session.update", "model": "m"}) == "m"
     assert model_of({"type": "session.update", "session": {"model": "m"}}) == "m"
     assert model_of({"type": "session.update", "model": ""}) is None
     assert model_of({"type": "input_audio_buffer.commit", "model": "m"}) is None
     assert model_of(["session.update"]) is None
+
+
+def test_every_model_a_session_update_names_is_found_escaped_or_not() -> None:
+    assert models_named('{"type": "session.update", "model": "a", '
+                        '"session": {"model": "b"}}') == ["a", "b"]
+    assert models_named('{"type": "session\\u002eupdate", "model": 5}') == [5]
+    assert models_named('{"type": "session.update"}') == []
+    assert models_named('{"type": "input_audio_buffer.append", "audio": "AAAA"}') is None
+    assert models_named('{"type": "session.update", "model": ') is None  # not JSON
 
 
 def test_a_session_update_naming_an_alias_is_renamed_for_the_engine() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from starlette.routing import WebSocketRoute
@@ -10,10 +11,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.config.settings import Settings
 from gateway.core.context import PIN_HEADER_KEY
-from gateway.edge.handshake import chosen_subprotocol, origin_refusal, refuse
+from gateway.edge.handshake import (
+    POLICY_VIOLATION,
+    chosen_subprotocol,
+    origin_refusal,
+    refuse,
+)
 from gateway.edge.headers import header
 from gateway.edge.middleware import caller
-from gateway.edge.websocket.mux import Multiplexer, SocketClosed
+from gateway.edge.websocket.mux import KeyRevoked, Multiplexer, SocketClosed
 from gateway.edge.websocket.realtime import RealtimeRelay
 
 
@@ -55,6 +61,9 @@ async def requests_socket(websocket: WebSocket) -> None:
                 await mux.text(message["text"])
             else:
                 await mux.binary()
+    except KeyRevoked:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await websocket.close(POLICY_VIOLATION)
     except SocketClosed:
         return
     finally:

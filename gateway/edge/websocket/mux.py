@@ -6,7 +6,10 @@ forced on, and sends its events as
 tagged messages (a model alias is resolved as over HTTP, pinned by the frame's
 ``version`` or the handshake's ``x-sluice-version``; ``done`` names the version); a
 cancel cancels that task, which closes the upstream stream (the engine sees the
-connection close and aborts). At most ``max_requests`` run at once per socket; past
+connection close and aborts). The key the socket was opened with is checked again at
+every request (from what this replica knows of revocations, its own and those other
+replicas publish): once it is revoked, that request gets a 401 error and the socket is
+closed (1008), its other requests cancelled. At most ``max_requests`` run at once per socket; past
 that a request is refused with ``too_many_requests``. When the socket closes, every
 request still running is cancelled the same way and awaited, so no upstream stream
 outlives its socket.
@@ -25,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 
 from gateway.core.context import RequestContext
-from gateway.core.errors import Overloaded, SluiceError, echo
+from gateway.core.errors import AuthenticationFailed, Overloaded, SluiceError, echo
 from gateway.edge.websocket.messages import (
     Cancel,
     FrameError,
@@ -45,6 +48,11 @@ Send = Callable[[bytes], Awaitable[None]]
 
 class SocketClosed(Exception):
     """The socket can no longer be written to."""
+
+
+class KeyRevoked(SocketClosed):
+    """The socket's API key was revoked: the request that found it was told, and the
+    socket is to be closed (1008), its other requests cancelled."""
 
 
 class Multiplexer:
@@ -89,6 +97,10 @@ class Multiplexer:
                 f"request '{echo(action.id)}' is already in flight; use another id",
                 param="id", code="duplicate_id")))
             return
+        if self._key is not None and self._director.key_revoked(self._key):
+            await self._send(Tagged(action.id).error(
+                AuthenticationFailed("API key has been revoked", key_sent=True)))
+            raise KeyRevoked
         if len(self._tasks) >= self._max_requests:
             refusal = Overloaded(f"this socket already runs {self._max_requests} "
                                  "requests; wait for one to end or open another socket")

@@ -54,12 +54,19 @@ from starlette.types import Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from gateway.config.settings import WebSocketSettings
-from gateway.core.context import PIN_HEADER_KEY, RequestContext, Usage
+from gateway.core.context import PIN_HEADER_KEY, RequestContext
 from gateway.core.endpoints import REALTIME
-from gateway.core.errors import EngineError, Overloaded, SluiceError
+from gateway.core.errors import EngineError, Overloaded, SluiceError, echo
 from gateway.edge.handshake import chosen_subprotocol, refuse
 from gateway.edge.headers import header
 from gateway.edge.middleware import caller
+from gateway.edge.websocket.realtime_events import (
+    count_usage,
+    error_event,
+    model_of,
+    models_named,
+    renamed,
+)
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
 from gateway.upstream.pool import EnginePool
@@ -78,40 +85,6 @@ NORMAL = 1000
 TRY_AGAIN_LATER = 1013
 
 
-def model_of(event: object) -> str | None:
-    """The model a ``session.update`` event names (vLLM's top-level ``model``, or
-    OpenAI's ``session.model``); None when it is not one that does."""
-    if not isinstance(event, dict) or event.get("type") != "session.update":
-        return None
-    session = event.get("session")
-    model = event.get("model") or (session.get("model") if isinstance(session, dict) else None)
-    return model if isinstance(model, str) and model else None
-
-
-def renamed(text: str, alias: str, served: str) -> str:
-    """``text``, with a ``session.update`` that names ``alias`` (as ``model`` or
-    ``session.model``) made to name ``served``; any other message unchanged."""
-    if "session.update" not in text:  # audio appends pass without being parsed
-        return text
-    try:
-        event = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
-    if model_of(event) is None:
-        return text
-    session = event.get("session")
-    changed = False
-    for holder in (event, session if isinstance(session, dict) else {}):
-        if holder.get("model") == alias:
-            holder["model"], changed = served, True
-    return orjson.dumps(event).decode() if changed else text
-
-
-def error_event(message: str, code: str | None) -> str:
-    """An ``error`` event in vLLM's realtime shape."""
-    return orjson.dumps({"type": "error", "error": message, "code": code}).decode()
-
-
 class RealtimeRelay:
     """Relays realtime sessions to engines (see the module docstring)."""
 
@@ -122,19 +95,35 @@ class RealtimeRelay:
         self._director = director
         self._settings = settings
         self.sessions = 0
+        self._held: dict[str, int] = {}
+        """Sessions open per caller: its key's principal, or its address without keys."""
 
     async def serve(self, websocket: WebSocket) -> None:
         """Run one client's session, from its handshake to the last close."""
         scope = websocket.scope
+        address = scope.get("client") or ("",)
+        holder = caller(scope)[0] or f"address:{address[0]}"
+        held, most = self._held.get(holder, 0), self._settings.max_realtime_sessions_per_key
+        refusal = None
         if self.sessions >= self._settings.max_realtime_sessions:
-            await refuse(Overloaded(f"{self.sessions} realtime sessions are open; retry "
-                                    "shortly"), scope, websocket.receive, websocket.send)
+            refusal = Overloaded(f"{self.sessions} realtime sessions are open; retry shortly")
+        elif held >= most:
+            refusal = Overloaded(f"this caller already holds {held} realtime sessions (at "
+                                 f"most {most} per key, or per address without keys); "
+                                 "close one first")
+        if refusal is not None:
+            await refuse(refusal, scope, websocket.receive, websocket.send)
             return
         self.sessions += 1
+        self._held[holder] = held + 1
         try:
             await self._serve(websocket)
         finally:
             self.sessions -= 1
+            if self._held[holder] <= 1:
+                del self._held[holder]
+            else:
+                self._held[holder] -= 1
 
     async def _serve(self, websocket: WebSocket) -> None:
         scope = websocket.scope
@@ -207,6 +196,10 @@ class RealtimeRelay:
             await self._close(websocket, "the first message must be a session.update "
                               "naming the model (or connect with ?model=)", "model_required")
             return None
+        if any(other != model for other in models_named(text) or ()):
+            await self._close(websocket, "the session.update names two different models",
+                              "model_mismatch")
+            return None
         return text, model
 
     async def _relay(self, websocket: WebSocket, upstream: UpstreamSocket,
@@ -232,17 +225,32 @@ class RealtimeRelay:
                 return EngineError("the engine's realtime socket failed")
         return None
 
-    @staticmethod
-    async def _client_to_engine(websocket: WebSocket, upstream: UpstreamSocket,
+    async def _client_to_engine(self, websocket: WebSocket, upstream: UpstreamSocket,
                                 ctx: RequestContext) -> int:
-        """Until the client closes: its close code."""
+        """Until the client closes: its close code. Every client message is checked
+        first: the session's key not revoked since (else an error event, 1008, the
+        engine's socket closed), and a ``session.update`` naming no other model than
+        the session's (else an error event, and it is not passed on)."""
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return sendable_close_code(message.get("code"), NORMAL)
+            if ctx.key is not None and self._director.key_revoked(ctx.key):
+                await self._close(websocket, "API key has been revoked", "invalid_api_key")
+                return GOING_AWAY
             text = message.get("text")
-            await upstream.send(_renamed(text, ctx) if text is not None
-                                else message.get("bytes") or b"")
+            if text is None:
+                await upstream.send(message.get("bytes") or b"")
+                continue
+            named = models_named(text)
+            other = [m for m in named or () if m not in (ctx.requested_model, ctx.model)]
+            if other:
+                await websocket.send_text(error_event(
+                    f"this session serves '{echo(ctx.requested_model)}'; a session.update "
+                    f"may not name another model ({echo(str(other[0]))}): open another "
+                    "session for it", "model_mismatch"))
+                continue
+            await upstream.send(_renamed(text, ctx))
 
     @staticmethod
     async def _engine_to_client(websocket: WebSocket, upstream: UpstreamSocket,
@@ -253,7 +261,7 @@ class RealtimeRelay:
             if isinstance(item, Closed):
                 return item.code
             if isinstance(item, str) and '"usage"' in item:
-                _count_usage(ctx, item)
+                count_usage(ctx, item)
             message = {"type": "websocket.send", "text": item} if isinstance(item, str) \
                 else {"type": "websocket.send", "bytes": item}
             try:
@@ -296,22 +304,6 @@ def _query(scope: Scope, ctx: RequestContext) -> str:
         return query
     return urlencode([(k, ctx.model if k == "model" and v == ctx.requested_model else v)
                       for k, v in parse_qsl(query, keep_blank_values=True)])
-
-
-def _count_usage(ctx: RequestContext, text: str) -> None:
-    """Add the usage an engine event reports (``transcription.done``) to the session's."""
-    try:
-        event = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return
-    usage = Usage.from_openai(event.get("usage")) if isinstance(event, dict) else None
-    if usage is None:
-        return
-    if ctx.usage is None:
-        ctx.usage = usage
-    else:
-        ctx.usage.prompt_tokens += usage.prompt_tokens
-        ctx.usage.completion_tokens += usage.completion_tokens
 
 
 def _outcome(task: asyncio.Task[int | None], failed: int) -> int | None:
