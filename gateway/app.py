@@ -146,7 +146,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 pool, Admission(settings.admission, state.counters),
                 _caching(settings, state, metrics), drain, metrics, keys=key_service,
                 versions=versions,
-                hooks=[mirror.finished, VersionMeasure(state.measurements).record])
+                hooks=[mirror.finished, VersionMeasure(
+                    state.measurements, metrics,
+                    max_caller_share=settings.versions.rollout.max_caller_share).record])
             yield {
                 "settings": settings,
                 "metrics": metrics,

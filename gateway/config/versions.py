@@ -124,6 +124,12 @@ class RolloutSettings(BaseModel):
     check_interval_s: float = Field(
         default=1.0, gt=0, description="how often the bounds are checked during a hold "
                                        "(a breach rolls back at once)")
+    max_caller_share: float = Field(
+        default=0.25, gt=0, le=1,
+        description="no one caller (API key, or client address without keys) makes more "
+                    "than this share of the requests a version is judged by (or 1/n of "
+                    "them with n < 1/share callers); the rest of its requests are served "
+                    "but not counted")
     max_hold_factor: float = Field(
         default=3.0, ge=1, description="a hold without min_requests is extended up to this "
                                        "many holds, then rolled back (too little traffic "

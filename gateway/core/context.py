@@ -130,6 +130,8 @@ class RequestContext:
     the gateway runs without keys."""
     key: ApiKey | None = None
     """The managed key it came with (models allowed, limits); None for a static key."""
+    client: str | None = None
+    """The client's address (host), when the server gave one."""
     session_key: str | None = None
     """Session affinity key (``x-session-id`` header, else the body's ``user``)."""
     requested_model: str = ""
@@ -191,6 +193,12 @@ class RequestContext:
         if arrived is not None:
             ctx.timings.arrived = arrived
         return ctx
+
+    @property
+    def caller(self) -> str:
+        """Who a per-caller bound counts it against: its key's principal, else its
+        address."""
+        return self.principal or f"address:{self.client or ''}"
 
     def route_headers(self) -> dict[str, str]:
         """What an answer says of the request's route: ``Server-Timing`` (the phases

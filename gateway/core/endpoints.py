@@ -30,6 +30,9 @@ class Endpoint:
     """Its answers are OpenAI completion chunks (chat, completions): a stream is
     ``data:`` events ending with ``[DONE]``, continued on another engine when one breaks
     after its first byte, and shadow policies mirror it."""
+    generates: bool = False
+    """A generation (chat, completions, responses): what a guarded rollout judges a
+    version by."""
 
     @property
     def chat(self) -> bool:
@@ -37,10 +40,10 @@ class Endpoint:
 
 
 CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest, streams=True,
-                chunks=True)
+                chunks=True, generates=True)
 COMPLETIONS = Endpoint("completions", "/v1/completions", CompletionRequest, streams=True,
-                       chunks=True)
-RESPONSES = Endpoint("responses", "/v1/responses", streams=True)
+                       chunks=True, generates=True)
+RESPONSES = Endpoint("responses", "/v1/responses", streams=True, generates=True)
 EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings")
 TOKENIZE = Endpoint("tokenize", "/tokenize")
 DETOKENIZE = Endpoint("detokenize", "/detokenize")

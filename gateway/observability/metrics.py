@@ -115,6 +115,12 @@ class GatewayMetrics:
             "sluice_admin_auth_failures", "Admin API requests refused for their token: "
             "invalid (a missing or wrong token), held_back (429: the address failed too "
             "often in a row and waits).", ["outcome"], registry=r)
+        self.version_samples_skipped = Counter(
+            "sluice_version_samples_skipped", "Finished requests to an alias that the "
+            "rollout guard does not judge the version by, by reason: pinned (x-sluice-"
+            "version), endpoint (not a generation), caller_share (past "
+            "versions.rollout.max_caller_share of one caller).", ["model", "reason"],
+            registry=r)
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
             "(a stored answer), coalesced (an identical request in flight), miss.",

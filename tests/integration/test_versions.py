@@ -100,6 +100,8 @@ async def test_the_admin_api_needs_its_token(start_sim, start_gateway) -> None:
                 response = await http.request(method, path, headers=headers,
                                               json={"weights": {"v2": 1}})
                 assert response.status_code == 401, (method, path, headers)
+            # the right token clears the address's failures (5 in a row are backed off)
+            assert (await http.get("/admin/versions", headers=ADMIN)).status_code == 200
         shown = (await http.get("/admin/versions/chat", headers=ADMIN)).json()
     assert shown["policy"]["weights"] == {"v1": 1}
 

@@ -6,8 +6,10 @@ other and finished; a cancel through the other stops it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +19,7 @@ from gateway.cli.main import app
 from simulator import SimConfig
 from tests.integration.conftest import ServeGateway
 from tests.integration.helpers import gateway_metric, wait_until
-from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, MODELS, STATIC_KEY
+from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, BODY, KEY, MODELS, STATIC_KEY
 from tests.integration.test_versions_rollout import traffic
 from tests.redis_server import RedisServer
 
@@ -158,3 +160,65 @@ async def test_a_rollout_is_cancelled_through_the_other_gateway(
     assert applied == {"v1": 90, "v2": 10}  # left where it was
     assert after.status_code == 202, after.text
     assert finished["state"] == "done"
+
+
+@contextlib.asynccontextmanager
+async def pinned_flood(gateway: str, path: str, body: dict[str, Any],
+                       clients: int = 3) -> AsyncIterator[list[int]]:
+    """A caller's loops of requests pinned to v2 (``x-sluice-version``) until the block
+    ends; their statuses."""
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def loop(http: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            statuses.append((await http.post(path, json=body)).status_code)
+
+    async with httpx.AsyncClient(base_url=gateway, timeout=30,
+                                 headers={**KEY, "x-sluice-version": "v2"}) as http:
+        tasks = [asyncio.create_task(loop(http)) for _ in range(clients)]
+        try:
+            yield statuses
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+
+async def test_pinned_cheap_calls_cannot_force_a_failing_version_through(
+        redis_server: RedisServer, start_sim, serve_gateway: ServeGateway) -> None:
+    fast = {"prefill_base_ms": 1, "decode_step_ms": 1}
+    sims = [await start_sim(SimConfig(model=MODELS["v1"], **fast)),
+            await start_sim(SimConfig(model=MODELS["v2"], error_rate=0.5, **fast))]
+    a, b = await two_gateways(serve_gateway, redis_server, sims, max_ttft_p99_ratio=20,
+                              max_error_rate=0.3)
+    tokenize = {"model": "chat", "prompt": "hi"}
+    async with pinned_flood(a, "/tokenize", tokenize, clients=8) as flood, \
+            traffic(b, clients=1) as statuses, \
+            httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
+        started = await http.post(a + "/admin/versions/chat/rollout", json={
+            "to": "v2", "steps": [10, 50, 100], "hold_s": 2})
+        assert started.status_code == 202, started.text
+        ended = await until_ended(http, b)
+    assert ended["state"] == "rolled_back", ended["decisions"][-1]
+    assert len(flood) > 20  # the flood ran, and v2 answered it
+    assert set(flood) == {200}
+    assert 502 in statuses or 500 in statuses  # v2 failed ordinary requests
+    assert "error rate" in ended["decisions"][-1]["reason"]
+
+
+async def test_pinned_slow_requests_cannot_roll_a_healthy_version_back(
+        redis_server: RedisServer, start_sim, serve_gateway: ServeGateway) -> None:
+    fast = {"prefill_base_ms": 1, "decode_step_ms": 1}
+    sims = [await start_sim(SimConfig(model=m, **fast)) for m in MODELS.values()]
+    a, b = await two_gateways(serve_gateway, redis_server, sims, max_ttft_p99_ratio=1.5,
+                              ttft_p99_slack_s=0.05)
+    slow = {**BODY, "max_tokens": 300, "ignore_eos": True}  # whole answer ~300 ms: its TTFT
+    async with pinned_flood(a, "/v1/chat/completions", slow) as flood, traffic(b), \
+            httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
+        started = await http.post(a + "/admin/versions/chat/rollout", json={
+            "to": "v2", "steps": [10, 100], "hold_s": 2})
+        assert started.status_code == 202, started.text
+        ended = await until_ended(http, b)
+    assert ended["state"] == "done", ended["decisions"][-1]
+    assert len(flood) > 10
+    assert set(flood) == {200}

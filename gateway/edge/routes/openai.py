@@ -79,6 +79,8 @@ class EngineEndpoint:
                                  arrived=arrived, session_key=header(scope, b"x-session-id"),
                                  principal=state.get("principal"), key=state.get("api_key"))
         ctx.pinned_version = header(scope, PIN_HEADER_KEY)
+        client = scope.get("client")
+        ctx.client = client[0] if client else None
         if self.cached:
             read_directives(ctx.cache, header(scope, b"cache-control"),
                             header(scope, b"x-sluice-cache"))

@@ -51,7 +51,8 @@ async def requests_socket(websocket: WebSocket) -> None:
                       max_requests=settings.websocket.max_requests_per_socket,
                       session_key=header(websocket.scope, b"x-session-id"),
                       principal=principal, key=key,
-                      pinned_version=header(websocket.scope, PIN_HEADER_KEY))
+                      pinned_version=header(websocket.scope, PIN_HEADER_KEY),
+                      client=websocket.client.host if websocket.client else None)
     try:
         while True:
             message = await websocket.receive()

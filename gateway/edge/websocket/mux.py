@@ -61,8 +61,9 @@ class Multiplexer:
     def __init__(self, director: Director, answer: AnswerStep, send: Send, *, socket_id: str,
                  max_requests: int, session_key: str | None = None,
                  principal: str | None = None, key: ApiKey | None = None,
-                 pinned_version: str | None = None) -> None:
+                 pinned_version: str | None = None, client: str | None = None) -> None:
         self._director = director
+        self._client = client
         self._answer = answer
         self._pinned_version = pinned_version
         self._principal = principal
@@ -139,6 +140,7 @@ class Multiplexer:
                                  start.body, session_key=self._session_key,
                                  principal=self._principal, key=self._key)
         ctx.pinned_version = start.version or self._pinned_version
+        ctx.client = self._client
         try:
             await self._stream(start.id, ctx, tagged)
         except asyncio.CancelledError:

@@ -101,8 +101,8 @@ class RealtimeRelay:
     async def serve(self, websocket: WebSocket) -> None:
         """Run one client's session, from its handshake to the last close."""
         scope = websocket.scope
-        address = scope.get("client") or ("",)
-        holder = caller(scope)[0] or f"address:{address[0]}"
+        address = scope.get("client") or (None,)
+        holder = caller(scope)[0] or f"address:{address[0] or ''}"
         held, most = self._held.get(holder, 0), self._settings.max_realtime_sessions_per_key
         refusal = None
         if self.sessions >= self._settings.max_realtime_sessions:
@@ -140,6 +140,8 @@ class RealtimeRelay:
                                  principal=principal, key=key,
                                  session_key=header(scope, b"x-session-id"))
         ctx.pinned_version = header(scope, PIN_HEADER_KEY)
+        client = scope.get("client")
+        ctx.client = client[0] if client else None
 
         async def answer(ctx: RequestContext) -> None:
             await self._session(websocket, ctx, first)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from gateway.config.versions import RolloutSettings
 from gateway.core.context import RequestContext
 from gateway.core.endpoints import CHAT
+from gateway.observability.metrics import GatewayMetrics
 from gateway.stores import Window
 from gateway.stores.memory import MemoryMeasurements, MemoryRollouts, MemoryVersionPolicies
 from gateway.stores.windows import Counts
@@ -133,7 +134,7 @@ async def test_a_version_within_bounds_is_promoted_to_all_the_traffic() -> None:
 
 async def test_the_measure_hook_counts_errors_ttfts_and_not_client_disconnects() -> None:
     measurements = MemoryMeasurements()
-    hook = VersionMeasure(measurements).record
+    hook = VersionMeasure(measurements, GatewayMetrics(), max_caller_share=0.25).record
     began = time.time()
     for status, left, ttft in (("200", False, 0.25), ("502", False, None),
                                ("503", False, 0.5), ("499", True, 0.25), ("400", False, 0.25)):
