@@ -15,7 +15,7 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers bench-cpu \
-	bench-versions gateway engine peer granian model redis chromium node-clients browser clients \
+	bench-versions bench-ws-memory gateway engine peer granian model redis chromium node-clients browser clients \
 	docs docs-reference clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
@@ -50,7 +50,7 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers bench-versions bench-cpu  ## every benchmark docs/explanation/benchmarks.md reports
+	bench-scale bench-servers bench-workers bench-versions bench-cpu bench-ws-memory  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -84,6 +84,9 @@ bench-versions: gateway redis  ## guarded rollouts (2 gateways, 1 redis-server) 
 
 bench-cpu: gateway  ## gateway CPU per request: 3,000 two-token streams, 50 at a time, 3 rounds
 	$(VENV)/bin/python -m loadtests.cpu_bench --rounds 3 --out results/cpu_bench.json
+
+bench-ws-memory: gateway  ## gateway RSS over 10 rounds of 5 x 3.8 MB requests, /v1/ws and HTTP, then idle
+	$(VENV)/bin/python -m loadtests.ws_memory --out results/ws_memory.json
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale

@@ -153,7 +153,7 @@ class ResponseCaching:
 
     def _answer(self, ctx: RequestContext, flight: Flight) -> CachedResponse | None:
         use = ctx.cache
-        if ctx.outcome.status != "200" or ctx.outcome.error is not None or not use.complete:
+        if ctx.outcome.status != "200" or not use.complete:
             return None
         if not ctx.stream:
             return CachedResponse(body=use.answer)

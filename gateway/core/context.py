@@ -80,10 +80,13 @@ class Timings:
 
 @dataclass(slots=True)
 class Outcome:
-    """How the request ended: the status its metrics and logs record."""
+    """How the request ended: the status its metrics and logs record.
+
+    The exception that ended it is not kept: its traceback's frames hold the request
+    (its body included), so a reference from here would make a cycle that only a full
+    garbage collection frees, which an idle gateway never runs."""
 
     status: str = "200"
-    error: BaseException | None = None
     client_left: bool = False
 
 

@@ -302,7 +302,6 @@ class Director:
             return
         ctx.finished = True
         ctx.timings.finished = time.perf_counter()
-        ctx.outcome.error = error
         if isinstance(error, SluiceError):
             ctx.outcome.status = str(error.status_code)
         elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):

@@ -180,6 +180,7 @@ class StreamSession:
             if ctx.keep_text:
                 ctx.answer_text = relay.text(ctx.keep_text)
             await self._on_end(ctx, error)
+            error = None  # its traceback holds this frame: no cycle left behind
 
     async def _open(self) -> tuple[Attempt, list[bytes]]:
         """An attempt (with the connector's retries) and its head."""
