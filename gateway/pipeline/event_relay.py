@@ -70,8 +70,8 @@ class EventRelay:
                     out.append(block + _SEP)
                 start = end + 2
                 end = buf.find(_SEP, start)
-        except EngineError as exc:
-            self.fault = exc
+        except EngineError as exc:  # kept without its traceback: it holds this relay
+            self.fault = exc.with_traceback(None)
             return out
         rest = b"" if self.done else buf[start:]
         if len(rest) > self.max_event_bytes:

@@ -111,8 +111,8 @@ class Relay:
                     if b"\n" in kept:  # an event of several data lines: JSON whitespace
                         kept = kept.replace(b"\n", b" ")  # (it was valid), sent as one line
                     out.append(kept)
-        except EngineError as exc:
-            self.fault = exc
+        except EngineError as exc:  # kept without its traceback: it holds this relay
+            self.fault = exc.with_traceback(None)
         if self._decoder.overflowed and self.fault is None:
             self.fault = EngineError(
                 f"engine sent an event over {self._decoder.max_event_bytes} bytes")

@@ -47,10 +47,8 @@ OnEnd = Callable[[RequestContext, BaseException | None], Awaitable[None]]
 class StreamRelay(Protocol):
     """What the session needs of a relay: events in, whole judged events out."""
 
-    @property
-    def fault(self) -> EngineError | None:
-        """The engine sent something bad; the events before it were handed out."""
-        ...
+    fault: EngineError | None
+    """The engine sent something bad; the events before it were handed out."""
 
     @property
     def done(self) -> bool:
@@ -149,7 +147,7 @@ class StreamSession:
                             if relay.fault is not None:
                                 break
                     if relay.fault is not None:
-                        raise relay.fault
+                        raise _taken(relay)
                     if not relay.done:
                         raise EngineError("engine closed the stream before it finished")
                     if tap is not None:
@@ -206,7 +204,7 @@ class StreamSession:
                     raise EngineError("engine closed the stream before its first event")
                 head = relay.feed(data)
             if relay.fault is not None and not head:
-                raise relay.fault
+                raise _taken(relay)
         except SluiceError as exc:
             self._connector.engine_failed(attempt.engine, exc)
             raise
@@ -214,41 +212,57 @@ class StreamSession:
 
     async def _recover(self, attempt: Attempt, cause: SluiceError) -> Attempt | None:
         """A new attempt that continues the broken stream, None when nothing was missing
-        but the end, or raise when it cannot be continued."""
-        ctx, failovers = self.ctx, self._metrics.failovers
-        if self._drain.expired:
-            raise ShuttingDown("the gateway shut down before the answer finished") from cause
-        log.warning("stream from %s broke after the first byte: %s", attempt.engine.name,
-                    cause.message)
-        self._connector.engine_failed(attempt.engine, cause)
-        await attempt.stack.aclose()
-        if isinstance(cause, EngineTimeout) and not cause.blames_engine:
-            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
-            raise cause  # the request's own time is up: no engine gets more of it
-        relay = self.relay
-        if not isinstance(relay, Relay):  # named events (Responses): not continued
-            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
-            raise cause
-        transcript = relay.transcript
-        if transcript.finished and transcript.obstacle is None:
-            failovers.labels(ctx.label, ctx.version_label, "completed").inc()
-            return None
-        follow: dict[str, Any] | str = "failover is off"
-        if self._settings.failover and ctx.continuations < self._settings.max_failovers:
-            follow = continuation(self._payload, transcript, chat=ctx.endpoint.chat)
-        if isinstance(follow, str):
-            log.warning("cannot continue the stream of %s: %s", ctx.model, follow)
-            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
-            raise cause
+        but the end, or raise when it cannot be continued (``cause``, or a new error from
+        it).
+        This frame lets go of ``cause`` as it leaves: a raised error's traceback holds
+        the frame, and the frame holding the error would make a cycle."""
         try:
-            new = await self._connector.open(ctx, orjson.dumps(follow), streamed=True,
-                                             continuation=True)
-        except SluiceError as exc:
-            failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
-            raise cause from exc
-        ctx.continuations += 1
-        relay.continue_from_here()
-        failovers.labels(ctx.label, ctx.version_label, "continued").inc()
-        log.info("stream of %s continued on %s after %d tokens", ctx.model, new.engine.name,
-                 transcript.tokens)
-        return new
+            ctx, failovers = self.ctx, self._metrics.failovers
+            if self._drain.expired:
+                raise ShuttingDown("the gateway shut down before the answer finished") from cause
+            log.warning("stream from %s broke after the first byte: %s", attempt.engine.name,
+                        cause.message)
+            self._connector.engine_failed(attempt.engine, cause)
+            await attempt.stack.aclose()
+            if isinstance(cause, EngineTimeout) and not cause.blames_engine:
+                failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
+                raise cause  # the request's own time is up: no engine gets more of it
+            relay = self.relay
+            if not isinstance(relay, Relay):  # named events (Responses): not continued
+                failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
+                raise cause
+            transcript = relay.transcript
+            if transcript.finished and transcript.obstacle is None:
+                failovers.labels(ctx.label, ctx.version_label, "completed").inc()
+                return None
+            follow: dict[str, Any] | str = "failover is off"
+            if self._settings.failover and ctx.continuations < self._settings.max_failovers:
+                follow = continuation(self._payload, transcript, chat=ctx.endpoint.chat)
+            if isinstance(follow, str):
+                log.warning("cannot continue the stream of %s: %s", ctx.model, follow)
+                failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
+                raise cause
+            try:
+                new = await self._connector.open(ctx, orjson.dumps(follow), streamed=True,
+                                                 continuation=True)
+            except SluiceError as exc:
+                failovers.labels(ctx.label, ctx.version_label, "error_event").inc()
+                raise cause from exc
+            ctx.continuations += 1
+            relay.continue_from_here()
+            failovers.labels(ctx.label, ctx.version_label, "continued").inc()
+            log.info("stream of %s continued on %s after %d tokens", ctx.model, new.engine.name,
+                     transcript.tokens)
+            return new
+        finally:
+            del cause
+
+
+def _taken(relay: StreamRelay) -> EngineError:
+    """The relay's fault, no longer kept by it: raised, its traceback holds the frames
+    that hold the relay, and the relay holding it would make a cycle that only a full
+    garbage collection frees (with the request's body in it)."""
+    fault = relay.fault
+    assert fault is not None
+    relay.fault = None
+    return fault

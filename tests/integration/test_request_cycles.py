@@ -33,9 +33,7 @@ REPLIES: dict[str, Reply] = {
 }
 CASES = [
     "answered", "refused",
-    pytest.param("broken_mid_stream", marks=pytest.mark.xfail(strict=True, reason=(
-        "the relay keeps the fault it raised, and a failed continuation chains it: "
-        "their tracebacks hold the session's frames"))),
+    "broken_mid_stream",
 ]
 
 
