@@ -136,6 +136,10 @@ class WebSocketSettings(BaseModel):
         description="without API keys, browser origins that may open a WebSocket "
                     "besides the gateway's own address (its IP and port, or localhost on "
                     "loopback; a name it is reached by must be listed); '*' allows any")
+    max_sockets_per_key: int = Field(
+        default=64, ge=1,
+        description="/v1/ws sockets one API key (one client address without keys) may hold "
+                    "open per worker; past it the handshake is a 429")
     max_realtime_sessions: int = Field(
         default=256, ge=1, description="/v1/realtime sessions relayed at once (per worker)")
     max_realtime_sessions_per_key: int = Field(
