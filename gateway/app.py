@@ -33,6 +33,7 @@ from gateway.edge.routes import (
     playground,
     ws,
 )
+from gateway.edge.websocket.holds import Holds
 from gateway.edge.websocket.realtime import RealtimeRelay
 from gateway.keys import KeyService, memory_keys
 from gateway.keys.redis import redis_keys
@@ -164,6 +165,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "version_admin": version_admin,
                 "rollouts": rollouts,
                 "realtime": RealtimeRelay(connector, pool, director, settings.websocket),
+                "sockets": Holds(settings.websocket.max_sockets_per_key),
             }
 
     page = playground.routes() if settings.playground else []

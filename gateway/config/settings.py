@@ -88,8 +88,20 @@ class ConnectionLimits(BaseModel):
 
     max_connections: int = Field(
         default=4096, ge=2,
-        description="open client connections per worker; past it a new connection closes "
-                    "the oldest one still waiting for a request head, or is refused (503)")
+        description="open client connections per worker, WebSockets included; past it a new "
+                    "connection closes the oldest one still waiting for a request head, or "
+                    "takes a reserved slot, or is refused (503)")
+    reserved_connections: int = Field(
+        default=8, ge=0,
+        description="slots beyond max_connections (and beyond an address's cap) for "
+                    "GET or HEAD of /health and /ready only: one request, then closed; any "
+                    "other request on one is refused (503)")
+    max_connections_per_address: int = Field(
+        default=256, ge=1,
+        description="HTTP connections one client address may hold per worker (not its "
+                    "WebSockets: websocket.max_sockets_per_key); past it a new one only takes "
+                    "a reserved slot. Behind a proxy every connection has the proxy's "
+                    "address: raise it to max_connections")
     max_header_bytes: int = Field(
         default=32 * 1024, ge=1024,
         description="request line and headers together; larger is a 431")
@@ -101,6 +113,10 @@ class ConnectionLimits(BaseModel):
     body_timeout_s: float = Field(
         default=30.0, gt=0,
         description="longest wait for the next byte of a request body; else 408")
+    body_deadline_s: float = Field(
+        default=300.0, gt=0,
+        description="the whole request body must arrive within this of the head's end, "
+                    "however steadily it trickles; else 408")
     keep_alive_s: int = Field(
         default=75, ge=1,
         description="an idle connection between requests is closed after this; longer "
@@ -136,6 +152,10 @@ class WebSocketSettings(BaseModel):
         description="without API keys, browser origins that may open a WebSocket "
                     "besides the gateway's own address (its IP and port, or localhost on "
                     "loopback; a name it is reached by must be listed); '*' allows any")
+    max_sockets_per_key: int = Field(
+        default=64, ge=1,
+        description="/v1/ws sockets one API key (one client address without keys) may hold "
+                    "open per worker; past it the handshake is a 429")
     max_realtime_sessions: int = Field(
         default=256, ge=1, description="/v1/realtime sessions relayed at once (per worker)")
     max_realtime_sessions_per_key: int = Field(

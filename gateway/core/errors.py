@@ -242,8 +242,9 @@ class HeadersTooLarge(SluiceError):
 
 
 class TooManyConnections(SluiceError):
-    """Every connection slot holds a request in progress (written by the server's
-    protocol to a new connection, which it then closes)."""
+    """No connection slot for this request: every slot holds a request or a socket, or
+    the client's address holds its share, and a reserved slot answers only a probe
+    (written by the server's protocol, which then closes the connection)."""
 
     status = 503
     type = "service_unavailable"

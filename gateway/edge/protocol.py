@@ -26,13 +26,20 @@ sockets fill it, without closing any of them. This protocol adds, per
   head is never held whole.
 - **head read timeout**: a request head must arrive whole within ``header_timeout_s`` of
   the connection's opening, or of a later request's first byte; else a 408.
-- **body read timeout**: no body byte for ``body_timeout_s`` while the server reads the
-  body (not while the app holds reading back) is a 408, or a bare close once a response
-  has started. Responses are never timed here: a stream may take as long as it takes.
-- **connection limit**: at ``max_connections``, a new connection closes the oldest one
-  that is waiting for a request head (idle keep-alive ones included), so idle sockets
-  cannot take every descriptor and ``/health`` keeps answering; when every connection
-  holds a request, the new one gets a 503 and is closed.
+- **body read timeout and deadline**: no body byte for ``body_timeout_s`` while the server
+  reads the body (not while the app holds reading back), or a body not whole within
+  ``body_deadline_s`` of the head's end however steadily it trickles, is a 408, or a bare
+  close once a response has started. A deadline that passes while the app holds reading
+  back is checked again ``body_timeout_s`` later. Responses are never timed here: a
+  stream may take as long as it takes.
+- **connection slots** (:mod:`gateway.edge.slots`): at ``max_connections`` (WebSockets
+  included), a new connection closes the oldest one that is waiting for a request head
+  (idle keep-alive ones included), so idle sockets cannot take every descriptor; a client
+  address past ``max_connections_per_address`` HTTP connections, or a new connection
+  when every connection holds a request or a socket, gets one of
+  ``reserved_connections`` slots, where only one ``GET``/``HEAD`` of ``/health`` or
+  ``/ready`` is answered (then the connection is closed) and anything else is a 503, so
+  the probes keep answering; past the reserve, a 503 at once.
 
 Each refusal is written straight to the socket as OpenAI-shaped JSON with
 ``Connection: close``, then the connection is closed. The server builds one protocol
@@ -43,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -55,6 +61,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.config.settings import ConnectionLimits
 from gateway.core.errors import HeadersTooLarge, RequestTimeout, SluiceError, TooManyConnections
+from gateway.edge.slots import Slots, is_probe
 
 UVICORN_INTERNALS = {
     httptools_impl.HttpToolsProtocol: (
@@ -66,7 +73,8 @@ UVICORN_INTERNALS = {
     httptools_impl.RequestResponseCycle: ("run_asgi", "send", "receive"),
 }
 """What this module overrides or calls of uvicorn's classes. The instance attributes it
-reads (a protocol's ``parser``, ``cycle``, ``flow``, ``connections``, ``server_state``;
+reads (a protocol's ``parser``, ``cycle``, ``flow``, ``connections``, ``server_state``,
+``client``, ``url``;
 a cycle's ``response_started``, ``response_complete``, ``chunked_encoding``,
 ``expected_content_length``, ``keep_alive``, ``disconnected``, ``message_event``,
 ``waiting_for_100_continue``) are checked by ``tests/unit/test_uvicorn_internals.py``
@@ -129,16 +137,20 @@ class _Phase(enum.Enum):
     """The request is read whole; only the response may still be running."""
 
 
-class _HeadTooLarge(Exception):
-    """Raised in a parser callback to stop the parser at once."""
+class _Refused(Exception):
+    """Raised in a parser callback to stop the parser at once and answer ``error``."""
+
+    def __init__(self, error: SluiceError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with size, time and count bounds on requests."""
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
-    waiting: ClassVar[OrderedDict[EdgeProtocol, None]] = OrderedDict()
-    """This server's connections waiting for a request head, the longest waiting first."""
+    slots: ClassVar[Slots[EdgeProtocol]] = Slots(limits)
+    """This server's slots (see :mod:`gateway.edge.slots`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._phase = _Phase.HEAD
@@ -152,19 +164,23 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._feed_body = 0
         self._body_seen = 0.0
+        self._body_due = 0.0
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            if not self.waiting:
-                self._refuse(TooManyConnections(
-                    "every connection holds a request in progress; retry shortly"))
-                return
-            self.waiting.popitem(last=False)[0]._evict()
-        self.waiting[self] = None
+        admission = self.slots.open(self, self.client[0] if self.client else None,
+                                    len(self.connections))
+        self._probes_only = admission.probes_only
+        """Why this connection holds a reserved slot: it may only ask a probe."""
+        if admission.refusal is not None:
+            self._refuse(TooManyConnections(admission.refusal))
+            return
+        if admission.evict is not None:
+            admission.evict._evict()
+        self.slots.waiting[self] = None
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        self.waiting.pop(self, None)
+        self.slots.close(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -175,8 +191,8 @@ class EdgeProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._refuse_head()
+            if isinstance(exc.__context__, _Refused):
+                self._refuse(exc.__context__.error)
                 return
             self._bad_request()
             return
@@ -192,15 +208,16 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._phase is _Phase.HEAD and self._head_begun:
             self._head_fed += len(data)
             if self._head_fed > self.limits.max_header_bytes:
-                self._refuse_head()
+                self._refuse(self._head_too_large())
         elif self._phase is _Phase.BODY:
             self._body_seen = self.loop.time()
             if self._timer is None:
-                self._arm(self.limits.body_timeout_s, self._body_timed_out)
+                self._arm(min(self.limits.body_timeout_s, self._body_due - self._body_seen),
+                          self._body_timed_out)
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()
-        self.waiting.pop(self, None)
+        self.slots.close(self)
         super().handle_websocket_upgrade()
 
     # Parser callbacks
@@ -216,7 +233,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         self._head_bytes += len(url)
         if self._head_bytes > self.limits.max_header_bytes:
-            raise _HeadTooLarge
+            raise _Refused(self._head_too_large())
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -224,16 +241,21 @@ class EdgeProtocol(HttpToolsProtocol):
         self._header_count += 1
         if self._head_bytes > self.limits.max_header_bytes or \
                 self._header_count > self.limits.max_headers:
-            raise _HeadTooLarge
+            raise _Refused(self._head_too_large())
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        self.waiting.pop(self, None)
+        if self._probes_only is not None and not is_probe(self.parser.get_method(), self.url):
+            raise _Refused(TooManyConnections(self._probes_only))
+        self.slots.waiting.pop(self, None)
         self._head_begun = False
         self._phase = _Phase.BODY
+        self._body_due = self.loop.time() + self.limits.body_deadline_s
         self._requests += 1
         super().on_headers_complete()
+        if self._probes_only is not None and self.cycle is not None:
+            self.cycle.keep_alive = False  # one probe, then the reserved slot is free
 
     def on_body(self, body: bytes) -> None:
         self._feed_body += len(body)
@@ -253,14 +275,14 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._phase is _Phase.DONE and self.cycle.response_complete \
                 and not self.transport.is_closing():
             self._phase = _Phase.HEAD
-            self.waiting[self] = None  # uvicorn's keep-alive timeout runs until a byte comes
+            self.slots.waiting[self] = None  # uvicorn's keep-alive timeout runs until a byte
 
     # Timers and refusals
 
     def _await_next_request(self) -> None:
         if not self.transport.is_closing():
             self._phase = _Phase.HEAD
-            self.waiting[self] = None
+            self.slots.waiting[self] = None
             self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
@@ -292,12 +314,16 @@ class EdgeProtocol(HttpToolsProtocol):
             # body yet): not the client's delay.
             self._arm(self.limits.body_timeout_s, self._body_timed_out)
             return
-        left = self._body_seen + self.limits.body_timeout_s - self.loop.time()
+        now = self.loop.time()
+        left = min(self._body_seen + self.limits.body_timeout_s, self._body_due) - now
         if left > 0:
             self._arm(left, self._body_timed_out)
-            return
-        self._refuse(RequestTimeout(
-            f"no request body byte came for {self.limits.body_timeout_s:g} s"))
+        elif now >= self._body_due:
+            self._refuse(RequestTimeout(f"the request body did not arrive whole within "
+                                        f"{self.limits.body_deadline_s:g} s"))
+        else:
+            self._refuse(RequestTimeout(
+                f"no request body byte came for {self.limits.body_timeout_s:g} s"))
 
     def _evict(self) -> None:
         """Closes this waiting connection to make room for a new one."""
@@ -308,10 +334,9 @@ class EdgeProtocol(HttpToolsProtocol):
             self._disarm()
             self.transport.close()
 
-    def _refuse_head(self) -> None:
-        self._refuse(HeadersTooLarge(
-            f"request headers exceed {self.limits.max_header_bytes} bytes or "
-            f"{self.limits.max_headers} lines"))
+    def _head_too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(f"request headers exceed {self.limits.max_header_bytes} "
+                               f"bytes or {self.limits.max_headers} lines")
 
     def _bad_request(self) -> None:
         msg = "Invalid HTTP request received."
@@ -322,7 +347,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def _refuse(self, error: SluiceError) -> None:
         """Writes ``error`` unless a response has started, then closes the connection."""
         self._disarm()
-        self.waiting.pop(self, None)
+        self.slots.waiting.pop(self, None)
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
             self.transport.write(_error_bytes(error, self.server_state.default_headers))
@@ -344,12 +369,12 @@ def _error_bytes(error: SluiceError, default_headers: list[tuple[bytes, bytes]])
 
 
 def protocol_for(limits: ConnectionLimits) -> type[EdgeProtocol]:
-    """A protocol class for one server: ``limits``, and its own registry of waiting
-    connections (so two servers in one process never evict each other's)."""
+    """A protocol class for one server: ``limits``, and its own slots (so two servers in
+    one process never evict each other's connections)."""
     configured = limits
 
     class ServerProtocol(EdgeProtocol):
         limits = configured
-        waiting: ClassVar[OrderedDict[EdgeProtocol, None]] = OrderedDict()
+        slots: ClassVar[Slots[EdgeProtocol]] = Slots(configured)
 
     return ServerProtocol

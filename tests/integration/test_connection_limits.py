@@ -224,7 +224,9 @@ async def test_past_the_limit_the_oldest_waiting_connection_makes_room(
 
 async def test_when_every_connection_holds_a_request_a_new_one_is_503(
         start_gateway) -> None:
-    gateway = await start_gateway(limits={"max_connections": 4})
+    """Without reserved slots it is refused before it sends a byte (with them it may
+    still ask a probe: ``test_connection_slots.py``)."""
+    gateway = await start_gateway(limits={"max_connections": 4, "reserved_connections": 0})
     async with AsyncExitStack() as stack:
         for _ in range(4):  # heads in, bodies never: requests in progress
             reader, writer = await stack.enter_async_context(connect(gateway))

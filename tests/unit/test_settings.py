@@ -91,7 +91,9 @@ def test_the_default_engine_is_handed_to_workers_as_a_url() -> None:
 
 def test_connection_limits_are_handed_to_workers() -> None:
     limits = {"max_connections": 64, "max_header_bytes": 8192, "max_headers": 20,
-              "header_timeout_s": 2.5, "body_timeout_s": 4.0, "keep_alive_s": 20}
+              "header_timeout_s": 2.5, "body_timeout_s": 4.0, "keep_alive_s": 20,
+              "body_deadline_s": 60.0, "reserved_connections": 2,
+              "max_connections_per_address": 16}
     worker = Settings(**Settings(workers=2, limits=limits).for_worker(port=8000))
     assert worker.limits.model_dump() == limits
 

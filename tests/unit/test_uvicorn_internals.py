@@ -18,7 +18,7 @@ from gateway.edge.protocol import UVICORN_INTERNALS, protocol_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOCOL_ATTRIBUTES = ("parser", "cycle", "flow", "connections", "server_state", "transport",
-                       "loop", "logger")
+                       "loop", "logger", "client", "url")
 CYCLE_ATTRIBUTES = ("scope", "response_started", "response_complete", "chunked_encoding",
                     "expected_content_length", "keep_alive", "disconnected", "message_event",
                     "waiting_for_100_continue")

@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.config.settings import Settings
 from gateway.core.context import PIN_HEADER_KEY
+from gateway.core.errors import Overloaded
 from gateway.edge.handshake import (
     POLICY_VIOLATION,
     chosen_subprotocol,
@@ -19,6 +20,7 @@ from gateway.edge.handshake import (
 )
 from gateway.edge.headers import header
 from gateway.edge.middleware import caller
+from gateway.edge.websocket.holds import Holds, holder
 from gateway.edge.websocket.mux import KeyRevoked, Multiplexer, SocketClosed
 from gateway.edge.websocket.realtime import RealtimeRelay
 
@@ -37,6 +39,19 @@ async def requests_socket(websocket: WebSocket) -> None:
     settings: Settings = websocket.state.settings
     if not await _admitted(websocket, settings):
         return
+    sockets: Holds = websocket.state.sockets
+    who = holder(websocket.scope)
+    if sockets.full(who):
+        await refuse(Overloaded(
+            f"this caller already holds {sockets.held(who)} /v1/ws sockets (at most "
+            f"{sockets.most} per key, or per address without keys); close one first"),
+            websocket.scope, websocket.receive, websocket.send)
+        return
+    with sockets.hold(who):
+        await _serve_requests(websocket, settings)
+
+
+async def _serve_requests(websocket: WebSocket, settings: Settings) -> None:
     await websocket.accept(subprotocol=chosen_subprotocol(websocket.scope))
 
     async def send(message: bytes) -> None:

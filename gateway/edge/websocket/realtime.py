@@ -60,6 +60,7 @@ from gateway.core.errors import EngineError, Overloaded, SluiceError, echo
 from gateway.edge.handshake import chosen_subprotocol, refuse
 from gateway.edge.headers import header
 from gateway.edge.middleware import caller
+from gateway.edge.websocket.holds import Holds, holder
 from gateway.edge.websocket.realtime_events import (
     count_usage,
     error_event,
@@ -95,35 +96,29 @@ class RealtimeRelay:
         self._director = director
         self._settings = settings
         self.sessions = 0
-        self._held: dict[str, int] = {}
+        self._held = Holds(settings.max_realtime_sessions_per_key)
         """Sessions open per caller: its key's principal, or its address without keys."""
 
     async def serve(self, websocket: WebSocket) -> None:
         """Run one client's session, from its handshake to the last close."""
         scope = websocket.scope
-        address = scope.get("client") or (None,)
-        holder = caller(scope)[0] or f"address:{address[0] or ''}"
-        held, most = self._held.get(holder, 0), self._settings.max_realtime_sessions_per_key
+        who = holder(scope)
         refusal = None
         if self.sessions >= self._settings.max_realtime_sessions:
             refusal = Overloaded(f"{self.sessions} realtime sessions are open; retry shortly")
-        elif held >= most:
-            refusal = Overloaded(f"this caller already holds {held} realtime sessions (at "
-                                 f"most {most} per key, or per address without keys); "
-                                 "close one first")
+        elif self._held.full(who):
+            refusal = Overloaded(f"this caller already holds {self._held.held(who)} realtime "
+                                 f"sessions (at most {self._held.most} per key, or per "
+                                 "address without keys); close one first")
         if refusal is not None:
             await refuse(refusal, scope, websocket.receive, websocket.send)
             return
         self.sessions += 1
-        self._held[holder] = held + 1
         try:
-            await self._serve(websocket)
+            with self._held.hold(who):
+                await self._serve(websocket)
         finally:
             self.sessions -= 1
-            if self._held[holder] <= 1:
-                del self._held[holder]
-            else:
-                self._held[holder] -= 1
 
     async def _serve(self, websocket: WebSocket) -> None:
         scope = websocket.scope
