@@ -38,6 +38,7 @@ from gateway.edge.websocket.realtime import RealtimeRelay
 from gateway.keys import KeyService, memory_keys
 from gateway.keys.redis import redis_keys
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.adapters import AdapterPlacer, AdapterRegistry
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.answer import Answer
 from gateway.pipeline.connector import Connector
@@ -71,7 +72,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     server calls on SIGTERM (see :mod:`gateway.edge.server`). The app is the edge
     (:mod:`gateway.edge.gate`) in front of a Starlette router that runs the lifespan."""
     metrics = GatewayMetrics()
-    scheduler = Scheduler(settings.routing, metrics)  # a bad profile fails here, early
+    scheduler = Scheduler(settings.routing, metrics,  # a bad profile fails here, early
+                          lora_weight=settings.lora.affinity_weight)
+    registry = AdapterRegistry(settings.adapters)
     drain = Drain(settings.resilience.drain_timeout_s, metrics)
 
     @asynccontextmanager
@@ -119,6 +122,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 key_service = memory_keys()
             connector = Connector(pool, scheduler, drain, metrics, settings.resilience)
             await pool.refresh()
+            await pool.scrape()  # adapter bounds known before the first request
             for loop, name in ((pool.run_health_checks, "health-checks"),
                                (pool.run_scrapes, "load-scrapes")):
                 stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
@@ -133,6 +137,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             version_admin = VersionService(versions)
             rollouts = Rollouts(version_admin, versions, state.measurements, state.rollouts,
                                 settings.versions.rollout)
+            connector.adapters = AdapterPlacer(registry, metrics, settings.lora,
+                                               locks=state.locks, owner=rollouts.replica)
             stack.push_async_callback(rollouts.aclose)
             await versions.seed()
             stack.push_async_callback(
@@ -146,7 +152,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             director = Director(
                 pool, Admission(settings.admission, state.counters),
                 _caching(settings, state, metrics), drain, metrics, keys=key_service,
-                versions=versions,
+                versions=versions, adapters=registry,
                 hooks=[mirror.finished, VersionMeasure(
                     state.measurements, metrics,
                     max_caller_share=settings.versions.rollout.max_caller_share).record])
@@ -160,6 +166,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "answer": Answer(connector, drain, metrics, settings.resilience,
                                  director.finish, max_event_bytes=settings.max_event_bytes),
                 "keys": key_service,
+                "adapters": registry,
                 "admin_attempts": FailedAttempts(),
                 "versions": versions,
                 "version_admin": version_admin,

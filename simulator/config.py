@@ -84,6 +84,8 @@ class SimConfig(BaseModel):
 
     max_loras: Annotated[int, Field(ge=0)] = 4
     """Most LoRA adapters loaded at once (0 disables `vllm:lora_requests_info`)."""
+    lora_load_ms: Annotated[float, Field(ge=0.0)] = 0.0
+    """How long `/v1/load_lora_adapter` takes (a real engine reads and prepares weights)."""
 
     @property
     def kv_capacity_blocks(self) -> int:

@@ -14,6 +14,7 @@ import random
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ class SimState:
     engine: SimEngine
     on_crash: Callable[[], None]
     loras: dict[str, str] = field(default_factory=dict)
+    lora_calls: Counter[str] = field(default_factory=Counter)
+    """`GET /sim/lora`: loads, unloads, and the calls a gateway should never make:
+    `already_loaded` (a load of an adapter held), `unloaded_busy` (an unload of one with
+    requests running or waiting)."""
     vocabulary: Vocabulary = field(default_factory=Vocabulary)
     created: int = field(default_factory=lambda: int(time.time()))
     crashed: bool = False
@@ -123,6 +128,7 @@ def create_sim_app(
     app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
     app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.router.add_get("/sim/faults", get_faults)
+    app.router.add_get("/sim/lora", lora_calls)
     add_realtime(app, config.model, engine.metrics.registry)
     app.router.add_post("/sim/faults", set_faults)
     return app
@@ -227,6 +233,7 @@ async def load_lora_adapter(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
         raise _invalid("Both 'lora_name' and 'lora_path' must be provided.")
     if name in state.loras and not body.get("load_inplace"):
+        state.lora_calls["already_loaded"] += 1
         raise _invalid(
             f"The lora adapter '{name}' has already been loaded. If you want to load the "
             "adapter in place, set 'load_inplace' to True."
@@ -236,7 +243,10 @@ async def load_lora_adapter(request: web.Request) -> web.Response:
             f"Cannot load LoRA adapter '{name}': max_loras={state.config.max_loras} adapters "
             "are loaded; unload one first."
         )
+    if state.config.lora_load_ms:
+        await asyncio.sleep(state.config.lora_load_ms / 1000)
     state.loras[name] = path
+    state.lora_calls["loads"] += 1
     logger.info("loaded LoRA adapter %r from %r", name, path)
     return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
@@ -249,8 +259,18 @@ async def unload_lora_adapter(request: web.Request) -> web.Response:
         raise _invalid("'lora_name' needs to be provided to unload a LoRA adapter.")
     if state.loras.pop(name, None) is None:
         raise SimError(404, "NotFoundError", f"The lora adapter '{name}' cannot be found.")
+    scheduler = state.engine.scheduler
+    if any(r.lora == name for r in (*scheduler.running, *scheduler.waiting)):
+        state.lora_calls["unloaded_busy"] += 1
+    state.lora_calls["unloads"] += 1
     logger.info("unloaded LoRA adapter %r", name)
     return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+
+async def lora_calls(request: web.Request) -> web.Response:
+    """`GET /sim/lora`: the adapters held, and the load and unload calls so far."""
+    state = request.app[SIM_STATE]
+    return _json({"loaded": sorted(state.loras), **state.lora_calls})
 
 
 async def get_faults(request: web.Request) -> web.Response:

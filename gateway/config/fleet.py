@@ -75,7 +75,8 @@ class PluginRef(_Frozen):
     type: str = Field(
         min_length=1,
         description="a plugin type: filters serves_model, healthy, circuit, not_tried; "
-                    "scorers round_robin, least_loaded, kv_cache, session, prefix; picker "
+                    "scorers round_robin, least_loaded, kv_cache, session, prefix, lora_affinity; "
+                    "picker "
                     "max_score; or one registered in code. An unknown type, or one of "
                     "another kind, stops the gateway at start")
     params: dict[str, Any] = Field(

@@ -24,7 +24,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from adapters import AdapterSpec, under_roots
 from engines.spec import EngineSpec
+from gateway.config.adapters import LoraSettings
 from gateway.config.fleet import AdmissionSettings, ResilienceSettings, RoutingSettings
 from gateway.config.state import CacheSettings, RedisSettings
 from gateway.config.versions import VersionsSettings
@@ -282,6 +284,13 @@ class EngineConfig(BaseModel):
                     "requests go to its /v1/... paths, health checks to /health and "
                     "/v1/models; set this or managed")
     managed: EngineSpec | None = None
+    max_loras: int | None = Field(
+        default=None, ge=0,
+        description="LoRA adapters this engine holds at once (0: none); default: the "
+                    "max_lora it reports in vllm:lora_requests_info")
+    max_lora_rank: int | None = Field(
+        default=None, ge=1,
+        description="the largest adapter rank it serves (--max-lora-rank); unset: any")
 
     @model_validator(mode="after")
     def _one_source(self) -> EngineConfig:
@@ -367,6 +376,12 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     redis: RedisSettings = RedisSettings()
     versions: VersionsSettings = VersionsSettings()
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        description="LoRA adapters clients may name as model, each loaded on demand onto "
+                    "an engine serving its base (name, base, path; rank, version, owner, "
+                    "pinned optional)")
+    lora: LoraSettings = LoraSettings()
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
         description="least level of the JSON log lines on stderr; warning or error also "
@@ -389,6 +404,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"api_keys[{index}] has whitespace or non-ASCII characters; "
                                  "a key must be printable ASCII (it travels in a header)")
         return keys
+
+    @model_validator(mode="after")
+    def _adapters_registered(self) -> Settings:
+        names: set[str] = set()
+        for spec in self.adapters:
+            if spec.name in names:
+                raise ValueError(f"adapters: {spec.name!r} is registered twice")
+            names.add(spec.name)
+            if not under_roots(spec.path, self.lora.roots):
+                raise ValueError(f"adapters: {spec.name!r} path {spec.path!r} is not under "
+                                 f"lora.roots ({', '.join(self.lora.roots)})")
+        return self
 
     @model_validator(mode="after")
     def _keys_shared(self) -> Settings:

@@ -10,9 +10,11 @@ another step's locals. It replaces per-step bookkeeping objects: what was asked 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from adapters import AdapterSpec
 from gateway.core.endpoints import Endpoint
 from gateway.core.keys import ApiKey
 from gateway.core.protocol import RequestBody
@@ -55,6 +57,8 @@ class Timings:
     admitted: float | None = None
     scheduled: float | None = None
     """The engine of the first attempt was picked."""
+    adapted: float | None = None
+    """The request's LoRA adapter was on that engine (loaded, a slot waited for)."""
     connected: float | None = None
     """The first attempt's engine answered with its response headers."""
     first_byte: float | None = None
@@ -64,14 +68,18 @@ class Timings:
     def server_timing(self) -> str:
         """The phases before the first byte as a ``Server-Timing`` value, each from the
         end of the one before, in milliseconds (``admit;dur=0.1, sched;dur=0.2, ...``):
-        ``admit`` (arrival to admitted), ``sched`` (to the engine picked), ``connect`` (to
+        ``admit`` (arrival to admitted), ``sched`` (to the engine picked), ``adapter`` (to
+        its LoRA adapter loaded there; only for a request naming one), ``connect`` (to
         the engine's response headers), ``ttfb`` (to its first output bytes). Phases not
         reached yet are left out."""
         parts: list[str] = []
         start = self.arrived
         for name, end in (("admit", self.admitted), ("sched", self.scheduled),
-                          ("connect", self.connected), ("ttfb", self.first_byte)):
+                          ("adapter", self.adapted), ("connect", self.connected),
+                          ("ttfb", self.first_byte)):
             if end is None:
+                if name == "adapter":
+                    continue
                 break
             parts.append(f"{name};dur={(end - start) * 1000:.1f}")
             start = end
@@ -135,6 +143,8 @@ class RequestContext:
     """The managed key it came with (models allowed, limits); None for a static key."""
     client: str | None = None
     """The client's address (host), when the server gave one."""
+    lora: AdapterSpec | None = None
+    """The registered LoRA adapter ``model`` names (loaded on demand)."""
     session_key: str | None = None
     """Session affinity key (``x-session-id`` header, else the body's ``user``)."""
     requested_model: str = ""
@@ -180,6 +190,8 @@ class RequestContext:
     answer_text: str | None = None
     """The start of choice 0's text as the client got it, when ``keep_text`` asked for it
     and the engines answered (None otherwise: a cached answer keeps none)."""
+    on_finish: list[Callable[[], None]] = field(default_factory=list)
+    """Called when its books close (a WebSocket dial's adapter use, released)."""
     scratch: dict[str, Any] = field(default_factory=dict)
     """Per-request data that plugins compute once and share (e.g. prompt block hashes),
     keyed by the plugin's name."""

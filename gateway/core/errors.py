@@ -296,6 +296,25 @@ class EngineConnectTimeout(EngineUnavailable):
     default_code = "engine_connect_timeout"
 
 
+class AdapterLoadFailed(EngineError):
+    """An engine could not load the request's LoRA adapter (tried on another one; the
+    engine itself is not blamed: it serves everything else)."""
+
+    default_code = "adapter_load_failed"
+
+
+class AdapterUnavailable(SluiceError):
+    """No slot for the request's LoRA adapter came within ``lora.load_timeout_s``: the
+    engine chosen holds its bound of adapters, all in use (no engine is at fault)."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "adapter_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class EngineTimeout(EngineError):
     """An engine did not answer in time. ``blames_engine`` is False for the total-time
     bound: a long request reaching it says nothing about the engine's health."""

@@ -121,6 +121,18 @@ class GatewayMetrics:
             "version), endpoint (not a generation), caller_share (past "
             "versions.rollout.max_caller_share of one caller).", ["model", "reason"],
             registry=r)
+        self.adapter_loads = Counter(
+            "sluice_adapter_loads", "LoRA adapter loads the gateway asked of an engine, by "
+            "outcome (loaded, failed).", ["engine", "outcome"], registry=r)
+        self.adapter_unloads = Counter(
+            "sluice_adapter_unloads", "LoRA adapters the gateway unloaded from an engine to "
+            "make room for another.", ["engine"], registry=r)
+        self.adapter_load_seconds = Histogram(
+            "sluice_adapter_load_seconds", "How long an engine took to load a LoRA adapter.",
+            ["engine"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.adapters_resident = Gauge(
+            "sluice_adapters_resident", "LoRA adapters loaded on an engine, as the gateway "
+            "last saw it.", ["engine"], registry=r)
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Response cache lookups of cacheable requests: hit "
             "(a stored answer), coalesced (an identical request in flight), miss.",

@@ -34,6 +34,7 @@ from typing import Protocol, TypeVar
 from gateway.config.fleet import ResilienceSettings
 from gateway.core.context import RequestContext
 from gateway.core.errors import (
+    AdapterLoadFailed,
     EngineConnectTimeout,
     EngineError,
     EngineTimeout,
@@ -45,6 +46,7 @@ from gateway.core.errors import (
     echo,
 )
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.adapters import AdapterPlacer
 from gateway.pipeline.budget import RetryBudget
 from gateway.pipeline.drain import Drain
 from gateway.upstream.pool import EnginePool, EngineState
@@ -119,6 +121,8 @@ class Connector:
         self._metrics = metrics
         self._settings = settings
         self.budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min_per_s)
+        self.adapters: AdapterPlacer | None = None
+        """Puts a request's LoRA adapter on the engine picked, before the attempt."""
 
     async def open(self, ctx: RequestContext, payload: bytes, *, streamed: bool,
                    continuation: bool = False) -> Attempt:
@@ -162,7 +166,7 @@ class Connector:
             if ctx.timings.scheduled is None:
                 ctx.timings.scheduled = time.perf_counter()
             try:
-                opened = await attempt(engine)
+                opened = await self._with_adapter(ctx, engine, attempt)
             except UpstreamRejected as exc:
                 self.engine_failed(engine, exc)
                 missing = unsupported(ctx, exc)
@@ -191,6 +195,39 @@ class Connector:
         assert last is not None
         raise last
 
+    async def _with_adapter(self, ctx: RequestContext, engine: EngineState,
+                            attempt: Callable[[EngineState], Awaitable[T]]) -> T:
+        """``attempt``, once the request's adapter (if it names one) is on ``engine``.
+        The adapter counts as in use there until the attempt's stack closes (a WebSocket:
+        until the request's books close)."""
+        placer = self.adapters
+        prepared = None if placer is None else await placer.prepare(ctx, engine)
+        if placer is None or prepared is None:
+            return await attempt(engine)
+        release: Callable[[], None] = prepared
+        try:
+            try:
+                opened = await attempt(engine)
+            except UpstreamRejected as exc:
+                lora = ctx.lora
+                if lora is None or exc.status_code != 404 or lora.name not in exc.message:
+                    raise
+                # Another replica unloaded it after this one saw it held: load it again.
+                engine.cards.pop(lora.name, None)
+                release()
+                again = await placer.prepare(ctx, engine)
+                assert again is not None
+                release = again
+                opened = await attempt(engine)
+        except BaseException:
+            release()
+            raise
+        if isinstance(opened, Attempt):
+            opened.stack.callback(release)
+        else:
+            ctx.on_finish.append(release)
+        return opened
+
     def _spend(self, ctx: RequestContext, last: SluiceError | None = None) -> None:
         if not self.budget.try_spend():
             self._metrics.retry_budget_exhausted.labels(ctx.label, ctx.version_label).inc()
@@ -206,6 +243,9 @@ class Connector:
             return True
         if isinstance(exc, EngineUnavailable):
             self._pool.mark_down(engine, exc)
+            return True
+        if isinstance(exc, AdapterLoadFailed):
+            engine.breaker.release()  # it serves all else; another may load the adapter
             return True
         if isinstance(exc, EngineTimeout):
             if exc.blames_engine:

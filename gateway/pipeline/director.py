@@ -42,6 +42,7 @@ from gateway.core.keys import ApiKey
 from gateway.core.protocol import validate
 from gateway.keys import KeyService
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.adapters import AdapterRegistry
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.drain import Drain
 from gateway.stores import CachedResponse
@@ -80,8 +81,8 @@ class Director:
 
     def __init__(self, pool: EnginePool, admission: Admission, cache: ResponseCaching | None,
                  drain: Drain, metrics: GatewayMetrics, *, keys: KeyService | None = None,
-                 hooks: Sequence[FinishHook] = (), versions: VersionRouter | None = None
-                 ) -> None:
+                 hooks: Sequence[FinishHook] = (), versions: VersionRouter | None = None,
+                 adapters: AdapterRegistry | None = None) -> None:
         self._pool = pool
         self._admission = admission
         self._cache = cache
@@ -89,6 +90,7 @@ class Director:
         self._metrics = metrics
         self._keys = keys
         self._versions = versions
+        self._adapters = adapters
         stored = () if cache is None else (cache.stored,)
         self._hooks = (*stored, self._record_metrics, self._account_key, self._log, *hooks)
 
@@ -131,6 +133,8 @@ class Director:
         """The ``model`` label of a request's metrics: an alias's name, a served model's,
         else ``unknown``."""
         alias = self._versions.label(requested) if self._versions is not None else None
+        if alias is None and self._adapters is not None and self._adapters.get(requested):
+            return requested  # a registered adapter: named by the operator, so bounded
         return alias or self._pool.model_label(requested)
 
     def check_open(self) -> None:
@@ -197,6 +201,8 @@ class Director:
         ctx.model = ctx.requested_model
         if self._versions is not None:
             self._versions.resolve(ctx, mirror=mirror)
+        if self._adapters is not None:
+            ctx.lora = self._adapters.get(ctx.model)
 
     async def from_cache(self, ctx: RequestContext) -> bytes | StartedStream | None:
         """The cache step of every route the cache serves (chat, completions, and the
@@ -308,6 +314,9 @@ class Director:
             ctx.outcome.status, ctx.outcome.client_left = "499", True
         elif error is not None:
             ctx.outcome.status = "500"
+        for release in ctx.on_finish:
+            release()
+        ctx.on_finish.clear()
         if ctx.admitted:
             try:
                 await self._admission.leave(ctx.model)

@@ -17,7 +17,14 @@ from gateway.scheduling.filters import circuit, healthy, not_tried, serves_model
 from gateway.scheduling.framework.plugin_config import Factory, PluginConfig, PluginConfigError
 from gateway.scheduling.pickers import max_score
 from gateway.scheduling.producers import Producers
-from gateway.scheduling.scorers import kv_cache, least_loaded, prefix, round_robin, session
+from gateway.scheduling.scorers import (
+    kv_cache,
+    least_loaded,
+    lora_affinity,
+    prefix,
+    round_robin,
+    session,
+)
 
 
 class Registry:
@@ -56,6 +63,7 @@ def default_registry() -> Registry:
         ("not_tried", not_tried.build),
         ("round_robin", round_robin.build),
         ("least_loaded", least_loaded.build),
+        ("lora_affinity", lora_affinity.build),
         ("kv_cache", kv_cache.build),
         ("session", session.build),
         ("prefix", prefix.build),

@@ -20,8 +20,9 @@ from gateway.core.errors import NoHealthyEngine, echo
 from gateway.observability.metrics import GatewayMetrics
 from gateway.scheduling.framework.interfaces import C, Candidate, Cycle
 from gateway.scheduling.producers import PrefixCacheIndexer, Producers
-from gateway.scheduling.profiles import Plan, PlanBuilder, restart_observers
+from gateway.scheduling.profiles import Plan, PlanBuilder, WeightedScorer, restart_observers
 from gateway.scheduling.registry import Registry, default_registry
+from gateway.scheduling.scorers.lora_affinity import LoraAffinity
 
 
 class Scheduler:
@@ -29,8 +30,10 @@ class Scheduler:
     :class:`~gateway.scheduling.framework.plugin_config.PluginConfigError` here."""
 
     def __init__(self, settings: RoutingSettings, metrics: GatewayMetrics,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, *, lora_weight: float = 2.0) -> None:
         self._metrics = metrics
+        self._lora = WeightedScorer(LoraAffinity(), lora_weight)
+        """Beside every profile's scorers, for requests naming a registered adapter."""
         self.producers = Producers(prefix_cache=PrefixCacheIndexer(settings.prefix))
         """The data producers every profile's plugins share."""
         timing = self._timing if settings.plugin_timing else None
@@ -47,7 +50,7 @@ class Scheduler:
         ``NoHealthyEngine`` when none of those may take it now. The chosen engine's
         breaker is told (in half-open, this request becomes its probe).
         """
-        plan = self._plans.get(ctx.model, self._default)
+        plan = self._plan(ctx)
         candidates = engines
         for step in plan.filters:
             candidates = step.filter(ctx, candidates)
@@ -69,7 +72,7 @@ class Scheduler:
     def attempt_opened(self, ctx: RequestContext, engine: Candidate) -> None:
         """``engine`` took ``ctx`` (its attempt opened): the profile's data producers
         learn from it now, and only now (the prefix index records the prompt's blocks)."""
-        for observer in self._plans.get(ctx.model, self._default).observers:
+        for observer in self._plan(ctx).observers:
             observer.attempt_opened(ctx, engine)
 
     def engine_restarted(self, name: str) -> None:
@@ -77,12 +80,17 @@ class Scheduler:
         for observer in self._restart:
             observer.engine_restarted(name)
 
-    @staticmethod
-    def _score(plan: Plan, cycle: Cycle) -> tuple[int, str]:
+    def _plan(self, ctx: RequestContext) -> Plan:
+        """The model's profile (an adapter's: its base model's)."""
+        model = ctx.model if ctx.lora is None else ctx.lora.base
+        return self._plans.get(model, self._default)
+
+    def _score(self, plan: Plan, cycle: Cycle) -> tuple[int, str]:
         totals = [0.0] * len(cycle.candidates)
         first: str | None = None
         affinity: str | None = None
-        for weighted in plan.scorers:
+        lora = (self._lora,) if cycle.ctx.lora is not None and self._lora.weight else ()
+        for weighted in (*lora, *plan.scorers):
             scores = weighted.scorer.score(cycle)
             weight = weighted.weight
             for i, value in enumerate(scores.values):

@@ -104,6 +104,30 @@ class EngineClient:
         finally:
             response.close()
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter (``/v1/load_lora_adapter``). One the engine already holds
+        (a 400 saying so: another gateway loaded it) counts as loaded."""
+        payload = orjson.dumps({"lora_name": name, "lora_path": path})
+        try:
+            async with self.open("/v1/load_lora_adapter", payload, streamed=False) as answer:
+                await answer.read(_ERROR_BODY_LIMIT)
+        except UpstreamRejected as exc:
+            if not (exc.status_code == 400 and "already been loaded" in exc.message):
+                raise
+
+    async def unload_adapter(self, name: str) -> bool:
+        """Unload a LoRA adapter (``/v1/unload_lora_adapter``): True when it did, False
+        when the engine did not hold it (404)."""
+        payload = orjson.dumps({"lora_name": name})
+        try:
+            async with self.open("/v1/unload_lora_adapter", payload, streamed=False) as answer:
+                await answer.read(_ERROR_BODY_LIMIT)
+        except UpstreamRejected as exc:
+            if exc.status_code != 404:
+                raise
+            return False
+        return True
+
     async def websocket(self, path: str, query: str = "") -> UpstreamSocket:
         """A WebSocket to the engine's ``path`` (``query`` passed on as it is)."""
         url = self.base_url.replace("http", "ws", 1) + path

@@ -2,13 +2,17 @@
 
 The router reads every engine's metrics several times a second, so this does not parse
 the whole exposition (vLLM's page has hundreds of samples): it scans for the five
-series it needs and sums each over its labels (one engine may serve several models).
+series it needs and sums each over its labels (one engine may serve several models),
+and reads ``vllm:lora_requests_info``, whose labels say the engine's adapter bound
+(``max_lora``) and which adapters have requests running or waiting (its value is the
+time it was set: of several label sets, the newest is the engine's state now).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 _SERIES: dict[bytes, str] = {
     b"vllm:num_requests_running": "running",
@@ -17,6 +21,40 @@ _SERIES: dict[bytes, str] = {
     b"vllm:prefix_cache_queries_total": "prefix_queries",
     b"vllm:prefix_cache_hits_total": "prefix_hits",
 }
+
+
+_LORA_INFO = b"vllm:lora_requests_info"
+_LABEL = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True, slots=True)
+class LoraInfo:
+    """An engine's LoRA state: ``max_lora`` adapters at once (None: it reports none, so
+    LoRA is off), and the adapters with requests running or waiting."""
+
+    max_lora: int | None = None
+    running: frozenset[str] = frozenset()
+    waiting: frozenset[str] = frozenset()
+
+    @property
+    def busy(self) -> frozenset[str]:
+        return self.running | self.waiting
+
+
+def _names(value: str) -> frozenset[str]:
+    return frozenset(name for name in value.split(",") if name)
+
+
+def parse_lora_info(line: bytes) -> tuple[float, LoraInfo] | None:
+    """One ``vllm:lora_requests_info`` sample: its value (a time) and what it says."""
+    labels = {k.decode(): v.decode("utf-8", "replace") for k, v in _LABEL.findall(line)}
+    try:
+        stamp = float(line[line.rindex(b"}") + 1:].split()[0])
+        max_lora = int(labels["max_lora"])
+    except (ValueError, IndexError, KeyError):
+        return None
+    return stamp, LoraInfo(max_lora, _names(labels.get("running_lora_adapters", "")),
+                           _names(labels.get("waiting_lora_adapters", "")))
 
 
 @dataclass(frozen=True)
@@ -29,6 +67,7 @@ class EngineLoad:
     kv_usage: float = 0.0
     prefix_queries: float = 0.0
     prefix_hits: float = 0.0
+    lora: LoraInfo = field(default_factory=LoraInfo)
 
     @property
     def queued(self) -> float:
@@ -38,8 +77,14 @@ class EngineLoad:
 def parse_load(raw: bytes) -> EngineLoad:
     """The load series of a Prometheus text page; absent series read as 0."""
     totals: dict[str, float] = {}
+    lora: tuple[float, LoraInfo] | None = None
     for line in raw.split(b"\n"):
         if not line.startswith(b"vllm:"):
+            continue
+        if line.startswith(_LORA_INFO + b"{"):
+            sample = parse_lora_info(line)
+            if sample is not None and (lora is None or sample[0] >= lora[0]):
+                lora = sample
             continue
         end = len(line)
         for stop in (b"{", b" "):
@@ -56,4 +101,4 @@ def parse_load(raw: bytes) -> EngineLoad:
             continue
         if math.isfinite(value):
             totals[field] = totals.get(field, 0.0) + value
-    return EngineLoad(**totals)
+    return EngineLoad(**totals, lora=LoraInfo() if lora is None else lora[1])

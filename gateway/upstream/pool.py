@@ -55,6 +55,28 @@ class EngineState:
     """A health check found it down (not merely a request that failed to connect)."""
     scraped: EngineLoad = field(default_factory=EngineLoad)
     scraped_at: float = -math.inf
+    max_loras: int | None = None
+    """The configured adapter bound (None: the one the engine reports)."""
+    max_lora_rank: int | None = None
+
+    @property
+    def lora_bound(self) -> int | None:
+        """Adapters it holds at once: configured, else reported (None: LoRA is off, as
+        far as the gateway knows)."""
+        return self.max_loras if self.max_loras is not None else self.scraped.lora.max_lora
+
+    @property
+    def adapters(self) -> list[str]:
+        """The LoRA adapters it has loaded (its cards with a parent)."""
+        return [name for name, card in self.cards.items() if card.get("parent")]
+
+    @property
+    def lora_busy(self) -> frozenset[str]:
+        """Adapters with requests running or waiting on it, by any gateway (a recent
+        scrape; empty when the last one is too old to say)."""
+        if time.monotonic() - self.scraped_at > _SCRAPE_FRESH_S:
+            return frozenset()
+        return self.scraped.lora.busy
 
     @property
     def name(self) -> str:
@@ -92,7 +114,8 @@ class EnginePool:
         """``served_as``: the (alias, version) pairs each served model name stands for
         (``sluice_engine_info``; see :meth:`VersionsSettings.served_as`)."""
         self._engines = [
-            EngineState(clients(c), CircuitBreaker(breaker.failure_threshold, breaker.open_s))
+            EngineState(clients(c), CircuitBreaker(breaker.failure_threshold, breaker.open_s),
+                        max_loras=c.max_loras, max_lora_rank=c.max_lora_rank)
             for c in configs
         ]
         self._metrics = metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -27,6 +28,7 @@ from gateway.edge.accounting import director_counts
 from gateway.edge.handlers import error_response
 from gateway.edge.headers import header
 from gateway.edge.streaming import ClientWatch, SSEStreamResponse
+from gateway.pipeline.adapters import AdapterRegistry
 from gateway.pipeline.director import StartedStream
 
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
@@ -139,18 +141,27 @@ ENDPOINTS = {e.path: EngineEndpoint(e) for e in HTTP}
 to them directly; the router has them too, for its 405 on other methods)."""
 
 
+def _cards(request: Request) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every served model's card and each registered LoRA adapter's (loaded yet or not,
+    ``parent`` its base); and each model alias's (when some version of it is served)."""
+    registry: AdapterRegistry = request.state.adapters
+    adapters = registry.cards(int(time.time()))
+    registered = {card["id"] for card in adapters}
+    cards = [c for c in request.state.pool.models() if c["id"] not in registered]
+    cards += adapters
+    return cards, request.state.versions.cards({card["id"] for card in cards})
+
+
 async def list_models(request: Request) -> Response:
-    cards = request.state.pool.models()
-    cards += request.state.versions.cards({card["id"] for card in cards})
-    return Response(orjson.dumps({"object": "list", "data": cards}),
+    cards, aliases = _cards(request)
+    return Response(orjson.dumps({"object": "list", "data": [*cards, *aliases]}),
                     media_type="application/json")
 
 
 async def model_card(request: Request) -> Response:
-    """A served model's card, or a model alias's (when some version of it is served)."""
+    """A model alias's card, a served model's, or a registered adapter's."""
     model_id = request.path_params["model_id"]
-    cards = request.state.pool.models()
-    aliases = request.state.versions.cards({card["id"] for card in cards})
+    cards, aliases = _cards(request)
     for card in (*aliases, *cards):
         if card["id"] == model_id:
             return Response(orjson.dumps(card), media_type="application/json")

@@ -54,6 +54,21 @@ class Candidate(Protocol):
     @property
     def in_flight(self) -> int: ...
 
+    @property
+    def lora_bound(self) -> int | None:
+        """LoRA adapters it holds at once (None: LoRA off, as far as is known)."""
+
+    @property
+    def max_lora_rank(self) -> int | None: ...
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters it has loaded."""
+
+    @property
+    def lora_busy(self) -> frozenset[str]:
+        """Adapters with requests running or waiting on it (a recent scrape)."""
+
 
 C = TypeVar("C", bound=Candidate)
 

@@ -37,6 +37,13 @@ class Engine:
     cards: dict[str, Any] = field(default_factory=lambda: {"m": {"id": "m"}})
     breaker: Breaker = field(default_factory=Breaker)
     in_flight: int = 0
+    lora_bound: int | None = None
+    max_lora_rank: int | None = None
+    lora_busy: frozenset[str] = frozenset()
+
+    @property
+    def adapters(self) -> list[str]:
+        return [name for name, card in self.cards.items() if card.get("parent")]
 
 
 def chat(text: str, model: str = "m") -> dict[str, Any]:
