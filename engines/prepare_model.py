@@ -109,8 +109,9 @@ def convert_gguf(tmp: Path) -> None:
         log("warning: the tokenizer carries no chat template")
 
 
-def make_lora(model_dir: Path) -> Callable[[Path], None]:
-    """Return a builder that saves a deterministic random LoRA adapter for ``model_dir``."""
+def make_lora(model_dir: Path, seed: int = LORA_SEED) -> Callable[[Path], None]:
+    """Return a builder that saves a deterministic random LoRA adapter for ``model_dir``
+    (``seed`` picks which: two seeds, two adapters that answer differently)."""
 
     def build(tmp: Path) -> None:
         import torch
@@ -119,7 +120,7 @@ def make_lora(model_dir: Path) -> Callable[[Path], None]:
 
         log(f"loading {model_dir} for the LoRA adapter")
         base: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        torch.manual_seed(LORA_SEED)
+        torch.manual_seed(seed)
         lora = LoraConfig(
             r=8,
             lora_alpha=16,
@@ -139,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, required=True, help="HF model directory to write")
     parser.add_argument("--lora-out", type=Path, help="also write a test LoRA adapter here")
+    parser.add_argument("--lora-seed", type=int, default=LORA_SEED,
+                        help="the adapter's random seed (another seed, another adapter)")
     return parser.parse_args(argv)
 
 
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         if lora_ready:
             log(f"LoRA adapter already prepared in {lora_out} (found {MARKER}); nothing to do")
         else:
-            build_atomically(lora_out, make_lora(out))
+            build_atomically(lora_out, make_lora(out, args.lora_seed))
     return 0
 
 

@@ -299,6 +299,19 @@ class EngineConfig(BaseModel):
         return self
 
     @property
+    def lora_bound(self) -> int | None:
+        """``max_loras``, else a managed engine's own (None: as the engine reports)."""
+        if self.max_loras is not None or self.managed is None:
+            return self.max_loras
+        return self.managed.max_loras if self.managed.enable_lora else 0
+
+    @property
+    def lora_rank(self) -> int | None:
+        if self.max_lora_rank is not None or self.managed is None:
+            return self.max_lora_rank
+        return self.managed.max_lora_rank
+
+    @property
     def base_url(self) -> str:
         if self.managed is not None:
             return self.managed.url

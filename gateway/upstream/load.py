@@ -24,17 +24,21 @@ _SERIES: dict[bytes, str] = {
 
 
 _LORA_INFO = b"vllm:lora_requests_info"
+_LORA_DECLARED = b"# TYPE " + _LORA_INFO + b" "
 _LABEL = re.compile(rb'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True, slots=True)
 class LoraInfo:
-    """An engine's LoRA state: ``max_lora`` adapters at once (None: it reports none, so
-    LoRA is off), and the adapters with requests running or waiting."""
+    """An engine's LoRA state: ``max_lora`` adapters at once (None: not reported yet),
+    and the adapters with requests running or waiting. vLLM declares the series only
+    with LoRA on, and sets it only once its scheduler has stepped: ``enabled`` is the
+    declaration, seen before any sample."""
 
     max_lora: int | None = None
     running: frozenset[str] = frozenset()
     waiting: frozenset[str] = frozenset()
+    enabled: bool = False
 
     @property
     def busy(self) -> frozenset[str]:
@@ -54,7 +58,7 @@ def parse_lora_info(line: bytes) -> tuple[float, LoraInfo] | None:
     except (ValueError, IndexError, KeyError):
         return None
     return stamp, LoraInfo(max_lora, _names(labels.get("running_lora_adapters", "")),
-                           _names(labels.get("waiting_lora_adapters", "")))
+                           _names(labels.get("waiting_lora_adapters", "")), enabled=True)
 
 
 @dataclass(frozen=True)
@@ -78,8 +82,10 @@ def parse_load(raw: bytes) -> EngineLoad:
     """The load series of a Prometheus text page; absent series read as 0."""
     totals: dict[str, float] = {}
     lora: tuple[float, LoraInfo] | None = None
+    declared = False
     for line in raw.split(b"\n"):
         if not line.startswith(b"vllm:"):
+            declared = declared or line.startswith(_LORA_DECLARED)
             continue
         if line.startswith(_LORA_INFO + b"{"):
             sample = parse_lora_info(line)
@@ -101,4 +107,5 @@ def parse_load(raw: bytes) -> EngineLoad:
             continue
         if math.isfinite(value):
             totals[field] = totals.get(field, 0.0) + value
-    return EngineLoad(**totals, lora=LoraInfo() if lora is None else lora[1])
+    info = lora[1] if lora is not None else LoraInfo(enabled=declared)
+    return EngineLoad(**totals, lora=info)

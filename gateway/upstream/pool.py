@@ -61,9 +61,15 @@ class EngineState:
 
     @property
     def lora_bound(self) -> int | None:
-        """Adapters it holds at once: configured, else reported (None: LoRA is off, as
-        far as the gateway knows)."""
-        return self.max_loras if self.max_loras is not None else self.scraped.lora.max_lora
+        """Adapters it holds at once: configured, else reported, else 1 (vLLM's default)
+        while LoRA is on but no bound reported yet; None: LoRA is off, as far as the
+        gateway knows."""
+        if self.max_loras is not None:
+            return self.max_loras
+        lora = self.scraped.lora
+        if lora.max_lora is not None:
+            return lora.max_lora
+        return 1 if lora.enabled else None
 
     @property
     def adapters(self) -> list[str]:
@@ -115,7 +121,7 @@ class EnginePool:
         (``sluice_engine_info``; see :meth:`VersionsSettings.served_as`)."""
         self._engines = [
             EngineState(clients(c), CircuitBreaker(breaker.failure_threshold, breaker.open_s),
-                        max_loras=c.max_loras, max_lora_rank=c.max_lora_rank)
+                        max_loras=c.lora_bound, max_lora_rank=c.lora_rank)
             for c in configs
         ]
         self._metrics = metrics
