@@ -32,7 +32,7 @@ class AdapterSpec(BaseModel):
     owner: str | None = Field(default=None, max_length=128)
     pinned: bool = Field(
         default=False,
-        description="loaded on every engine serving its base at start, and never unloaded")
+        description="never unloaded to make room for another adapter")
 
     @field_validator("name")
     @classmethod

@@ -26,6 +26,7 @@ from gateway.edge.lockout import FailedAttempts
 from gateway.edge.middleware import OPEN_PATHS, Auth
 from gateway.edge.routes import (
     admin,
+    admin_adapters,
     admin_versions,
     docs,
     health,
@@ -38,7 +39,8 @@ from gateway.edge.websocket.realtime import RealtimeRelay
 from gateway.keys import KeyService, memory_keys
 from gateway.keys.redis import redis_keys
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.adapters import AdapterPlacer, AdapterRegistry
+from gateway.pipeline.adapter_registry import AdapterRegistry
+from gateway.pipeline.adapters import AdapterPlacer
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.answer import Answer
 from gateway.pipeline.connector import Connector
@@ -46,7 +48,9 @@ from gateway.pipeline.director import Director
 from gateway.pipeline.drain import Drain
 from gateway.scheduling import Scheduler
 from gateway.stores import Stores, memory_stores
-from gateway.stores.redis_link import RedisLink
+from gateway.stores.memory import MemoryAdapterRegistrations
+from gateway.stores.redis_adapters import RedisAdapterRegistrations
+from gateway.stores.redis_link import RedisLink, watch_channel
 from gateway.stores.redis_stores import redis_stores
 from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
 from gateway.upstream.client import EngineClient
@@ -74,7 +78,6 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics,  # a bad profile fails here, early
                           lora_weight=settings.lora.affinity_weight)
-    registry = AdapterRegistry(settings.adapters)
     drain = Drain(settings.resilience.drain_timeout_s, metrics)
 
     @asynccontextmanager
@@ -137,8 +140,21 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             version_admin = VersionService(versions)
             rollouts = Rollouts(version_admin, versions, state.measurements, state.rollouts,
                                 settings.versions.rollout)
-            connector.adapters = AdapterPlacer(registry, metrics, settings.lora,
-                                               locks=state.locks, owner=rollouts.replica)
+            registry = AdapterRegistry(settings.adapters, state.registrations or
+                                       MemoryAdapterRegistrations(), roots=settings.lora.roots)
+            await registry.reload()
+            stack.push_async_callback(_cancel, asyncio.create_task(
+                registry.run_reconcile(settings.versions.reconcile_s), name="adapters"))
+            if redis is not None and isinstance(state.registrations,
+                                                RedisAdapterRegistrations):
+                watch_adapters = watch_channel(redis, state.registrations.channel,
+                                               registry.reload, op="adapters_watch")
+                stack.push_async_callback(_cancel, asyncio.create_task(
+                    watch_adapters, name="adapters-watch"))
+            connector.adapters = placer = AdapterPlacer(
+                registry, pool, metrics, settings.lora, locks=state.locks,
+                owner=rollouts.replica)
+            stack.push_async_callback(placer.aclose)
             stack.push_async_callback(rollouts.aclose)
             await versions.seed()
             stack.push_async_callback(
@@ -167,6 +183,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                  director.finish, max_event_bytes=settings.max_event_bytes),
                 "keys": key_service,
                 "adapters": registry,
+                "placer": placer,
                 "admin_attempts": FailedAttempts(),
                 "versions": versions,
                 "version_admin": version_admin,
@@ -176,7 +193,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             }
 
     page = playground.routes() if settings.playground else []
-    admin_routes = [*admin.routes, *admin_versions.routes] if settings.admin.enabled else []
+    admin_routes = [*admin.routes, *admin_versions.routes, *admin_adapters.routes] \
+        if settings.admin.enabled else []
     router = Starlette(routes=[*openai.routes, *ws.routes, *health.routes, *docs.routes,
                                *page, *admin_routes],
                        exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from engines.default_model import is_prepared, prepare_default_model
 from gateway.app import create_app
+from gateway.cli.adapters import adapters_app
 from gateway.cli.versions import versions_app
 from gateway.cli.workers import serve_workers
 from gateway.config.settings import Settings, load_settings
@@ -28,6 +29,7 @@ app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM 
                   no_args_is_help=True, add_completion=False)
 console = Console(stderr=True, soft_wrap=True)
 app.add_typer(versions_app, name="versions")
+app.add_typer(adapters_app, name="adapters")
 
 ConfigOption = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="SLUICE_CONFIG", help="YAML settings file.")]

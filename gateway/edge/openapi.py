@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from adapters import AdapterSpec
 from gateway.core.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -103,6 +104,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                       "admin", response="ApiKeyList"),
     ("delete", "/admin/keys/{key_id}"): Operation("Revoke an API key (admin token)", "admin",
                                                   response="ApiKey"),
+    ("post", "/admin/adapters"): Operation(
+        "Register a LoRA adapter: name, base, path (under lora.roots); loaded on demand "
+        "(201; admin token)", "admin", "AdapterSpec", "Adapter"),
+    ("get", "/admin/adapters"): Operation(
+        "Every LoRA adapter, configured and registered (admin token)", "admin",
+        response="AdapterList"),
+    ("delete", "/admin/adapters/{name}"): Operation(
+        "Unregister a LoRA adapter (409 for a configured one; admin token)", "admin",
+        response="Deleted"),
     ("get", "/admin/versions"): Operation(
         "Every model alias: versions, stored and applied policy (admin token)", "admin",
         response="AliasList"),
@@ -201,7 +211,7 @@ def _operation(method: str, path: str, *, websocket: bool) -> dict[str, Any]:
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for model in (ChatCompletionRequest, CompletionRequest, KeyRequest, PolicyRequest,
-                  RolloutRequest):
+                  RolloutRequest, AdapterSpec):
         schemas |= _model_schema(model)
     usage = {"type": "object", "properties": {
         "prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
@@ -297,6 +307,12 @@ def _schemas() -> dict[str, Any]:
                 "error_rate": {"type": "number"},
                 "ttft_p50_s": {"type": ["number", "null"]},
                 "ttft_p99_s": {"type": ["number", "null"]}}},
+        "Adapter": {**_model_schema(AdapterSpec)["AdapterSpec"], "description": "A "
+                    "registered adapter; source: config or api"},
+        "AdapterList": {"type": "object", "properties": {
+            "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Adapter")}}},
+        "Deleted": {"type": "object", "properties": {
+            "name": {"type": "string"}, "deleted": {"type": "boolean"}}},
         "AliasList": {"type": "object", "properties": {
             "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Alias")}}},
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {

@@ -29,17 +29,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from adapters import AdapterSpec, Resident, victim
 from gateway.config.adapters import LoraSettings
 from gateway.core.context import RequestContext
 from gateway.core.errors import AdapterLoadFailed, AdapterUnavailable, SluiceError, echo
 from gateway.observability.metrics import GatewayMetrics
+from gateway.pipeline.adapter_registry import AdapterRegistry
 from gateway.stores import Locks
 from gateway.stores.protocols import StoreUnavailable
-from gateway.upstream.pool import EngineState
+from gateway.upstream.pool import EnginePool, EngineState
 
 log = logging.getLogger("sluice.adapters")
 
@@ -54,33 +54,15 @@ _LEASE_S = 30.0
 lapses)."""
 
 
-class AdapterRegistry:
-    """The adapters clients may name, by name."""
-
-    def __init__(self, specs: Iterable[AdapterSpec]) -> None:
-        self._specs = {spec.name: spec for spec in specs}
-
-    def get(self, name: str) -> AdapterSpec | None:
-        return self._specs.get(name)
-
-    def all(self) -> list[AdapterSpec]:
-        return list(self._specs.values())
-
-    def cards(self, created: int) -> list[dict[str, Any]]:
-        """``/v1/models`` cards of every adapter, loaded yet or not (its path is not
-        shown: it says where the operator keeps weights)."""
-        return [{"id": spec.name, "object": "model", "created": created,
-                 "owned_by": spec.owner or "sluice", "root": spec.name, "parent": spec.base}
-                for spec in self._specs.values()]
-
-
 class AdapterPlacer:
     """Puts a request's adapter on its engine (see the module doc)."""
 
-    def __init__(self, registry: AdapterRegistry, metrics: GatewayMetrics,
+    def __init__(self, registry: AdapterRegistry, pool: EnginePool, metrics: GatewayMetrics,
                  settings: LoraSettings, *, locks: Locks | None = None, owner: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._registry = registry
+        self._pool = pool
+        self._retiring: set[asyncio.Task[None]] = set()
         self._metrics = metrics
         self._settings = settings
         self._locks = locks
@@ -91,6 +73,43 @@ class AdapterPlacer:
         self._engine_locks: dict[str, asyncio.Lock] = {}
         self._idle = asyncio.Event()
         """Set when an adapter went idle here (a waiting load looks again)."""
+
+    def retire(self, name: str) -> None:
+        """An adapter no longer registered: unloaded, in the background, from every
+        engine holding it as soon as nothing runs on it there (within
+        ``lora.load_timeout_s``; past that it stays until a load needs its slot)."""
+        task = asyncio.create_task(self._retire(name), name=f"retire-adapter-{name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def aclose(self) -> None:
+        """Cancel the retirements still waiting (at shutdown)."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _retire(self, name: str) -> None:
+        for engine in self._pool.engines:
+            await self._reread(engine)  # another replica may have loaded it
+            if name not in engine.cards:
+                continue
+            lock = self._engine_locks.setdefault(engine.name, asyncio.Lock())
+            try:
+                async with asyncio.timeout(self._settings.load_timeout_s):
+                    async with lock, self._lease(engine.name):
+                        while self.in_use(engine.name, name) or \
+                                name in await self._busy_now(engine):
+                            self._idle.clear()
+                            with contextlib.suppress(TimeoutError):
+                                async with asyncio.timeout(_IDLE_POLL_S):
+                                    await self._idle.wait()
+                        engine.cards.pop(name, None)
+                        if await engine.client.unload_adapter(name):
+                            self._metrics.adapter_unloads.labels(engine.name).inc()
+                        self._publish(engine)
+            except (TimeoutError, SluiceError) as exc:
+                log.warning("adapter %s not unloaded from engine %s: %r", name, engine.name,
+                            exc)
 
     def in_use(self, engine: str, adapter: str) -> int:
         return self._in_use.get((engine, adapter), 0)

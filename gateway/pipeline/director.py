@@ -42,7 +42,7 @@ from gateway.core.keys import ApiKey
 from gateway.core.protocol import validate
 from gateway.keys import KeyService
 from gateway.observability.metrics import GatewayMetrics
-from gateway.pipeline.adapters import AdapterRegistry
+from gateway.pipeline.adapter_registry import AdapterRegistry
 from gateway.pipeline.admission import Admission
 from gateway.pipeline.drain import Drain
 from gateway.stores import CachedResponse

@@ -9,6 +9,7 @@ from gateway.core.policy import VersionPolicy
 from gateway.stores.memory import MemoryLocks, memory_stores
 from gateway.stores.protocols import (
     AdapterPlacement,
+    AdapterRegistrations,
     CachedResponse,
     Counters,
     Locks,
@@ -19,6 +20,7 @@ from gateway.stores.protocols import (
 )
 from gateway.stores.windows import Window
 
-__all__ = ["AdapterPlacement", "CachedResponse", "Counters", "Locks", "MemoryLocks",
+__all__ = ["AdapterPlacement", "AdapterRegistrations", "CachedResponse", "Counters", "Locks",
+           "MemoryLocks",
            "ResponseCache", "Stores", "VersionMeasurements", "VersionPolicies",
            "VersionPolicy", "Window", "memory_stores"]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from adapters import AdapterSpec
 from gateway.core.policy import RETENTION_S, VersionPolicy
 from gateway.stores.protocols import (
     CachedResponse,
@@ -129,6 +130,22 @@ class MemoryAdapterPlacement:
             await self.removed(adapter, engine)
 
 
+class MemoryAdapterRegistrations:
+    """Registered adapters in one process."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, AdapterSpec] = {}
+
+    async def all(self) -> list[AdapterSpec]:
+        return list(self._specs.values())
+
+    async def put(self, spec: AdapterSpec) -> None:
+        self._specs[spec.name] = spec
+
+    async def remove(self, name: str) -> bool:
+        return self._specs.pop(name, None) is not None
+
+
 class MemoryVersionPolicies:
     def __init__(self, history_size: int = 20) -> None:
         self._current: dict[str, VersionPolicy] = {}
@@ -241,4 +258,4 @@ def memory_stores(cache: CacheSettings | None = None, *,
     store = MemoryCache() if cache is None else MemoryCache(cache.max_entries, cache.max_bytes)
     return Stores(MemoryCounters(), store, MemoryAdapterPlacement(),
                   MemoryVersionPolicies(), MemoryMeasurements(measure_retention_s),
-                  MemoryRollouts())
+                  MemoryRollouts(), registrations=MemoryAdapterRegistrations())

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from adapters import AdapterSpec
 from gateway.core.errors import SluiceError
 from gateway.core.policy import VersionPolicy
 from gateway.stores.windows import Window
@@ -82,6 +83,21 @@ class AdapterPlacement(Protocol):
 
     async def forget_engine(self, engine: str) -> None:
         """The engine restarted: it holds no adapter now."""
+        ...
+
+
+class AdapterRegistrations(Protocol):
+    """LoRA adapters registered through the admin API (beside the configured ones),
+    shared by every replica. A change is told to the other replicas (``changed``)."""
+
+    async def all(self) -> list[AdapterSpec]: ...
+
+    async def put(self, spec: AdapterSpec) -> None:
+        """Register ``spec``, replacing one of the same name."""
+        ...
+
+    async def remove(self, name: str) -> bool:
+        """Unregister ``name``; False when it was not registered."""
         ...
 
 
@@ -195,6 +211,8 @@ class Stores:
     locks: Locks | None = None
     """Shared leases for coalescing across replicas; None for one gateway alone (its
     own flights coalesce identical requests)."""
+    registrations: AdapterRegistrations | None = None
+    """Adapters registered through the admin API; None: this process's memory."""
 
 
 class StoreUnavailable(SluiceError):

@@ -12,6 +12,7 @@ from gateway.config.state import RedisSettings
 from gateway.core.policy import RETENTION_S
 from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import Stores
+from gateway.stores.redis_adapters import RedisAdapterRegistrations
 from gateway.stores.redis_cache import RedisCache
 from gateway.stores.redis_counters import RedisCounters
 from gateway.stores.redis_link import RedisLink
@@ -42,7 +43,8 @@ async def redis_stores(settings: RedisSettings, metrics: GatewayMetrics, *,
                                      flush_s=settings.measure_flush_s)
     stores = Stores(counters, RedisCache(link, metrics), RedisAdapterPlacement(link, metrics),
                     RedisVersionPolicies(link, metrics), measurements, RedisRollouts(link),
-                    locks=RedisLocks(link, metrics))
+                    locks=RedisLocks(link, metrics),
+                    registrations=RedisAdapterRegistrations(link))
     try:
         await link.probe()
         probes = asyncio.create_task(link.run_probes(), name="redis-probes")

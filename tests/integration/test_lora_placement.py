@@ -9,11 +9,15 @@ import itertools
 from typing import Any
 
 import httpx
+from click.testing import Result
+from typer.testing import CliRunner
 
+from gateway.cli.main import app
 from simulator import SimConfig
 from tests.conftest import StartGateway
 from tests.integration.conftest import ServeGateway, StartSim
-from tests.integration.helpers import metric
+from tests.integration.helpers import metric, wait_until
+from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, KEY, STATIC_KEY
 from tests.redis_server import RedisServer
 
 ADAPTERS = [{"name": f"lora-{i}", "base": "sim-model", "path": f"/adapters/lora-{i}"}
@@ -102,3 +106,52 @@ async def test_an_adapter_no_engine_can_load_is_an_error_naming_it(
             "model": "lora-0", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 503
     assert "lora-0" in response.json()["error"]["message"]
+
+
+async def test_adapters_registered_through_one_gateway_are_served_by_the_other(
+        start_sim: StartSim, serve_gateway: ServeGateway, redis_server: RedisServer) -> None:
+    sim = await start_sim(TIGHT)
+    settings = {"admin": {"token": ADMIN_TOKEN}, "api_keys": [STATIC_KEY],
+                "adapters": ADAPTERS[:1],
+                "lora": {"roots": ["/adapters"]}, "redis": {"probe_interval_s": 0.2}}
+    a = await serve_gateway([sim], redis_server.url, **settings)
+    b = await serve_gateway([sim], redis_server.url, **settings)
+    cli = CliRunner()
+
+    def sluice(*args: str) -> Result:
+        return cli.invoke(app, ["adapters", *args, "--url", a, "--token", ADMIN_TOKEN])
+
+    added = await asyncio.to_thread(sluice, "add", "lora-1", "--base", "sim-model",
+                                    "--path", "/adapters/lora-1", "--rank", "8")
+    assert added.exit_code == 0, added.output
+    async with httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
+        outside = await http.post(a + "/admin/adapters", json={
+            "name": "evil", "base": "sim-model", "path": "/etc/evil"})
+        configured = await http.delete(a + "/admin/adapters/lora-0")
+        listed = (await http.get(b + "/admin/adapters")).json()["data"]
+        served = await http.post(b + "/v1/chat/completions", headers=KEY, json={
+            "model": "lora-1", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4})
+    listing = await asyncio.to_thread(sluice, "list")
+
+    assert (outside.status_code, outside.json()["error"]["code"]) == (400, "path_not_allowed")
+    assert (configured.status_code, configured.json()["error"]["code"]) == (
+        409, "adapter_configured")
+    assert {(s["name"], s["source"]) for s in listed} == {("lora-0", "config"),
+                                                        ("lora-1", "api")}
+    assert served.status_code == 200, served.text
+    assert served.json()["model"] == "lora-1"
+    assert "lora-1" in listing.output
+    assert "api" in listing.output
+
+    removed = await asyncio.to_thread(sluice, "remove", "lora-1")
+    assert removed.exit_code == 0, removed.output
+
+    async def unloaded() -> bool:
+        return "lora-1" not in (await lora_calls(sim))["loaded"]
+
+    await wait_until(unloaded, "the removed adapter to be unloaded")
+    async with httpx.AsyncClient(timeout=30) as http:
+        gone = await http.post(b + "/v1/chat/completions", headers=KEY, json={
+            "model": "lora-1", "messages": [{"role": "user", "content": "hi"}]})
+    assert gone.status_code == 404

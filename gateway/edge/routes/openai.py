@@ -28,7 +28,7 @@ from gateway.edge.accounting import director_counts
 from gateway.edge.handlers import error_response
 from gateway.edge.headers import header
 from gateway.edge.streaming import ClientWatch, SSEStreamResponse
-from gateway.pipeline.adapters import AdapterRegistry
+from gateway.pipeline.adapter_registry import AdapterRegistry
 from gateway.pipeline.director import StartedStream
 
 CLIENT_CLOSED = 499  # nobody reads it; it is what the access log records
