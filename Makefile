@@ -14,8 +14,8 @@ extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.
 pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['tool']['sluice']['$(1)']))")
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
-	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers bench-cpu \
-	bench-versions bench-ws-memory gateway engine peer granian model redis chromium node-clients browser clients \
+	bench-routing bench-routing-real bench-lora bench-lora-load bench-chaos bench-scale \
+	bench-servers bench-workers bench-cpu bench-versions bench-ws-memory gateway engine peer granian model redis chromium node-clients browser clients \
 	docs docs-reference clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
@@ -49,8 +49,8 @@ browser: gateway engine model chromium  ## headless Chromium: the playground and
 clients: gateway node-clients  ## the Python and npm openai SDKs through the gateway
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
-bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers bench-versions bench-cpu bench-ws-memory  ## every benchmark docs/explanation/benchmarks.md reports
+bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-lora-load \
+	bench-lora bench-chaos bench-scale bench-servers bench-workers bench-versions bench-cpu bench-ws-memory  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -74,6 +74,13 @@ bench-routing: gateway  ## routing strategies on 4 simulator engines (llm-d H100
 
 bench-routing-real: gateway engine model  ## routing strategies on 2 real vLLM CPU engines
 	$(VENV)/bin/python -m loadtests.routing_bench --real --no-progress --out results/routing_real
+
+bench-lora: gateway  ## LoRA placement: 4 simulator engines x 2 adapter slots, 16 adapters (Zipf)
+	$(VENV)/bin/python -m loadtests.lora_bench --no-progress --out results/lora \
+		--plot docs/bench/lora_placement.png
+
+bench-lora-load: gateway engine model  ## the real engine's adapter load time bench-lora simulates
+	$(VENV)/bin/python -m loadtests.lora_load_time --out results/lora_load_time.json
 
 bench-chaos: gateway  ## 300 streams, 3 engines, one SIGKILLed and restarted
 	$(VENV)/bin/python -m loadtests.chaos.bench --out results/chaos

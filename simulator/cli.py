@@ -61,6 +61,7 @@ def main(
     slow_token_ms: Annotated[float | None, _field("slow_token_ms", min=0.0)] = None,
     seed: Annotated[int | None, _field("seed")] = None,
     max_loras: Annotated[int | None, _field("max_loras", min=0)] = None,
+    lora_load_ms: Annotated[float | None, _field("lora_load_ms", min=0.0)] = None,
 ) -> None:
     """Serve a vLLM-compatible simulated engine until interrupted."""
     logging.basicConfig(
@@ -74,7 +75,7 @@ def main(
         "block_size": block_size, "prefix_caching": prefix_caching,
         "default_max_tokens": default_max_tokens, "error_rate": error_rate,
         "crash_after_tokens": crash_after_tokens, "hang": hang, "slow_token_ms": slow_token_ms,
-        "seed": seed, "max_loras": max_loras,
+        "seed": seed, "max_loras": max_loras, "lora_load_ms": lora_load_ms,
     }  # fmt: skip
     fields: dict[str, Any] = {}
     if config is not None:

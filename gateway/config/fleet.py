@@ -75,15 +75,14 @@ class PluginRef(_Frozen):
     type: str = Field(
         min_length=1,
         description="a plugin type: filters serves_model, healthy, circuit, not_tried; "
-                    "scorers round_robin, least_loaded, kv_cache, session, prefix, lora_affinity; "
-                    "picker "
-                    "max_score; or one registered in code. An unknown type, or one of "
-                    "another kind, stops the gateway at start")
+                    "scorers round_robin, least_loaded, kv_cache, session, prefix, "
+                    "lora_affinity, random; picker max_score; or one registered in code. An "
+                    "unknown type, or one of another kind, stops the gateway at start")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="the plugin's own parameters (prefix: load_factor, affinity_floor; "
-                    "session: load_factor; circuit: max_ejection_percent); a shipped plugin "
-                    "given an unknown one stops the gateway at start")
+                    "session: load_factor; random: seed; circuit: max_ejection_percent); a "
+                    "shipped plugin given an unknown one stops the gateway at start")
 
 
 class WeightedPluginRef(PluginRef):

@@ -22,6 +22,7 @@ from gateway.scheduling.scorers import (
     least_loaded,
     lora_affinity,
     prefix,
+    random_scores,
     round_robin,
     session,
 )
@@ -67,6 +68,7 @@ def default_registry() -> Registry:
         ("kv_cache", kv_cache.build),
         ("session", session.build),
         ("prefix", prefix.build),
+        ("random", random_scores.build),
         ("max_score", max_score.build),
     ):
         registry.register(name, factory)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from pydantic import ValidationError
 from loadtests.fleet import gateway_launch, sim_command, vllm_launch
 from loadtests.launch import environment
 from loadtests.real_engines import ENV, engine_spec, kv_bytes_per_token
+from simulator.cli import main as sim_main
+from simulator.config import SimConfig
 
 SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
            "head_dim": 64, "hidden_size": 576}
@@ -27,6 +30,11 @@ def test_sim_command_spells_every_given_field_as_an_option() -> None:
     assert "--no-prefix-caching" in argv
     assert "--hang" in argv
     assert "--crash-after-tokens" not in argv
+
+
+def test_every_sim_config_field_is_a_simulator_option() -> None:
+    options = set(inspect.signature(sim_main).parameters)
+    assert set(SimConfig.model_fields) <= options
 
 
 def test_sim_command_validates_the_fields() -> None:

@@ -117,7 +117,7 @@ routing:
     message = str(error.value)
     assert "routing profile 'mine': unknown plugin type 'prefix_cache_hits'" in message
     assert ("known types: circuit, healthy, kv_cache, least_loaded, lora_affinity, max_score, "
-            "not_tried, prefix, round_robin, serves_model, session") in message
+            "not_tried, prefix, random, round_robin, serves_model, session") in message
 
 
 def test_an_unused_profile_is_checked_too() -> None:
