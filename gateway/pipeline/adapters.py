@@ -5,7 +5,10 @@ scheduled among the engines serving its base with LoRA on (see the ``serves_mode
 filter and the ``lora_affinity`` scorer); then, before the request is sent, the
 :class:`AdapterPlacer` makes sure the chosen engine holds the adapter:
 
-- held already: nothing to do (no lock, no call);
+- held already: nothing to do (no lock, no call), unless a load on that engine has
+  waited for a slot longer than half a second: then the request queues behind it too, so
+  that one of the held adapters goes idle and makes room (an aging bound: steady traffic
+  on the held adapters cannot starve the load, nor a waiting load idle them at once);
 - else one residency change per engine at a time (an ``asyncio.Lock`` per engine, and
   with Redis a lease per engine shared by every replica): the engine's ``/v1/models`` is
   read again (another replica may have loaded it meanwhile), and when the engine holds
@@ -46,6 +49,9 @@ log = logging.getLogger("sluice.adapters")
 _IDLE_POLL_S = 0.1
 """How often a load waiting for a slot looks again (another gateway's requests end
 without telling this one; the engine's scrape says so)."""
+_FAIR_S = 0.5
+"""How long requests for the adapters an engine holds go ahead of a load waiting there
+for a slot; past it they queue behind it (an aging bound: neither side starves)."""
 _SETTLE_S = 0.05
 """With other replicas, how long an unload waits for their requests already on the way
 to reach the engine (and show in its ``vllm:lora_requests_info``)."""
@@ -71,6 +77,8 @@ class AdapterPlacer:
         self._in_use: dict[tuple[str, str], int] = {}
         self._last_used: dict[tuple[str, str], float] = {}
         self._engine_locks: dict[str, asyncio.Lock] = {}
+        self._slot_wait: dict[str, float] = {}
+        """Per engine, since when a load has waited for a slot (every adapter busy)."""
         self._idle = asyncio.Event()
         """Set when an adapter went idle here (a waiting load looks again)."""
 
@@ -122,9 +130,9 @@ class AdapterPlacer:
         if spec is None:
             return None
         lock = self._engine_locks.setdefault(engine.name, asyncio.Lock())
-        if (spec.name in engine.cards and not lock.locked()
+        if (spec.name in engine.cards and not self._starving(engine.name)
                 and not await self._changing(engine.name)):
-            release = self._use(engine.name, spec.name)  # held, and no change pending
+            release = self._use(engine.name, spec.name)  # held, and no load kept waiting
         else:
             try:  # in turn behind the changes pending (FIFO), so none waits forever
                 async with asyncio.timeout(self._settings.load_timeout_s):
@@ -142,6 +150,13 @@ class AdapterPlacer:
                     "adapters, each in use; retry shortly") from None
         ctx.timings.adapted = time.perf_counter()
         return release
+
+    def _starving(self, engine: str) -> bool:
+        """Whether a load on ``engine`` has waited for a slot longer than
+        ``_FAIR_S``: then requests for the adapters it holds queue too, so that one of
+        them goes idle and makes room (else steady traffic would starve the load)."""
+        since = self._slot_wait.get(engine)
+        return since is not None and self._clock() - since > _FAIR_S
 
     def _use(self, engine: str, adapter: str) -> Callable[[], None]:
         """Count one use of ``adapter`` on ``engine``; the call that ends it (once)."""
@@ -193,6 +208,12 @@ class AdapterPlacer:
     async def _make_room(self, engine: EngineState, spec: AdapterSpec) -> None:
         """Unload the least recently used idle adapter while the engine is at its bound;
         wait while every one it holds is in use."""
+        try:
+            await self._room(engine, spec)
+        finally:
+            self._slot_wait.pop(engine.name, None)
+
+    async def _room(self, engine: EngineState, spec: AdapterSpec) -> None:
         while True:
             bound = engine.lora_bound
             held = engine.adapters
@@ -207,6 +228,7 @@ class AdapterPlacer:
                 busy = await self._busy_now(engine)
                 chosen = victim(self._resident(engine, held, busy))
             if chosen is None:
+                self._slot_wait.setdefault(engine.name, self._clock())
                 self._idle.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_IDLE_POLL_S):
