@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 ENGINE_VENV := .venv-engine
 PEER_VENV := .venv-peer
+QUANTIZE_VENV := .venv-quantize
 GRANIAN_DIR := .venv-granian
 NODE_CLIENTS := tests/clients/node
 CACHE ?= $(HOME)/.cache/sluice
@@ -15,7 +16,7 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers bench-cpu \
-	bench-versions gateway engine peer granian model redis chromium node-clients browser clients \
+	bench-versions gateway engine peer granian quantize model model-w8a8 redis chromium node-clients browser clients \
 	docs docs-reference clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
@@ -90,6 +91,7 @@ bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 
 gateway: $(VENV)/.installed
 engine: $(ENGINE_VENV)/.installed
+quantize: $(QUANTIZE_VENV)/.installed
 peer: $(PEER_VENV)/.installed
 granian: $(GRANIAN_DIR)/.installed
 
@@ -127,6 +129,16 @@ $(ENGINE_VENV)/.installed: pyproject.toml
 	$(ENGINE_VENV)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__)"
 	touch $@
 
+# llm-compressor (`sluice quantize`) has its own virtualenv: it pins a torch and transformers
+# of its own, and the engine never imports it.
+$(QUANTIZE_VENV)/.installed: pyproject.toml
+	@echo "==> quantization environment ($(QUANTIZE_VENV)): llm-compressor on the CPU torch (a few minutes, once)"
+	$(PYTHON) -m venv $(QUANTIZE_VENV)
+	$(QUANTIZE_VENV)/bin/pip install -q --upgrade pip
+	$(QUANTIZE_VENV)/bin/pip install --progress-bar on $(call extras,quantize)
+	$(QUANTIZE_VENV)/bin/python -c "import llmcompressor, torch; print('llmcompressor', llmcompressor.__version__, 'torch', torch.__version__)"
+	touch $@
+
 model: gateway engine  ## the default model, and the LoRA adapter the e2e tests load
 	$(VENV)/bin/sluice prepare-model --lora $(TEST_LORA)
 
@@ -153,5 +165,5 @@ $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(GRANIAN_DIR) $(NODE_CLIENTS)/node_modules \
+	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(QUANTIZE_VENV) $(GRANIAN_DIR) $(NODE_CLIENTS)/node_modules \
 	  .mypy_cache .ruff_cache .pytest_cache
