@@ -13,22 +13,26 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from engines.checkpoint import check_servable, read_cpuinfo
 from engines.lifetime import die_with_parent
 from engines.spec import EngineSpec
 
 log = logging.getLogger("sluice.supervisor")
 
 
-
-
 class EngineProcess:
-    """One managed engine process, kept running until :meth:`stop`."""
+    """One managed engine process, kept running until :meth:`stop`.
+
+    ``cpuinfo`` returns ``/proc/cpuinfo`` text (default: this host's; tests pass another
+    CPU's)."""
 
     def __init__(self, name: str, spec: EngineSpec, log_path: Path, *,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0,
-                 stop_timeout_s: float = 20.0) -> None:
+                 stop_timeout_s: float = 20.0,
+                 cpuinfo: Callable[[], str] | None = None) -> None:
         self.name = name
         self.spec = spec
         self.log_path = log_path
@@ -39,13 +43,23 @@ class EngineProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._cpuinfo = cpuinfo or read_cpuinfo
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
     async def start(self) -> None:
-        """Start the process and a watcher that restarts it if it exits."""
+        """Start the process and a watcher that restarts it if it exits.
+
+        A CPU engine whose checkpoint this CPU cannot serve (W4A16 without ``avx512f``)
+        is not started: :class:`~engines.checkpoint.UnservableCheckpoint` names the
+        missing feature, where vLLM would crash while loading the model."""
+        if self.spec.device == "cpu":
+            quantization = check_servable(self.spec.model, self._cpuinfo())
+            if quantization is not None:
+                log.info("engine %s: a %s checkpoint (%s)", self.name, quantization.scheme,
+                         quantization.method)
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name=f"engine-{self.name}")
 
