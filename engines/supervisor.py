@@ -16,11 +16,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engines.checkpoint import check_servable, read_cpuinfo
+from engines.checkpoint import Quantization, check_servable, read_cpuinfo
 from engines.lifetime import die_with_parent
 from engines.spec import EngineSpec
 
 log = logging.getLogger("sluice.supervisor")
+
+
+def preflight(spec: EngineSpec, cpuinfo: str) -> Quantization | None:
+    """The checkpoint's quantization; :class:`~engines.checkpoint.UnservableCheckpoint`,
+    naming the missing feature, when a CPU engine's checkpoint needs a CPU feature that
+    ``cpuinfo`` lacks (W4A16 without ``avx512f``), where vLLM would crash while loading."""
+    return check_servable(spec.model, cpuinfo) if spec.device == "cpu" else None
 
 
 class EngineProcess:
@@ -52,14 +59,12 @@ class EngineProcess:
     async def start(self) -> None:
         """Start the process and a watcher that restarts it if it exits.
 
-        A CPU engine whose checkpoint this CPU cannot serve (W4A16 without ``avx512f``)
-        is not started: :class:`~engines.checkpoint.UnservableCheckpoint` names the
-        missing feature, where vLLM would crash while loading the model."""
-        if self.spec.device == "cpu":
-            quantization = check_servable(self.spec.model, self._cpuinfo())
-            if quantization is not None:
-                log.info("engine %s: a %s checkpoint (%s)", self.name, quantization.scheme,
-                         quantization.method)
+        A CPU engine whose checkpoint this CPU cannot serve is not started (see
+        :func:`preflight`)."""
+        quantization = preflight(self.spec, self._cpuinfo())
+        if quantization is not None:
+            log.info("engine %s: a %s checkpoint (%s)", self.name, quantization.scheme,
+                     quantization.method)
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name=f"engine-{self.name}")
 
