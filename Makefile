@@ -9,6 +9,8 @@ GRANIAN_DIR := .venv-granian
 NODE_CLIENTS := tests/clients/node
 CACHE ?= $(HOME)/.cache/sluice
 TEST_LORA := $(CACHE)/adapters/sluice-test-lora
+W8A8_MODEL := $(CACHE)/models/SmolLM2-135M-Instruct-w8a8
+W4A16_MODEL := $(CACHE)/models/SmolLM2-135M-Instruct-w4a16
 # Requirements of one optional-dependency group of pyproject.toml (the single source of pins),
 # and (pins) one list of its [tool.sluice] table.
 extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['project']['optional-dependencies']['$(1)']))")
@@ -16,13 +18,13 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-chaos bench-scale bench-servers bench-workers bench-cpu \
-	bench-versions gateway engine peer granian quantize model model-w8a8 redis chromium node-clients browser clients \
+	bench-versions bench-quant gateway engine peer granian quantize model model-quantized redis chromium node-clients browser clients \
 	docs docs-reference clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
 
-test: gateway engine redis model chromium node-clients lint docs  ## every test layer; .ci/run calls exactly this
+test: gateway engine redis model model-quantized chromium node-clients lint docs  ## every test layer; .ci/run calls exactly this
 	$(VENV)/bin/pytest tests -ra
 
 lint: gateway
@@ -41,7 +43,7 @@ unit: gateway
 integration: gateway redis
 	$(VENV)/bin/pytest tests/integration -ra
 
-e2e: gateway engine model
+e2e: gateway engine model model-quantized
 	$(VENV)/bin/pytest tests/e2e -ra
 
 browser: gateway engine model chromium  ## headless Chromium: the playground and a cross-origin page
@@ -51,7 +53,7 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-chaos \
-	bench-scale bench-servers bench-workers bench-versions bench-cpu  ## every benchmark docs/explanation/benchmarks.md reports
+	bench-scale bench-servers bench-workers bench-versions bench-cpu bench-quant  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -85,6 +87,9 @@ bench-versions: gateway redis  ## guarded rollouts (2 gateways, 1 redis-server) 
 
 bench-cpu: gateway  ## gateway CPU per request: 3,000 two-token streams, 50 at a time, 3 rounds
 	$(VENV)/bin/python -m loadtests.cpu_bench --rounds 3 --out results/cpu_bench.json
+
+bench-quant: gateway engine model-quantized  ## fp32 vs W8A8 vs W4A16 on a real engine, one at a time
+	$(VENV)/bin/python -m loadtests.quantization --out results/quantization.json
 
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale
@@ -141,6 +146,12 @@ $(QUANTIZE_VENV)/.installed: pyproject.toml
 
 model: gateway engine  ## the default model, and the LoRA adapter the e2e tests load
 	$(VENV)/bin/sluice prepare-model --lora $(TEST_LORA)
+
+# `python -m gateway` is the sluice command of this checkout. Each checkpoint is made once
+# (a .sluice-ready marker inside); W4A16 is made on any CPU, and served only with avx512f.
+model-quantized: gateway quantize model  ## the default model as W8A8 and W4A16 checkpoints
+	$(VENV)/bin/python -m gateway quantize --scheme w8a8 --out $(W8A8_MODEL)
+	$(VENV)/bin/python -m gateway quantize --scheme w4a16 --out $(W4A16_MODEL)
 
 redis:
 	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \

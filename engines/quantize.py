@@ -5,7 +5,8 @@ transformers); it imports nothing from the project::
 
     .venv-quantize/bin/python engines/quantize.py --model DIR --scheme w8a8 --out DIR2
 
-Schemes (both one-shot, calibrated on ``engines/data/calibration.jsonl``):
+Schemes (both one-shot, calibrated on ``engines/data/calibration.jsonl``, packed into
+rows of 512 tokens):
 
 * ``w8a8``: int8 weights (per output channel) and int8 activations (per token, dynamic).
   SmoothQuant first moves activation outliers into the weights, then GPTQ rounds the
@@ -35,7 +36,8 @@ RECORD = "sluice-quantize.json"
 CALIBRATION = Path(__file__).with_name("data") / "calibration.jsonl"
 SCHEMES = ("w8a8", "w4a16")
 GROUP_SIZE = 64
-MAX_SEQUENCE_LENGTH = 512
+SEQUENCE_LENGTH = 512
+BATCH_SIZE = 8
 SMOOTHING_STRENGTH = 0.8
 SEED = 0
 
@@ -73,20 +75,24 @@ def recipe(scheme: str) -> list[Any]:
         "group_0": {"targets": ["Linear"], "weights": weights}})]
 
 
-def tokenize(samples: list[dict[str, Any]], tokenizer: Any) -> Any:
-    """A ``datasets.Dataset`` of ``input_ids``/``attention_mask``, one row a sample."""
+def pack(samples: list[dict[str, Any]], tokenizer: Any) -> Any:
+    """A ``datasets.Dataset`` of ``SEQUENCE_LENGTH``-token rows: the samples' tokens one
+    after another, each ending with the end-of-text token, cut into equal rows (the last,
+    shorter one dropped). Equal rows batch without padding, and a few long rows calibrate
+    several times faster on a CPU than many short ones, for the same tokens."""
     from datasets import Dataset
     from tqdm import tqdm
 
-    rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": []}
+    stream: list[int] = []
     for sample in tqdm(samples, desc="tokenizing calibration samples", unit="sample"):
         text = sample["text"] if "text" in sample else tokenizer.apply_chat_template(
             sample["messages"], tokenize=False)
-        encoded = tokenizer(text, truncation=True, max_length=MAX_SEQUENCE_LENGTH,
-                            add_special_tokens=False)
-        rows["input_ids"].append(list(encoded["input_ids"]))
-        rows["attention_mask"].append(list(encoded["attention_mask"]))
-    return Dataset.from_dict(rows)
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"]
+        stream.append(tokenizer.eos_token_id)
+    rows = [stream[start:start + SEQUENCE_LENGTH]
+            for start in range(0, len(stream) - SEQUENCE_LENGTH + 1, SEQUENCE_LENGTH)]
+    return Dataset.from_dict({"input_ids": rows,
+                              "attention_mask": [[1] * SEQUENCE_LENGTH for _ in rows]})
 
 
 def quantize(model_dir: Path, scheme: str, calibration: Path, tmp: Path) -> dict[str, Any]:
@@ -100,18 +106,21 @@ def quantize(model_dir: Path, scheme: str, calibration: Path, tmp: Path) -> dict
     model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
     samples = read_calibration(calibration)
-    dataset = tokenize(samples, tokenizer)
-    tokens = sum(len(ids) for ids in dataset["input_ids"])
-    log(f"calibrating {scheme} on {len(samples)} samples ({tokens} tokens) from {calibration}")
+    dataset = pack(samples, tokenizer)
+    tokens = len(dataset) * SEQUENCE_LENGTH
+    log(f"calibrating {scheme} on {len(samples)} samples from {calibration}: {len(dataset)} "
+        f"rows of {SEQUENCE_LENGTH} tokens")
     began = time.monotonic()
     oneshot(model=model, dataset=dataset, recipe=recipe(scheme),
-            max_seq_length=MAX_SEQUENCE_LENGTH, num_calibration_samples=len(samples))
+            max_seq_length=SEQUENCE_LENGTH, num_calibration_samples=len(dataset),
+            batch_size=BATCH_SIZE, shuffle_calibration_samples=False)
     seconds = round(time.monotonic() - began, 1)
     log(f"calibrated in {seconds} s; saving compressed")
     model.save_pretrained(tmp, save_compressed=True)
     tokenizer.save_pretrained(tmp)
     return {"scheme": scheme, "source": str(model_dir), "calibration": calibration.name,
-            "calibration_samples": len(samples), "calibration_tokens": tokens,
+            "calibration_samples": len(samples), "calibration_rows": len(dataset),
+            "calibration_tokens": tokens,
             "calibration_seconds": seconds}
 
 
