@@ -47,7 +47,10 @@ W4A16 = MODELS / "SmolLM2-135M-Instruct-w4a16"
 HAS_AVX512F = "avx512f" in (cpu_flags(read_cpuinfo()) or frozenset())
 ADMIN_TOKEN = "admin-" + "0123456789abcdef" * 2
 KEY = "sk-quantized-0123456789abcdef"
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+GIZA = [{"role": "user", "content": "In which country are the pyramids of Giza?"}]
+"""Answered "...located in Egypt..." by fp32, W8A8 and W4A16 alike (make bench-quant).
+Not "What is the capital of France?": W8A8's greedy answer to it starts "L'Étoile de
+France" (docs/explanation/quantization.md)."""
 READY_TIMEOUT_S = 600.0
 W4A16_CONFIG = {
     "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
@@ -99,9 +102,9 @@ def quantized_gateway(model: Path, scheme: str, workdir: Path) -> Iterator[str]:
         stop(process, STOP_GRACE_S)
 
 
-def ask_paris(gateway: str, model: str) -> str:
+def ask_giza(gateway: str, model: str) -> str:
     client = OpenAI(base_url=gateway + "/v1", api_key=KEY, max_retries=0, timeout=120)
-    reply = client.chat.completions.create(model=model, messages=FRANCE, temperature=0,
+    reply = client.chat.completions.create(model=model, messages=GIZA, temperature=0,
                                            max_tokens=32)
     return reply.choices[0].message.content or ""
 
@@ -115,10 +118,10 @@ def shown_quantization(gateway: str) -> str | None:
 
 def test_w8a8_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
     with quantized_gateway(W8A8, "w8a8", tmp_path) as gateway:
-        direct = ask_paris(gateway, "smollm2-w8a8")
-        through_alias = ask_paris(gateway, "chat")
+        direct = ask_giza(gateway, "smollm2-w8a8")
+        through_alias = ask_giza(gateway, "chat")
         quantization = shown_quantization(gateway)
-    assert "Paris" in direct
+    assert "Egypt" in direct
     assert through_alias == direct  # greedy: the alias's one version is the same engine
     assert quantization == "w8a8"
 
@@ -127,9 +130,9 @@ def test_w8a8_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
                     "test_w4a16_checkpoint_is_refused_naming_avx512f runs instead")
 def test_w4a16_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
     with quantized_gateway(W4A16, "w4a16", tmp_path) as gateway:
-        answer = ask_paris(gateway, "chat")
+        answer = ask_giza(gateway, "chat")
         quantization = shown_quantization(gateway)
-    assert "Paris" in answer
+    assert "Egypt" in answer
     assert quantization == "w4a16"
 
 
