@@ -201,8 +201,10 @@ class Connector:
         The adapter counts as in use there until the attempt's stack closes (a WebSocket:
         until the request's books close)."""
         placer = self.adapters
-        prepared = None if placer is None else await placer.prepare(ctx, engine)
-        if placer is None or prepared is None:
+        if placer is None or ctx.lora is None:
+            return await attempt(engine)
+        prepared = await placer.prepare(ctx, engine)
+        if prepared is None:
             return await attempt(engine)
         release: Callable[[], None] = prepared
         try:
