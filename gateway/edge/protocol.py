@@ -59,7 +59,7 @@ from uvicorn._types import Scope as UvicornScope
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from gateway.config.settings import ConnectionLimits
+from gateway.config.connections import ConnectionLimits
 from gateway.core.errors import HeadersTooLarge, RequestTimeout, SluiceError, TooManyConnections
 from gateway.edge.slots import Slots, is_probe
 

@@ -21,7 +21,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from gateway.config.settings import ConnectionLimits
+from gateway.config.connections import ConnectionLimits
 
 PROBE_PATHS = frozenset({b"/health", b"/ready"})
 PROBE_METHODS = frozenset({b"GET", b"HEAD"})

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.config.settings import PoolSettings, TimeoutSettings, WebSocketSettings
+from gateway.config.connections import WebSocketSettings
+from gateway.config.settings import PoolSettings, TimeoutSettings
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable
 from gateway.upstream.bounds import TurnsBound
 from gateway.upstream.transport import StreamTimeouts

@@ -24,7 +24,8 @@ import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from gateway.config.settings import PoolSettings, TimeoutSettings, WebSocketSettings
+from gateway.config.connections import WebSocketSettings
+from gateway.config.settings import PoolSettings, TimeoutSettings
 from gateway.core.errors import (
     EngineConnectTimeout,
     EngineError,

@@ -31,16 +31,19 @@ async def rollout_gateway(start_sim, start_gateway, new: SimConfig) -> str:
 
 
 @contextlib.asynccontextmanager
-async def traffic(gateway: str, clients: int = 4) -> AsyncIterator[list[int]]:
-    """Requests to the alias in a loop until the block ends; their statuses."""
+async def traffic(gateway: str, clients: int = 4, *, path: str = "/v1/chat/completions",
+                  body: dict[str, Any] = BODY, headers: dict[str, str] = KEY
+                  ) -> AsyncIterator[list[int]]:
+    """Requests (by default chat to the alias) in ``clients`` loops until the block
+    ends; their statuses."""
     statuses: list[int] = []
     stop = asyncio.Event()
 
     async def loop(http: httpx.AsyncClient) -> None:
         while not stop.is_set():
-            statuses.append((await http.post("/v1/chat/completions", json=BODY)).status_code)
+            statuses.append((await http.post(path, json=body)).status_code)
 
-    async with httpx.AsyncClient(base_url=gateway, timeout=30, headers=KEY) as http:
+    async with httpx.AsyncClient(base_url=gateway, timeout=30, headers=headers) as http:
         tasks = [asyncio.create_task(loop(http)) for _ in range(clients)]
         try:
             yield statuses

@@ -6,10 +6,8 @@ other and finished; a cancel through the other stops it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -162,26 +160,8 @@ async def test_a_rollout_is_cancelled_through_the_other_gateway(
     assert finished["state"] == "done"
 
 
-@contextlib.asynccontextmanager
-async def pinned_flood(gateway: str, path: str, body: dict[str, Any],
-                       clients: int = 3) -> AsyncIterator[list[int]]:
-    """A caller's loops of requests pinned to v2 (``x-sluice-version``) until the block
-    ends; their statuses."""
-    statuses: list[int] = []
-    stop = asyncio.Event()
-
-    async def loop(http: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            statuses.append((await http.post(path, json=body)).status_code)
-
-    async with httpx.AsyncClient(base_url=gateway, timeout=30,
-                                 headers={**KEY, "x-sluice-version": "v2"}) as http:
-        tasks = [asyncio.create_task(loop(http)) for _ in range(clients)]
-        try:
-            yield statuses
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
+PINNED = {**KEY, "x-sluice-version": "v2"}
+"""A caller's requests pinned to v2."""
 
 
 async def test_pinned_cheap_calls_cannot_force_a_failing_version_through(
@@ -192,7 +172,7 @@ async def test_pinned_cheap_calls_cannot_force_a_failing_version_through(
     a, b = await two_gateways(serve_gateway, redis_server, sims, max_ttft_p99_ratio=20,
                               max_error_rate=0.3)
     tokenize = {"model": "chat", "prompt": "hi"}
-    async with pinned_flood(a, "/tokenize", tokenize, clients=8) as flood, \
+    async with traffic(a, 8, path="/tokenize", body=tokenize, headers=PINNED) as flood, \
             traffic(b, clients=1) as statuses, \
             httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
         started = await http.post(a + "/admin/versions/chat/rollout", json={
@@ -213,7 +193,7 @@ async def test_pinned_slow_requests_cannot_roll_a_healthy_version_back(
     a, b = await two_gateways(serve_gateway, redis_server, sims, max_ttft_p99_ratio=1.5,
                               ttft_p99_slack_s=0.05)
     slow = {**BODY, "max_tokens": 300, "ignore_eos": True}  # whole answer ~300 ms: its TTFT
-    async with pinned_flood(a, "/v1/chat/completions", slow) as flood, traffic(b), \
+    async with traffic(a, 3, body=slow, headers=PINNED) as flood, traffic(b), \
             httpx.AsyncClient(timeout=30, headers=ADMIN) as http:
         started = await http.post(a + "/admin/versions/chat/rollout", json={
             "to": "v2", "steps": [10, 100], "hold_s": 2})

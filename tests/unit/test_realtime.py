@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gateway.config.connections import WebSocketSettings
 from gateway.config.fleet import AdmissionSettings, ResilienceSettings
-from gateway.config.settings import EngineConfig, TimeoutSettings, WebSocketSettings
+from gateway.config.settings import EngineConfig, TimeoutSettings
 from gateway.edge.websocket.realtime import RealtimeRelay
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline.admission import Admission

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config.settings import ConnectionLimits
+from gateway.config.connections import ConnectionLimits
 from gateway.edge.slots import Admission, Slots, is_probe
 from gateway.edge.websocket.holds import Holds
 

@@ -13,7 +13,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.config.settings import ConnectionLimits
+from gateway.config.connections import ConnectionLimits
 from gateway.edge.protocol import UVICORN_INTERNALS, protocol_for
 
 ROOT = Path(__file__).resolve().parents[2]

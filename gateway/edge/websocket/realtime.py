@@ -53,7 +53,7 @@ import orjson
 from starlette.types import Scope
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from gateway.config.settings import WebSocketSettings
+from gateway.config.connections import WebSocketSettings
 from gateway.core.context import PIN_HEADER_KEY, RequestContext
 from gateway.core.endpoints import REALTIME
 from gateway.core.errors import EngineError, Overloaded, SluiceError, echo
