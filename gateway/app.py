@@ -78,7 +78,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics,  # a bad profile fails here, early
                           lora_weight=settings.lora.affinity_weight)
-    drain = Drain(settings.resilience.drain_timeout_s, metrics)
+    drain = Drain(settings.drain.timeout_s, metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -188,7 +188,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 "versions": versions,
                 "version_admin": version_admin,
                 "rollouts": rollouts,
-                "realtime": RealtimeRelay(connector, pool, director, settings.websocket),
+                "realtime": RealtimeRelay(connector, pool, director, settings.websocket,
+                                          drain),
                 "sockets": Holds(settings.websocket.max_sockets_per_key),
             }
 

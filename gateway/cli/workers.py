@@ -6,9 +6,12 @@ stdin, every engine given as a plain URL. Each worker binds its own listening so
 with ``SO_REUSEPORT``, so the kernel spreads new connections across them, and runs the
 ordinary single-process server (:class:`~gateway.edge.server.GatewayServer`), drain included.
 
-On SIGTERM or SIGINT the parent sends SIGTERM to every worker (each one's ``/ready``
-turns 503 and its in-flight streams finish, see :mod:`gateway.pipeline.drain`), waits for them
-all, then stops the engines. A worker that dies on its own stops the whole server: an
+On SIGTERM or SIGINT the parent sends the same signal to every worker, so each follows
+the single process's timeline (:mod:`gateway.edge.server`: on SIGTERM ``/ready`` answers
+503 for ``drain.delay_s`` while it still serves, then the drain; SIGINT skips the delay),
+a second signal too (a second Ctrl-C quits at once); it waits for them all, then stops
+the engines. Workers run in a process group of their own, so a Ctrl-C on the terminal
+reaches them once, through the parent. A worker that dies on its own stops the whole server: an
 orchestrator restarts it whole rather than running with fewer workers than asked.
 Each worker keeps its own metrics: ``/metrics`` shows the worker that answered.
 """
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -39,6 +43,12 @@ log = logging.getLogger("sluice.workers")
 
 _STOP_MARGIN_S = 10.0
 """How much longer than a worker's own drain the parent waits before SIGKILL."""
+
+
+def _worker_preexec() -> None:
+    """In a worker before it runs: die with the parent, in a process group of its own."""
+    die_with_parent()
+    os.setpgid(0, 0)
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -103,12 +113,20 @@ class Supervisor:
     def _on_signal(self, sig: int) -> None:
         if self.signal is None:
             self.signal = sig
-        self._stop.set()
+            self._stop.set()
+        else:  # a second signal: passed on (SIGTERM ends the delay, SIGINT quits)
+            self._send(sig)
+
+    def _send(self, sig: int) -> None:
+        for worker in self._workers:
+            if worker.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.send_signal(sig)
 
     async def _spawn(self, index: int, config_json: bytes) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli.workers", stdin=asyncio.subprocess.PIPE,
-            preexec_fn=die_with_parent)
+            preexec_fn=_worker_preexec)
         assert process.stdin is not None
         process.stdin.write(config_json)
         await process.stdin.drain()
@@ -117,11 +135,9 @@ class Supervisor:
         return process
 
     async def _stop_workers(self, waits: list[asyncio.Task[int]]) -> None:
-        for worker in self._workers:
-            if worker.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.send_signal(signal.SIGTERM)
-        deadline = self.settings.resilience.drain_timeout_s + BACKSTOP_S + _STOP_MARGIN_S
+        self._send(self.signal or signal.SIGTERM)
+        drain = self.settings.drain
+        deadline = drain.delay_s + drain.timeout_s + BACKSTOP_S + _STOP_MARGIN_S
         _, late = await asyncio.wait(waits, timeout=deadline)
         for worker in self._workers:
             if worker.returncode is None:

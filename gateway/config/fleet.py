@@ -196,8 +196,6 @@ class ResilienceSettings(_Frozen):
         description="continuations of one broken stream, at most; past it the stream ends "
                     "with an error event and [DONE] (0: as with failover false)")
     breaker: BreakerSettings = BreakerSettings()
-    drain_timeout_s: float = Field(
-        default=30.0, ge=0, description="SIGTERM: in-flight streams get this long to finish")
 
 
 class AdmissionSettings(_Frozen):

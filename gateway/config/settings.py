@@ -27,7 +27,9 @@ from pydantic_settings import (
 from adapters import AdapterSpec, under_roots
 from engines.spec import EngineSpec
 from gateway.config.adapters import LoraSettings
+from gateway.config.auth import AuthSettings, is_loopback, open_to_others
 from gateway.config.connections import ConnectionLimits, WebSocketSettings
+from gateway.config.drain import DrainSettings
 from gateway.config.fleet import AdmissionSettings, ResilienceSettings, RoutingSettings
 from gateway.config.state import CacheSettings, RedisSettings
 from gateway.config.versions import VersionsSettings
@@ -295,6 +297,8 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     admin: AdminSettings = AdminSettings()
+    auth: AuthSettings = AuthSettings()
+    drain: DrainSettings = DrainSettings()
     streaming: StreamingSettings = StreamingSettings()
     cors: CorsSettings = CorsSettings()
     cache: CacheSettings = CacheSettings()
@@ -308,8 +312,14 @@ class Settings(BaseSettings):
     lora: LoraSettings = LoraSettings()
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
-        description="least level of the JSON log lines on stderr; warning or error also "
-                    "silences the access log (its lines are info)")
+        description="least level of the log lines on stderr (--log-level); warning or "
+                    "error also silences the access log (its lines are info); probes are "
+                    "logged at debug")
+    log_format: Literal["auto", "text", "json"] = Field(
+        default="auto",
+        description="log lines on stderr (--log-format): text for people, json (one "
+                    "object a line) for collectors; auto: text when stderr is a terminal, "
+                    "else json")
     access_log: bool = Field(
         default=True,
         description="one log line per HTTP request (sluice.access: request id, method, "
@@ -348,6 +358,13 @@ class Settings(BaseSettings):
                              "and their limits would live in each process's memory, so "
                              "the workers would not share them; run one worker or set "
                              "redis.url")
+        return self
+
+    @model_validator(mode="after")
+    def _keyed_off_loopback(self) -> Settings:
+        if not (self.auth_required or self.auth.allow_unauthenticated
+                or is_loopback(self.host)):
+            raise ValueError(open_to_others(self.host))
         return self
 
     @property

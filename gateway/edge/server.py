@@ -1,15 +1,21 @@
 """The uvicorn server that runs a gateway app and drains it on SIGTERM/SIGINT.
 
-uvicorn already stops accepting connections on a signal and waits for the open ones;
-this adds the gateway's side: ``/ready`` turns 503 at once (load balancers stop
-sending), and after ``drain_timeout_s`` the upstream streams still open are closed so
-their clients get an error event and ``[DONE]`` rather than a cut connection (uvicorn's
-own hard deadline comes a little later, as a backstop).
+On SIGTERM, ``/ready`` answers 503 at once while the server goes on accepting and serving
+for ``drain.delay_s`` (load balancers and Kubernetes endpoints take a few seconds to see
+it); then uvicorn stops accepting and waits for the open connections, and the gateway's
+drain (:mod:`gateway.pipeline.drain`) gives the streams and WebSocket sessions in flight
+``drain.timeout_s`` to finish (uvicorn's own hard deadline comes a little later, as a
+backstop). SIGINT (Ctrl-C) skips the delay: nobody balances load onto a terminal. A
+second SIGTERM during the delay ends it; a second SIGINT quits at once (uvicorn's force
+exit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
+import signal
 import socket
 from types import FrameType
 
@@ -18,7 +24,10 @@ import uvicorn
 from gateway.config.settings import Settings
 from gateway.edge.gate import Edge
 from gateway.edge.protocol import protocol_for
+from gateway.edge.websocket.protocol import DrainedWebSocketProtocol
 from gateway.pipeline.drain import Drain
+
+log = logging.getLogger("sluice.server")
 
 BACKSTOP_S = 5.0
 """How long after the drain deadline uvicorn itself closes what is still open."""
@@ -52,15 +61,18 @@ class GatewayServer(uvicorn.Server):
                  port: int | None = None, own_process: bool = False) -> None:
         self.drain: Drain = app.state.drain
         self.own_process = own_process
+        self.delay_s = settings.drain.delay_s
+        self._delayed: asyncio.TimerHandle | None = None
         ws = settings.websocket
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
             http=protocol_for(settings.limits), lifespan="on", log_config=None, access_log=False,
             # Nothing reads the client's address; X-Forwarded-* would only cost a wrapper.
             proxy_headers=False,
-            ws_max_size=ws.max_message_bytes, ws_ping_interval=ws.ping_interval_s,
+            ws=DrainedWebSocketProtocol, ws_max_size=ws.max_message_bytes,
+            ws_ping_interval=ws.ping_interval_s,
             ws_ping_timeout=ws.ping_timeout_s, timeout_keep_alive=settings.limits.keep_alive_s,
-            timeout_graceful_shutdown=int(settings.resilience.drain_timeout_s + BACKSTOP_S),
+            timeout_graceful_shutdown=int(settings.drain.timeout_s + BACKSTOP_S),
         ))
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -69,5 +81,30 @@ class GatewayServer(uvicorn.Server):
             settle_heap()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """A signal (called by uvicorn's handler, between two steps of the loop): the
+        work is done on the loop, see the module docstring."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet, or any more
+            self.drain.announce()
+            super().handle_exit(sig, frame)
+            return
+        loop.call_soon_threadsafe(self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if sig == signal.SIGTERM and self.delay_s > 0 and not self.drain.announced:
+            self.drain.announce()
+            log.info("SIGTERM: /ready answers 503; still serving for %g s, then draining "
+                     "(up to %g s)", self.delay_s, self.drain.timeout_s)
+            self._delayed = asyncio.get_running_loop().call_later(
+                self.delay_s, self._stop, sig)
+            return
+        self._stop(sig)
+
+    def _stop(self, sig: int) -> None:
+        """Stop accepting and drain; a second SIGINT once stopping quits at once."""
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         self.drain.begin()
-        super().handle_exit(sig, frame)
+        super().handle_exit(sig, None)

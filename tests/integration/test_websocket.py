@@ -249,16 +249,27 @@ async def test_without_keys_a_foreign_browser_origin_is_refused(
         pass
 
 
-async def test_a_draining_gateway_refuses_new_requests_on_a_socket(
-        start_gateway: StartGateway, sim_server: str, client: aiohttp.ClientSession,
+async def test_a_draining_gateway_refuses_new_requests_on_a_socket_then_closes_it(
+        start_gateway: StartGateway, start_sim: StartSim, client: aiohttp.ClientSession,
         gateway_apps: dict[str, Any]) -> None:
-    gateway = await start_gateway([sim_server])
-    async with client.ws_connect(gateway + "/v1/ws") as ws:
+    gateway = await start_gateway([await start_sim(SLOW_SIM)])
+    async with client.ws_connect(gateway + "/v1/ws") as ws, \
+            client.ws_connect(gateway + "/v1/ws") as idle:
+        await ws.send_json({"id": "early", "type": "chat.completions", "body": chat(20)})
+        assert (await receive(ws))["type"] == "chunk"
         gateway_apps[gateway].state.drain.begin()
         await ws.send_json({"id": "late", "type": "chat.completions", "body": chat(1)})
-        message = await receive(ws)
-    assert message["id"] == "late"
-    assert message["error"]["code"] == "shutting_down"
+        messages = await until_terminal(ws, {"early", "late"})
+        closing = await ws.receive(timeout=10)
+        idle_closing = await idle.receive(timeout=10)
+    late = [m for m in messages if m["id"] == "late"]
+    assert late == [{"type": "error", "id": "late", "error": late[0]["error"]}]
+    assert late[0]["error"]["code"] == "shutting_down"
+    assert [m for m in messages if m["id"] == "early"][-1]["type"] == "done"
+    assert closing.type is aiohttp.WSMsgType.CLOSE  # once its last request ended
+    assert ws.close_code == 1001
+    assert idle_closing.type is aiohttp.WSMsgType.CLOSE  # nothing in flight: at once
+    assert idle.close_code == 1001
 
 
 async def test_a_client_that_stops_answering_pings_is_closed(

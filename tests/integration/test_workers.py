@@ -1,4 +1,5 @@
-"""`sluice serve --workers 2`: two processes on one port, drained together on SIGTERM."""
+"""`sluice serve --workers 2`: two processes on one port, drained together on SIGTERM
+(the same timeline as one process: not ready for drain.delay_s, then the drain)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import yaml
 
 from loadtests.launch import free_port
 from simulator import SimConfig
+from tests.integration.helpers import wait_until
 
 STREAM = {"model": "sim-model", "stream": True, "max_tokens": 30,
           "messages": [{"role": "user", "content": "count slowly"}]}
@@ -28,7 +30,7 @@ async def two_workers(tmp_path: Path, start_sim) -> AsyncIterator[
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump({
         "port": port, "default_engine": False, "access_log": False,
-        "engines": [{"name": "sim", "url": sim}], "resilience": {"drain_timeout_s": 20}}))
+        "engines": [{"name": "sim", "url": sim}], "drain": {"delay_s": 1.5, "timeout_s": 20}}))
     process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -73,6 +75,22 @@ async def _stream(url: str, started: asyncio.Event | None = None) -> list[str]:
     return [e for e in body.decode().split("\n\n") if e]
 
 
+async def _ready_statuses(url: str, tries: int) -> list[int]:
+    """The statuses of ``/ready``, one new connection per try (none when refused)."""
+    statuses = []
+    for _ in range(tries):
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                statuses.append((await http.get(url + "/ready")).status_code)
+        except httpx.TransportError:
+            continue
+    return statuses
+
+
+async def _refused(url: str) -> bool:
+    return not await _ready_statuses(url, 1)
+
+
 def _complete(events: list[str]) -> bool:
     words = [e for e in events if '"content":"' in e and '"content":""' not in e]
     return events[-1] == "data: [DONE]" and len(words) == 30 \
@@ -97,8 +115,12 @@ async def test_sigterm_drains_every_worker(two_workers) -> None:
             await event.wait()
     process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.2)
-    assert await _ready_pids(url, 6) == set()  # no worker takes new requests
+    during_delay = await _ready_statuses(url, 6)  # every worker still answers, not ready
+    # then (drain.delay_s 1.5) no worker takes connections
+    await wait_until(lambda: _refused(url), "the workers to stop accepting", 5)
     results = await asyncio.gather(*streams)
+    assert during_delay
+    assert set(during_delay) == {503}
     assert all(_complete(events) for events in results)
     # The parent exits as a single-process gateway does: "terminated by SIGTERM".
     assert await asyncio.to_thread(process.wait, 15) == -signal.SIGTERM

@@ -80,3 +80,24 @@ async def test_drain_closes_open_streams_at_the_deadline() -> None:
     assert closed == ["running"]
     drain.register(lambda: closed.append("late"))  # after the deadline: closed at once
     assert closed == ["running", "late"]
+
+
+async def test_drain_announces_first_and_tells_sessions_when_it_begins() -> None:
+    metrics = GatewayMetrics()
+    drain = Drain(30, metrics)
+    told: list[str] = []
+    early = drain.on_begin(lambda: told.append("early"))
+    gone = drain.on_begin(lambda: told.append("gone"))
+    drain.unregister(gone)
+    drain.announce()
+    assert drain.announced
+    assert not drain.draining  # not ready, yet still serving
+    assert b"sluice_draining 1.0" in metrics.render()
+    assert told == []
+    drain.begin()
+    assert drain.draining
+    assert told == ["early"]
+    drain.on_begin(lambda: told.append("late"))  # after the drain began: told at once
+    assert told == ["early", "late"]
+    drain.unregister(early)
+    drain.cancel()

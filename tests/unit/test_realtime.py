@@ -84,7 +84,7 @@ def relay_for(dialer: Dialer) -> tuple[RealtimeRelay, EnginePool]:
     director = Director(pool, Admission(AdmissionSettings(), MemoryCounters()), None, drain,
                         metrics)
     connector = Connector(pool, scheduler, drain, metrics, resilience)
-    relay = RealtimeRelay(connector, pool, director, WebSocketSettings())
+    relay = RealtimeRelay(connector, pool, director, WebSocketSettings(), drain)
     return relay, pool
 
 

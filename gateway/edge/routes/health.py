@@ -20,7 +20,7 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """200 when at least one engine serves a model and the gateway is not draining,
+    """200 when at least one engine serves a model and the gateway is not stopping,
     else 503, with the status; and, for whoever may see them, which process answered
     (one of several workers) and the engine list.
 
@@ -30,8 +30,8 @@ async def ready(request: Request) -> Response:
     ``redis`` says whether it is up (and its last error, to key holders); its outage
     does not make the gateway unready: the stores fall back."""
     pool, drain, settings = request.state.pool, request.state.drain, request.state.settings
-    ready = pool.ready and not drain.draining
-    status = "draining" if drain.draining else "ready" if ready else "not_ready"
+    ready = pool.ready and not drain.announced
+    status = "draining" if drain.announced else "ready" if ready else "not_ready"
     body: dict[str, object] = {"status": status}
     full = getattr(request.state, "authenticated", False)
     if full or not settings.auth_required or settings.observability.open:

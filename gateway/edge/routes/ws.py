@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 
@@ -23,6 +24,8 @@ from gateway.edge.middleware import caller
 from gateway.edge.websocket.holds import Holds, holder
 from gateway.edge.websocket.mux import KeyRevoked, Multiplexer, SocketClosed
 from gateway.edge.websocket.realtime import RealtimeRelay
+from gateway.pipeline.drain import Drain
+from gateway.upstream.transport import GOING_AWAY
 
 
 async def _admitted(websocket: WebSocket, settings: Settings) -> bool:
@@ -68,6 +71,14 @@ async def _serve_requests(websocket: WebSocket, settings: Settings) -> None:
                       principal=principal, key=key,
                       pinned_version=header(websocket.scope, PIN_HEADER_KEY),
                       client=websocket.client.host if websocket.client else None)
+    closing: list[asyncio.Task[None]] = []
+
+    def going_away() -> None:  # the drain began and nothing is in flight on this socket
+        if not closing:
+            closing.append(asyncio.create_task(_close_quietly(websocket, GOING_AWAY)))
+
+    drain: Drain = websocket.state.drain
+    token = drain.on_begin(lambda: mux.end_when_idle(going_away))
     try:
         while True:
             message = await websocket.receive()
@@ -83,7 +94,15 @@ async def _serve_requests(websocket: WebSocket, settings: Settings) -> None:
     except SocketClosed:
         return
     finally:
+        drain.unregister(token)
         await mux.close()
+        for task in closing:
+            await task
+
+
+async def _close_quietly(websocket: WebSocket, code: int) -> None:
+    with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+        await websocket.close(code)
 
 
 async def realtime_socket(websocket: WebSocket) -> None:

@@ -76,10 +76,18 @@ class Multiplexer:
         self._ending: set[str] = set()
         """Requests whose terminal message is being sent: a cancel comes too late."""
         self._serial = count(1)
+        self._when_idle: Callable[[], None] | None = None
 
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    def end_when_idle(self, end: Callable[[], None]) -> None:
+        """The gateway drains: call ``end`` once no request runs (at once if none does).
+        Requests that come meanwhile are refused (the director's drain check)."""
+        self._when_idle = end
+        if not self._tasks:
+            end()
 
     async def text(self, text: str) -> None:
         """Act on one text frame."""
@@ -126,6 +134,8 @@ class Multiplexer:
             self._ending.discard(request_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("websocket request %s failed", request_id, exc_info=task.exception())
+        if self._when_idle is not None and not self._tasks:
+            self._when_idle()
 
     async def close(self) -> None:
         """Cancel every request still running and wait until each has closed upstream."""

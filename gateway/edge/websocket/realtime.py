@@ -37,7 +37,9 @@ After that the session is pinned to that engine and every message passes through
 is, text or binary, both ways; the query string is passed on to the engine. Either
 side's close closes the other with the same code (1014, bad gateway, when the engine's
 socket failed; 1009 when it sent a message over ``max_message_bytes``). The session
-counts as a request in flight on its engine while it lasts; at most
+counts as a request in flight on its engine while it lasts, and is drained like a stream:
+it goes on while the gateway stops until the drain deadline, when both sockets are closed
+(1001, going away; see :mod:`gateway.pipeline.drain`); at most
 ``max_realtime_sessions`` run at once (past that the handshake is refused with a 429).
 """
 
@@ -70,6 +72,7 @@ from gateway.edge.websocket.realtime_events import (
 )
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
+from gateway.pipeline.drain import Drain
 from gateway.upstream.pool import EnginePool
 from gateway.upstream.transport import (
     BAD_GATEWAY,
@@ -90,8 +93,9 @@ class RealtimeRelay:
     """Relays realtime sessions to engines (see the module docstring)."""
 
     def __init__(self, connector: Connector, pool: EnginePool, director: Director,
-                 settings: WebSocketSettings) -> None:
+                 settings: WebSocketSettings, drain: Drain) -> None:
         self._connector = connector
+        self._drain = drain
         self._pool = pool
         self._director = director
         self._settings = settings
@@ -202,17 +206,29 @@ class RealtimeRelay:
     async def _relay(self, websocket: WebSocket, upstream: UpstreamSocket,
                      ctx: RequestContext) -> SluiceError | None:
         """Pass messages both ways until one side closes; then close the other. An
-        engine socket that failed is the session's error."""
+        engine socket that failed is the session's error. At the drain deadline both are
+        closed (1001)."""
         to_engine = asyncio.create_task(self._client_to_engine(websocket, upstream, ctx))
         to_client = asyncio.create_task(self._engine_to_client(websocket, upstream, ctx))
+        expired: list[bool] = []
+
+        def expire() -> None:  # the drain deadline: both sides are told 1001
+            expired.append(True)
+            to_engine.cancel()
+
+        token = self._drain.register(expire)
         try:
             done, _ = await asyncio.wait((to_engine, to_client),
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._drain.unregister(token)
             for task in (to_engine, to_client):
                 task.cancel()
             await asyncio.gather(to_engine, to_client, return_exceptions=True)
-        if to_engine in done:
+        if expired:
+            await upstream.close(GOING_AWAY)
+            await self._close_client(websocket, GOING_AWAY)
+        elif to_engine in done:
             await upstream.close(_outcome(to_engine, GOING_AWAY) or GOING_AWAY)
         elif to_client in done:
             code = _outcome(to_client, BAD_GATEWAY)
