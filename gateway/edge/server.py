@@ -24,7 +24,7 @@ import uvicorn
 from gateway.config.settings import Settings
 from gateway.edge.gate import Edge
 from gateway.edge.protocol import protocol_for
-from gateway.edge.websocket.protocol import DrainedWebSocketProtocol
+from gateway.edge.ws_protocol import DrainedWebSocketProtocol
 from gateway.pipeline.drain import Drain
 
 log = logging.getLogger("sluice.server")
