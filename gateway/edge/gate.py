@@ -3,7 +3,9 @@
 Every HTTP request and WebSocket handshake goes through :class:`Edge` once:
 
 1. a request id (``x-request-id``, kept if the client sent a short printable one, else
-   made up), and the access-log line when the response ends;
+   made up; every log line of the request carries it, :mod:`gateway.observability.logs`),
+   and the access-log line when the response ends (for a generation request also its
+   model, version, engine, tokens, time to first token and outcome; probes at debug);
 2. CORS: a preflight answered here, an allowed origin's response given its headers
    (:mod:`gateway.edge.cors`);
 3. the API key (:mod:`gateway.edge.middleware`): a refusal is a 401 (a WebSocket
@@ -36,6 +38,7 @@ from starlette.datastructures import State
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.core.context import RequestContext
 from gateway.core.endpoints import Endpoint
 from gateway.core.errors import RequestTooLarge, SluiceError
 from gateway.edge.accounting import counted_by_director
@@ -45,9 +48,12 @@ from gateway.edge.handshake import refuse
 from gateway.edge.headers import header
 from gateway.edge.middleware import Auth
 from gateway.edge.streaming import SERVER_SEND
+from gateway.observability.logs import REQUEST_ID
 from gateway.observability.metrics import GatewayMetrics
 
 access_log = logging.getLogger("sluice.access")
+PROBES = frozenset({"/health", "/ready", "/metrics"})
+"""Paths polled by orchestrators and scrapers: their access lines are at debug."""
 
 
 MAX_REQUEST_ID = 128
@@ -114,6 +120,7 @@ class Edge:
         state = scope.setdefault("state", {})
         request_id = client_request_id(scope) or os.urandom(16).hex()
         state["request_id"] = request_id
+        REQUEST_ID.set(request_id)  # this request's task and those it starts
         added = [(b"x-request-id", request_id.encode("latin-1"))]
         started = time.perf_counter()
         status = 0
@@ -151,13 +158,11 @@ class Edge:
                 self.metrics.requests.labels("unknown", "none", "none", hot[1].name,
                                              str(status or 500)).inc()
             if self.log_requests:
-                access_log.info(
-                    "request", extra={
-                        "request_id": request_id, "method": method, "path": scope["path"],
-                        "status": status or 500,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                        "key_id": state.get("principal"),
-                    })
+                level = logging.DEBUG if scope["path"] in PROBES else logging.INFO
+                if access_log.isEnabledFor(level):
+                    access_log.log(level, "request", extra=_access_fields(
+                        request_id, method, scope["path"], status or 500,
+                        time.perf_counter() - started, state))
 
     def _declared_too_large(self, scope: Scope) -> SluiceError | None:
         declared = header(scope, b"content-length")
@@ -184,3 +189,23 @@ class Edge:
 
     def _too_large(self) -> RequestTooLarge:
         return RequestTooLarge(f"request body is larger than {self.max_body_bytes} bytes")
+
+
+def _access_fields(request_id: str, method: str, path: str, status: int, took_s: float,
+                   state: dict[str, object]) -> dict[str, object]:
+    """The access line's fields; a generation request's (its context in ``state``) also
+    say where it went and how it ended."""
+    fields: dict[str, object] = {
+        "request_id": request_id, "method": method, "path": path, "status": status,
+        "duration_ms": round(took_s * 1000, 2), "key_id": state.get("principal")}
+    ctx = state.get("ctx")
+    if isinstance(ctx, RequestContext):
+        timings = ctx.timings
+        fields.update({
+            "model": ctx.requested_model or None, "version": ctx.version,
+            "engine": None if ctx.engine == "none" else ctx.engine, "tokens": ctx.tokens,
+            "ttft_ms": None if timings.first_byte is None
+            else round((timings.first_byte - timings.arrived) * 1000, 2),
+            "outcome": "client_left" if ctx.outcome.client_left else ctx.outcome.status,
+            "cache": ctx.cache.result if ctx.cache.key is not None else None})
+    return fields

@@ -83,6 +83,7 @@ class EngineEndpoint:
         ctx.pinned_version = header(scope, PIN_HEADER_KEY)
         client = scope.get("client")
         ctx.client = client[0] if client else None
+        state["ctx"] = ctx  # for the access line
         if self.cached:
             read_directives(ctx.cache, header(scope, b"cache-control"),
                             header(scope, b"x-sluice-cache"))

@@ -38,6 +38,7 @@ from gateway.edge.websocket.messages import (
     read_frame,
 )
 from gateway.keys import ApiKey
+from gateway.observability.logs import REQUEST_ID
 from gateway.pipeline.director import AnswerStep, Director, StartedStream
 
 log = logging.getLogger("sluice.websocket")
@@ -151,6 +152,7 @@ class Multiplexer:
                                  principal=self._principal, key=self._key)
         ctx.pinned_version = start.version or self._pinned_version
         ctx.client = self._client
+        REQUEST_ID.set(ctx.id)  # this task's log lines
         try:
             await self._stream(start.id, ctx, tagged)
         except asyncio.CancelledError:

@@ -70,6 +70,7 @@ from gateway.edge.websocket.realtime_events import (
     models_named,
     renamed,
 )
+from gateway.observability.logs import REQUEST_ID
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
 from gateway.pipeline.drain import Drain
@@ -139,6 +140,7 @@ class RealtimeRelay:
                                  principal=principal, key=key,
                                  session_key=header(scope, b"x-session-id"))
         ctx.pinned_version = header(scope, PIN_HEADER_KEY)
+        REQUEST_ID.set(ctx.id)  # the session's log lines
         client = scope.get("client")
         ctx.client = client[0] if client else None
 
