@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
 import signal
 import sys
@@ -22,9 +23,10 @@ from engines.quantized import QUANTIZE_PYTHON, QuantizeEnvMissing, Scheme, quant
 from engines.supervisor import preflight
 from gateway.app import create_app
 from gateway.cli.adapters import adapters_app
+from gateway.cli.config_errors import ConfigProblems, load_checked
 from gateway.cli.versions import versions_app
 from gateway.cli.workers import serve_workers
-from gateway.config.settings import Settings, load_settings
+from gateway.config.settings import Settings
 from gateway.edge.server import GatewayServer
 from gateway.observability.logs import configure_logging
 
@@ -36,6 +38,42 @@ app.add_typer(adapters_app, name="adapters")
 
 ConfigOption = Annotated[Path | None, typer.Option(
     "--config", "-c", envvar="SLUICE_CONFIG", help="YAML settings file.")]
+CONFIG_ERROR = 2
+"""The exit status of a command whose settings are wrong."""
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        print(f"sluice {importlib.metadata.version('sluice')}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Sluice: an OpenAI-compatible streaming gateway for vLLM engines."""
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    """The settings, or each of their problems on a line of stderr and exit 2."""
+    try:
+        return load_checked(config, **overrides)
+    except ConfigProblems as problems:
+        for line in problems.lines:
+            print(line, file=sys.stderr)
+        raise typer.Exit(CONFIG_ERROR) from None
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="YAML settings file to check.")],
+) -> None:
+    """Check a settings file as serve would load it (SLUICE_* variables included): each
+    problem on a line, exit 2 if there is any."""
+    settings = _settings(file)
+    print(f"{file}: ok ({len(settings.resolved_engines())} engine(s), "
+          f"listening on {settings.host}:{settings.port})")
 
 
 @app.command()
@@ -45,12 +83,18 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Gateway processes sharing the port (default 1; SLUICE_WORKERS).")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        help="auto (text on a terminal, else JSON), text or json (default: log_format).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(
+        help="debug, info, warning or error (default: log_level).")] = None,
 ) -> None:
     """Run the gateway (and the engines it manages) until Ctrl-C or SIGTERM."""
     overrides: dict[str, Any] = {
-        k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v}
-    settings = load_settings(config, **overrides)
-    configure_logging(settings.log_level)
+        k: v for k, v in (("host", host), ("port", port), ("workers", workers),
+                          ("log_format", log_format), ("log_level", log_level)) if v}
+    settings = _settings(config, **overrides)
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.engines and settings.default_engine:
         if not is_prepared(settings.default_model_dir):
             console.print("[bold]Preparing the default model[/] (once; reused afterwards)")
@@ -73,7 +117,7 @@ def prepare_model(
     lora: Annotated[Path | None, typer.Option(help="Also make a test LoRA adapter here.")] = None,
 ) -> None:
     """Convert the packaged default model into an HF directory for vLLM."""
-    settings = load_settings(config)
+    settings = _settings(config)
     prepare_default_model(settings.engine_python, settings.default_model_dir, lora)
     console.print(f"model ready: {settings.default_model_dir}")
 
@@ -91,7 +135,7 @@ def quantize_model(
     config: ConfigOption = None,
 ) -> None:
     """Quantize a local model on the CPU with llm-compressor, for vLLM to serve."""
-    source = model if model is not None else load_settings(config).default_model_dir
+    source = model if model is not None else _settings(config).default_model_dir
     try:
         status = quantize(python, source, scheme, out)
     except QuantizeEnvMissing as exc:

@@ -169,7 +169,7 @@ async def _serve_one(settings: Settings) -> None:
 def main() -> None:
     """One worker: settings (JSON) on stdin; serves until SIGTERM, like ``sluice serve``."""
     settings = Settings(**json.loads(sys.stdin.buffer.read()))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     uvloop.run(_serve_one(settings))
 
 
