@@ -26,7 +26,17 @@ from typing import Any
 import yaml
 
 from engines.spec import EngineSpec
-from loadtests.launch import HOST, Launch, free_port, kill, launched, spawn, stop_all, wait_ready
+from loadtests.launch import (
+    HOST,
+    NO_DRAIN_DELAY,
+    Launch,
+    free_port,
+    kill,
+    launched,
+    spawn,
+    stop_all,
+    wait_ready,
+)
 from loadtests.proc import ProcStats, read_stats
 from simulator.config import SimConfig
 
@@ -187,7 +197,8 @@ def gateway_launch(settings: Mapping[str, Any], log_dir: Path, name: str = "gate
     argv = [sys.executable, *([] if root is None else ["-P"]), "-m", "gateway", "serve",
             "--config", str(config_file)]
     return Launch(argv, f"http://{config['host']}:{config['port']}", log_dir / f"{name}.log",
-                  None if root is None else {"PYTHONPATH": str(root)}, ready_path="/ready")
+                  {**NO_DRAIN_DELAY, **({} if root is None else {"PYTHONPATH": str(root)})},
+                  ready_path="/ready")
 
 
 @asynccontextmanager

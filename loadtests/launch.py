@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 STOP_GRACE_S = 20.0
 """How long a process has between SIGTERM and SIGKILL, unless told otherwise."""
+NO_DRAIN_DELAY = {"SLUICE_DRAIN__DELAY_S": "0"}
+"""The environment of a gateway the harness starts: no load balancer stands in front of
+it, so on SIGTERM it need not stay up for one to notice (``drain.delay_s``; a checkout
+without that setting ignores the variable)."""
 
 
 class LaunchError(RuntimeError):

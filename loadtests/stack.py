@@ -15,7 +15,17 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.launch import HOST, ROOT, Launch, LaunchError, free_port, spawn, stop, wait_ready
+from loadtests.launch import (
+    HOST,
+    NO_DRAIN_DELAY,
+    ROOT,
+    Launch,
+    LaunchError,
+    free_port,
+    spawn,
+    stop,
+    wait_ready,
+)
 
 ENGINE_PYTHON = ROOT / ".venv-engine" / "bin" / "python"
 CACHE = Path(os.environ.get("SLUICE_CACHE_DIR", Path.home() / ".cache" / "sluice"))
@@ -47,6 +57,7 @@ def real_stack(log: Path, *, ready_timeout_s: float = 420,
                       SERVED_NAME, log)
     env = {"SLUICE_PORT": str(gateway_port), "SLUICE_ENGINE_PORT": str(engine_port),
            "SLUICE_ENGINE_PYTHON": str(ENGINE_PYTHON), "SLUICE_CACHE_DIR": str(CACHE),
+           **NO_DRAIN_DELAY,
            **(extra_env or {})}
     launch = Launch([sys.executable, "-m", "gateway", "serve"], stack.gateway, log, env,
                     ready_path="/ready")

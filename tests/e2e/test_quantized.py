@@ -30,6 +30,7 @@ from openai import OpenAI
 from engines.checkpoint import cpu_flags, read_cpuinfo
 from loadtests.launch import (
     HOST,
+    NO_DRAIN_DELAY,
     ROOT,
     Launch,
     LaunchError,
@@ -93,7 +94,8 @@ def quantized_gateway(model: Path, scheme: str, workdir: Path) -> Iterator[str]:
     port = free_port()
     launch = Launch([sys.executable, "-m", "gateway", "serve", "-c", str(config)],
                     f"http://{HOST}:{port}", workdir / "gateway.log",
-                    {"SLUICE_PORT": str(port), "SLUICE_CACHE_DIR": str(CACHE)},
+                    {"SLUICE_PORT": str(port), "SLUICE_CACHE_DIR": str(CACHE),
+                     **NO_DRAIN_DELAY},
                     ready_path="/ready")
     process = spawn(launch)
     try:

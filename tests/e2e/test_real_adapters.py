@@ -16,7 +16,16 @@ import httpx
 import pytest
 import yaml
 
-from loadtests.launch import HOST, ROOT, Launch, free_port, spawn, stop, wait_ready
+from loadtests.launch import (
+    HOST,
+    NO_DRAIN_DELAY,
+    ROOT,
+    Launch,
+    free_port,
+    spawn,
+    stop,
+    wait_ready,
+)
 from loadtests.stack import ENGINE_PYTHON, MODEL_DIR, RealStack
 from tests.integration.helpers import metric
 
@@ -53,7 +62,7 @@ def gateway_for(stack: RealStack, adapters: dict[str, Path], tmp_path: Path,
     url = f"http://{HOST}:{port}"
     launch = Launch([str(ROOT / ".venv" / "bin" / "python"), "-m", "gateway", "serve",
                      "--config", str(config)], url, tmp_path / "gateway.log",
-                    ready_path="/ready")
+                    NO_DRAIN_DELAY, ready_path="/ready")
     process = spawn(launch)
     try:
         asyncio.run(wait_ready(launch, process, 60))
