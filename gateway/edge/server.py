@@ -80,6 +80,12 @@ class GatewayServer(uvicorn.Server):
         if self.own_process and not self.should_exit:
             settle_heap()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """However the server was told to stop (a signal, or ``should_exit`` set by the
+        program that runs it), the drain begins as it stops accepting."""
+        self.drain.begin()
+        await super().shutdown(sockets)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """A signal (called by uvicorn's handler, between two steps of the loop): the
         work is done on the loop, see the module docstring."""
