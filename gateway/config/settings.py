@@ -323,7 +323,8 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         default=True,
         description="one log line per HTTP request (sluice.access: request id, method, "
-                    "path, status, duration, key id)")
+                    "path, status, duration, key id; for a generation request also model, "
+                    "version, engine, tokens, TTFT and outcome; probes at debug)")
     playground: bool = Field(
         default=True, description="serve the chat playground page at / (open without a key)")
 
