@@ -155,7 +155,9 @@ class GatewayMetrics:
             "of the request it copies.", ["model", "version"], buckets=_RATIO_BUCKETS,
             registry=r)
         self.draining = Gauge(
-            "sluice_draining", "1 while the gateway drains before shutting down.", registry=r)
+            "sluice_draining",
+            "1 once the gateway is stopping (from SIGTERM on: /ready answers 503), until it exits.",
+            registry=r)
         self.redis_up = Gauge(
             "sluice_redis_up", "1 when the shared state store (Redis) answered its last "
             "probe; always 0 with in-memory stores (no redis.url).", registry=r)
