@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -297,7 +298,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
     admin: AdminSettings = AdminSettings()
-    auth: AuthSettings = AuthSettings()
+    auth: AuthSettings = Field(default_factory=AuthSettings, validate_default=True)
     drain: DrainSettings = DrainSettings()
     streaming: StreamingSettings = StreamingSettings()
     cors: CorsSettings = CorsSettings()
@@ -361,12 +362,17 @@ class Settings(BaseSettings):
                              "redis.url")
         return self
 
-    @model_validator(mode="after")
-    def _keyed_off_loopback(self) -> Settings:
-        if not (self.auth_required or self.auth.allow_unauthenticated
-                or is_loopback(self.host)):
-            raise ValueError(open_to_others(self.host))
-        return self
+    @field_validator("auth")
+    @classmethod
+    def _keyed_off_loopback(cls, auth: AuthSettings, info: ValidationInfo) -> AuthSettings:
+        """A field's check (after host, api_keys and admin) rather than the whole
+        model's, so that it is reported alongside the other problems of a file."""
+        seen = info.data
+        if {"host", "api_keys", "admin"} <= seen.keys() and not (
+                seen["api_keys"] or seen["admin"].enabled or auth.allow_unauthenticated
+                or is_loopback(seen["host"])):
+            raise ValueError(open_to_others(seen["host"]))
+        return auth
 
     @property
     def auth_required(self) -> bool:

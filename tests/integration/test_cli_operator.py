@@ -73,11 +73,16 @@ def test_check_config_refuses_an_open_gateway_off_loopback(tmp_path: Path) -> No
     refused = sluice("check-config", str(config))
     assert refused.returncode == 2
     [line] = refused.stderr.splitlines()
-    assert line.startswith("host 0.0.0.0 is not loopback and no API key is set")
+    assert line.startswith("auth: host 0.0.0.0 is not loopback and no API key is set")
     assert "auth.allow_unauthenticated: true" in line
     keyed = sluice("check-config", str(config), env={"SLUICE_API_KEYS": f'["{KEY}"]'})
     assert keyed.returncode == 0, keyed.stderr
     assert keyed.stdout.strip() == f"{config}: ok (1 engine(s), listening on 0.0.0.0:8000)"
+    with config.open("a") as more:
+        more.write("port: 99999\n")
+    both = sluice("check-config", str(config))  # reported along with the file's other problems
+    assert both.stderr.splitlines() == ["port: Input should be less than or equal to 65535",
+                                        line]
 
 
 def test_serve_with_a_bad_config_says_why_and_exits_2(tmp_path: Path) -> None:
