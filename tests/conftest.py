@@ -41,9 +41,10 @@ async def start_gateway(gateway_apps: dict[str, Edge]) -> AsyncIterator[StartGat
     teardown. ``gateway_apps[url]`` is its app."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(engines: list[str] | None = None, *, http: Any = None,
+    async def start(engines: list[str | EngineConfig] | None = None, *, http: Any = None,
                     **overrides: Any) -> str:
-        configs = [EngineConfig(name=f"e{i}", url=url) for i, url in enumerate(engines or [])]
+        configs = [EngineConfig(name=f"e{i}", url=url) if isinstance(url, str) else url
+                   for i, url in enumerate(engines or [])]
         fields: dict[str, Any] = {"port": 0, "default_engine": False, "access_log": False,
                                   "health_interval_s": 0.2, "engines": configs}
         settings = Settings(**{**fields, **overrides})
