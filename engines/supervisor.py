@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from engines.checkpoint import Quantization, check_servable, read_cpuinfo
 from engines.lifetime import die_with_parent
 from engines.spec import EngineSpec
@@ -28,9 +30,30 @@ def preflight(spec: EngineSpec, cpuinfo: str) -> Quantization | None:
     naming the missing feature, when a CPU engine's checkpoint needs a CPU feature that
     ``cpuinfo`` lacks (W4A16 without ``avx512f``) or another ``dtype`` (W4A16 in float32),
     where vLLM would crash while loading."""
+    spec = spec.resolved()
     if spec.device != "cpu":
         return None
-    return check_servable(spec.model, cpuinfo, spec.dtype)
+    return check_servable(spec.model, cpuinfo, spec.dtype or "float32")
+
+
+_SECRET_FLAGS = frozenset({"--api-key"})
+
+
+def redacted(argv: list[str]) -> list[str]:
+    """``argv`` for a log line: the value of a secret flag (``extra_args`` may hold
+    ``--api-key K`` or ``--api-key=K``) replaced."""
+    out: list[str] = []
+    hide = False
+    for arg in argv:
+        flag, eq, _ = arg.partition("=")
+        if hide:
+            out.append("[redacted]")
+        elif eq and flag in _SECRET_FLAGS:
+            out.append(f"{flag}=[redacted]")
+        else:
+            out.append(arg)
+        hide = not hide and not eq and arg in _SECRET_FLAGS
+    return out
 
 
 class EngineProcess:
@@ -42,8 +65,10 @@ class EngineProcess:
     def __init__(self, name: str, spec: EngineSpec, log_path: Path, *,
                  backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0,
                  stop_timeout_s: float = 20.0,
-                 cpuinfo: Callable[[], str] | None = None) -> None:
+                 cpuinfo: Callable[[], str] | None = None,
+                 api_key: SecretStr | None = None) -> None:
         self.name = name
+        self._api_key = api_key
         self.spec = spec
         self.log_path = log_path
         self.restarts = 0
@@ -64,6 +89,11 @@ class EngineProcess:
 
         A CPU engine whose checkpoint this CPU cannot serve is not started (see
         :func:`preflight`)."""
+        if self.spec.device == "auto":
+            self.spec = await asyncio.to_thread(self.spec.resolved)
+            log.info("engine %s: device %s (auto: the vLLM build in %s)", self.name,
+                     self.spec.device, self.spec.python)
+        self.spec = self.spec.resolved()
         quantization = preflight(self.spec, self._cpuinfo())
         if quantization is not None:
             log.info("engine %s: a %s checkpoint (%s)", self.name, quantization.scheme,
@@ -74,13 +104,23 @@ class EngineProcess:
     async def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.spec.command()
-        log.info("starting engine %s: %s (log: %s)", self.name, " ".join(argv), self.log_path)
+        log.info("starting engine %s: %s (log: %s)", self.name, " ".join(redacted(argv)),
+                 self.log_path)
         with self.log_path.open("ab") as out:
             self._process = await asyncio.create_subprocess_exec(
-                *argv, env={**os.environ, **self.spec.environment()},
+                *argv, env=self.process_environment(),
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True, preexec_fn=die_with_parent,
             )
+
+    def process_environment(self) -> dict[str, str]:
+        """The engine's whole environment: the gateway's, the spec's, and its API key as
+        ``VLLM_API_KEY`` (vLLM's ``--api-key`` from the environment: not on the command
+        line, which any local user can read in /proc)."""
+        env = {**os.environ, **self.spec.environment()}
+        if self._api_key is not None:
+            env["VLLM_API_KEY"] = self._api_key.get_secret_value()
+        return env
 
     async def _watch(self) -> None:
         backoff = self._backoff_initial

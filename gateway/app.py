@@ -56,7 +56,7 @@ from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
 from gateway.upstream.client import EngineClient
 from gateway.upstream.http1 import Http1Transport
 from gateway.upstream.pool import EnginePool
-from gateway.upstream.transport import Transport
+from gateway.upstream.transport import EngineHeaders, Transport
 from gateway.versions import VersionRouter
 from gateway.versions.rollout import Rollouts
 from gateway.versions.service import VersionService
@@ -87,7 +87,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
             for config in engines:
                 if config.managed is not None:
                     process = EngineProcess(config.name, config.managed,
-                                            settings.log_dir / f"engine-{config.name}.log")
+                                            settings.log_dir / f"engine-{config.name}.log",
+                                            api_key=config.api_key)
                     await process.start()
                     stack.push_async_callback(process.stop)
             upstream = transport or Http1Transport(settings.pool, settings.timeouts,
@@ -96,7 +97,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
 
             def client(config: EngineConfig) -> EngineClient:
                 return EngineClient(config.name, config.base_url, upstream, settings.timeouts,
-                                    max_answer_bytes=settings.max_answer_bytes)
+                                    max_answer_bytes=settings.max_answer_bytes,
+                                    headers=EngineHeaders.of(config.upstream_headers()))
 
             pool = EnginePool(engines, client, metrics,
                               health_interval_s=settings.health_interval_s,

@@ -62,6 +62,7 @@ def main(
     seed: Annotated[int | None, _field("seed")] = None,
     max_loras: Annotated[int | None, _field("max_loras", min=0)] = None,
     lora_load_ms: Annotated[float | None, _field("lora_load_ms", min=0.0)] = None,
+    api_key: Annotated[str | None, _field("api_key")] = None,
 ) -> None:
     """Serve a vLLM-compatible simulated engine until interrupted."""
     logging.basicConfig(
@@ -76,6 +77,7 @@ def main(
         "default_max_tokens": default_max_tokens, "error_rate": error_rate,
         "crash_after_tokens": crash_after_tokens, "hang": hang, "slow_token_ms": slow_token_ms,
         "seed": seed, "max_loras": max_loras, "lora_load_ms": lora_load_ms,
+        "api_key": api_key,
     }  # fmt: skip
     fields: dict[str, Any] = {}
     if config is not None:

@@ -87,6 +87,10 @@ class SimConfig(BaseModel):
     lora_load_ms: Annotated[float, Field(ge=0.0)] = 0.0
     """How long `/v1/load_lora_adapter` takes (a real engine reads and prepares weights)."""
 
+    api_key: str | None = None
+    """As vLLM's `--api-key`: requests to `/v1/...` paths (WebSockets too) without
+    `Authorization: Bearer <key>` are answered 401 `{"error": "Unauthorized"}`."""
+
     @property
     def kv_capacity_blocks(self) -> int:
         """KV cache size in whole blocks."""

@@ -8,6 +8,7 @@ during a write is caught either way.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import random
@@ -110,7 +111,8 @@ def create_sim_app(
     exits with status 1 (`os._exit`); in-process servers pass a hook that drops the
     listener and every connection instead (see `SimServer`).
     """
-    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_count, _errors])
+    app = web.Application(client_max_size=64 * 1024 * 1024,
+                          middlewares=[_count, _errors, _authenticate])
     engine = SimEngine(config, SimMetrics(config.model, config.max_loras))
     app[SIM_STATE] = SimState(config, engine, on_crash or exit_process)
     app.cleanup_ctx.append(_engine_task)
@@ -163,6 +165,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         # As vLLM (FastAPI) answers an unknown path or method: reason phrase as message.
         return web.Response(body=error_body(exc.status, exc.reason, exc.reason),
                             status=exc.status, content_type="application/json")
+
+
+GUARDED_PREFIX = ("/v1", "/v2", "/inference", "/cohere")
+"""Paths vLLM's ``--api-key`` guards (/health, /metrics, /version stay open)."""
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """vLLM's ``AuthenticationMiddleware``: a guarded path needs the Bearer key."""
+    key = request.app[SIM_STATE].config.api_key
+    if key is not None and request.method != "OPTIONS" \
+            and request.path.startswith(GUARDED_PREFIX):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+    return await handler(request)
 
 
 async def _engine_task(app: web.Application) -> AsyncIterator[None]:

@@ -22,6 +22,7 @@ from gateway.edge.gate import Edge
 from gateway.edge.server import GatewayServer
 from loadtests.launch import LaunchError, free_port
 from loadtests.stack import CACHE, ENGINE_PYTHON, MODEL_DIR, RealStack, real_stack
+from tests.redis_sentinel import SentinelSet
 from tests.redis_server import RedisServer
 
 StartGateway = Callable[..., Awaitable[str]]
@@ -41,9 +42,10 @@ async def start_gateway(gateway_apps: dict[str, Edge]) -> AsyncIterator[StartGat
     teardown. ``gateway_apps[url]`` is its app."""
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(engines: list[str] | None = None, *, http: Any = None,
+    async def start(engines: list[str | EngineConfig] | None = None, *, http: Any = None,
                     **overrides: Any) -> str:
-        configs = [EngineConfig(name=f"e{i}", url=url) for i, url in enumerate(engines or [])]
+        configs = [EngineConfig(name=f"e{i}", url=url) if isinstance(url, str) else url
+                   for i, url in enumerate(engines or [])]
         fields: dict[str, Any] = {"port": 0, "default_engine": False, "access_log": False,
                                   "health_interval_s": 0.2, "engines": configs}
         settings = Settings(**{**fields, **overrides})
@@ -123,6 +125,24 @@ def durable_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """Like ``redis_server``, with an append-only file written before each answer: what
     it held is there again after a kill and a start."""
     yield from _redis(RedisServer(tmp_path, persist=True))
+
+
+@pytest.fixture
+def redis_sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A primary, a replica and three sentinels (quorum 2, a primary down for 1 s is
+    failed over), all killed at teardown; ``.url`` is the ``redis+sentinel://`` URL."""
+    sentinels = SentinelSet(tmp_path)
+    try:
+        sentinels.start()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    except BaseException:
+        sentinels.stop()
+        raise
+    yield sentinels
+    sentinels.stop()
 
 
 def _redis(server: RedisServer) -> Iterator[RedisServer]:

@@ -31,6 +31,7 @@ from gateway.config.adapters import LoraSettings
 from gateway.config.auth import AuthSettings, is_loopback, open_to_others
 from gateway.config.connections import ConnectionLimits, WebSocketSettings
 from gateway.config.drain import DrainSettings
+from gateway.config.engine_access import check_api_key, check_headers, upstream_headers
 from gateway.config.fleet import AdmissionSettings, ResilienceSettings, RoutingSettings
 from gateway.config.state import CacheSettings, RedisSettings
 from gateway.config.versions import VersionsSettings
@@ -187,7 +188,8 @@ _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+")
 class EngineConfig(BaseModel):
     """One engine: either a remote URL or a managed vLLM process."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # An error must not quote the input: it may hold the engine's api_key.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(
         description="the engine's label in metrics, /ready and logs (and its managed log "
@@ -205,12 +207,26 @@ class EngineConfig(BaseModel):
     max_lora_rank: int | None = Field(
         default=None, ge=1,
         description="the largest adapter rank it serves (--max-lora-rank); unset: any")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="the engine's --api-key, sent as Authorization: Bearer on every request "
+                    "to it (never logged); a client's own key is never passed on")
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra headers sent on every request to the engine (not hop-by-hop, "
+                    "Authorization, Host, Content-*, X-Request-Id)")
 
     @model_validator(mode="after")
     def _one_source(self) -> EngineConfig:
         if (self.url is None) == (self.managed is None):
             raise ValueError(f"engine {self.name!r}: set exactly one of 'url' or 'managed'")
+        check_headers(self.name, self.headers)
+        check_api_key(self.name, self.api_key)
         return self
+
+    def upstream_headers(self) -> dict[str, str]:
+        """What the gateway adds to every request to this engine (the key included)."""
+        return upstream_headers(self.api_key, self.headers)
 
     @property
     def lora_bound(self) -> int | None:
@@ -420,7 +436,9 @@ class Settings(BaseSettings):
     def for_worker(self, port: int) -> dict[str, Any]:
         """The settings of one worker process, as plain data: every engine (managed
         ones included, which the parent runs) as a URL, on the parent's resolved port."""
-        engines = [{"name": e.name, "url": e.base_url} for e in self.resolved_engines()]
+        engines = [{"name": e.name, "url": e.base_url, "headers": e.headers,
+                    "api_key": e.api_key and e.api_key.get_secret_value()}
+                   for e in self.resolved_engines()]
         token = self.admin.token
         admin = {"token": None if token is None else token.get_secret_value()}
         return {**self.model_dump(mode="json"), "engines": engines, "default_engine": False,

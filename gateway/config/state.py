@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.config.redis_url import is_sentinel, parse_sentinel_url
+
 
 class CacheSettings(BaseModel):
     """The response cache: identical deterministic requests answered from a store, and
@@ -59,7 +61,12 @@ class RedisSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str = Field(default="", description="empty: in-memory stores (no Redis)")
+    url: str = Field(
+        default="",
+        description="redis://host:port/db (rediss://, unix://), or "
+                    "redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db] "
+                    "for the primary that Sentinel names, followed across failovers; empty: "
+                    "in-memory stores (no Redis)")
     max_connections: int = Field(default=64, ge=1, description="pooled connections")
     connect_timeout_s: float = Field(
         default=1.0, gt=0,
@@ -98,9 +105,11 @@ class RedisSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _scheme(cls, url: str) -> str:
-        if url and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis.url must start with redis://, rediss:// or unix:// "
-                             "(or be empty for in-memory stores)")
+        if is_sentinel(url):
+            parse_sentinel_url(url)
+        elif url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis.url must start with redis://, rediss://, unix:// or "
+                             "redis+sentinel:// (or be empty for in-memory stores)")
         return url
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from redis.retry import Retry
 from gateway.config.state import RedisSettings
 from gateway.observability.metrics import GatewayMetrics
 from gateway.stores.protocols import StoreUnavailable
+from gateway.stores.redis_sentinel import is_sentinel, sentinel_client
 
 log = logging.getLogger("sluice.redis")
 
@@ -50,13 +51,17 @@ class RedisLink:
         self._metrics = metrics
         # No retries inside redis-py: a failed call falls back at once and the probe
         # decides when Redis is back. The pool waits at most one command timeout.
-        pool = BlockingConnectionPool.from_url(
-            settings.url, max_connections=settings.max_connections,
-            timeout=settings.command_timeout_s,
-            socket_timeout=settings.command_timeout_s,
-            socket_connect_timeout=settings.connect_timeout_s,
-            retry=Retry(NoBackoff(), 0))
-        self.client: Redis = Redis.from_pool(pool)
+        connection = {"max_connections": settings.max_connections,
+                      "timeout": settings.command_timeout_s,
+                      "socket_timeout": settings.command_timeout_s,
+                      "socket_connect_timeout": settings.connect_timeout_s,
+                      "retry": Retry(NoBackoff(), 0)}
+        self.client: Redis
+        if is_sentinel(settings.url):  # the primary that the sentinels name, followed
+            self.client = sentinel_client(settings.url, **connection)
+        else:
+            self.client = Redis.from_pool(
+                BlockingConnectionPool.from_url(settings.url, **connection))
         self.up = False
         self.last_error = "not probed yet"
         self._beats: list[Beat] = []

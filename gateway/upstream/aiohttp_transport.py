@@ -19,7 +19,7 @@ from gateway.config.connections import WebSocketSettings
 from gateway.config.settings import PoolSettings, TimeoutSettings
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable
 from gateway.upstream.bounds import TurnsBound
-from gateway.upstream.transport import StreamTimeouts
+from gateway.upstream.transport import NO_HEADERS, EngineHeaders, StreamTimeouts
 from gateway.upstream.watchdog import Watchdog
 from gateway.upstream.websocket import EngineSocket, WebSocketDialer
 
@@ -152,7 +152,8 @@ class AiohttpTransport:
         self._watchdog = Watchdog(interval_s=min(1.0, max(0.01, bound / 10)))
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
-                   timeouts: StreamTimeouts, *, streamed: bool) -> AiohttpResponse:
+                   timeouts: StreamTimeouts, *, streamed: bool,
+                   engine: EngineHeaders = NO_HEADERS) -> AiohttpResponse:
         # A stream's total bound is the watchdog's (aiohttp's would time every read);
         # a non-streamed answer comes in one piece, bounded by aiohttp's total.
         timeout = aiohttp.ClientTimeout(
@@ -160,7 +161,8 @@ class AiohttpTransport:
             sock_read=timeouts.first_byte_s if streamed else None)
         started = asyncio.get_running_loop().time()
         try:
-            response = await self._session.post(url, data=payload, headers=headers,
+            response = await self._session.post(url, data=payload,
+                                                headers=engine.merged(headers),
                                                 timeout=timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if _total_timeout(exc) and not streamed:
@@ -170,7 +172,7 @@ class AiohttpTransport:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
         return AiohttpResponse(response, timeouts, self._watchdog, started)
 
-    async def get(self, url: str) -> tuple[int, bytes]:
+    async def get(self, url: str, engine: EngineHeaders = NO_HEADERS) -> tuple[int, bytes]:
         """A control request, bounded by ``control_s`` (counting loop turns too, see
         :mod:`gateway.upstream.bounds`: a saturated gateway must not mark an engine that
         answered its health check down)."""
@@ -179,7 +181,8 @@ class AiohttpTransport:
             async with asyncio.timeout(None) as bound:
                 grace = TurnsBound(bound, loop.time() + self._control_s)
                 try:
-                    async with self._session.get(url, timeout=_UNBOUNDED) as response:
+                    async with self._session.get(url, timeout=_UNBOUNDED,
+                                                 headers=dict(engine.items)) as response:
                         return response.status, await _read_all(response.content,
                                                                 _CONTROL_LIMIT)
                 finally:
@@ -190,8 +193,8 @@ class AiohttpTransport:
         except aiohttp.ClientError as exc:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
 
-    async def connect(self, url: str) -> EngineSocket:
-        return await self._dialer.connect(url)
+    async def connect(self, url: str, engine: EngineHeaders = NO_HEADERS) -> EngineSocket:
+        return await self._dialer.connect(url, engine)
 
     async def aclose(self) -> None:
         await self._watchdog.aclose()

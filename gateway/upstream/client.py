@@ -20,7 +20,14 @@ import orjson
 from gateway.config.settings import TimeoutSettings
 from gateway.core.errors import EngineError, SluiceError, UpstreamRejected
 from gateway.upstream.load import EngineLoad, parse_load
-from gateway.upstream.transport import StreamTimeouts, Transport, UpstreamResponse, UpstreamSocket
+from gateway.upstream.transport import (
+    NO_HEADERS,
+    EngineHeaders,
+    StreamTimeouts,
+    Transport,
+    UpstreamResponse,
+    UpstreamSocket,
+)
 
 log = logging.getLogger("sluice.engines")
 
@@ -76,9 +83,10 @@ class EngineClient:
     """Talks to one engine."""
 
     def __init__(self, name: str, base_url: str, transport: Transport,
-                 timeouts: TimeoutSettings, *, max_answer_bytes: int = 64 * 1024 * 1024
-                 ) -> None:
+                 timeouts: TimeoutSettings, *, max_answer_bytes: int = 64 * 1024 * 1024,
+                 headers: EngineHeaders = NO_HEADERS) -> None:
         self.name = name
+        self._headers = headers
         self.base_url = base_url.rstrip("/")
         self._transport = transport
         self._timeouts = StreamTimeouts(timeouts.connect_s, timeouts.first_token_s,
@@ -92,7 +100,7 @@ class EngineClient:
         response is closed when the block ends (aborted upstream if unfinished)."""
         response = await self._transport.post(
             self.base_url + path, payload, {**_JSON, **(headers or {})}, self._timeouts,
-            streamed=streamed)
+            streamed=streamed, engine=self._headers)
         try:
             if response.status != 200:
                 raw = await response.read(_ERROR_BODY_LIMIT)
@@ -131,17 +139,18 @@ class EngineClient:
     async def websocket(self, path: str, query: str = "") -> UpstreamSocket:
         """A WebSocket to the engine's ``path`` (``query`` passed on as it is)."""
         url = self.base_url.replace("http", "ws", 1) + path
-        return await self._transport.connect(url + (f"?{query}" if query else ""))
+        return await self._transport.connect(url + (f"?{query}" if query else ""),
+                                             self._headers)
 
     async def _get(self, path: str) -> bytes:
-        status, raw = await self._transport.get(self.base_url + path)
+        status, raw = await self._transport.get(self.base_url + path, self._headers)
         if status != 200:
             raise upstream_error(status, raw)
         return raw
 
     async def health(self) -> bool:
         """True when ``/health`` answers 200."""
-        status, _ = await self._transport.get(self.base_url + "/health")
+        status, _ = await self._transport.get(self.base_url + "/health", self._headers)
         return status == 200
 
     async def get_object(self, path: str) -> dict[str, Any]:

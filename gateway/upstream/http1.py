@@ -35,7 +35,7 @@ from gateway.core.errors import (
 from gateway.upstream.aiohttp_transport import AiohttpTransport
 from gateway.upstream.http1_connection import Broken, Connection
 from gateway.upstream.http1_pool import ConnectionPool, Key
-from gateway.upstream.transport import StreamTimeouts
+from gateway.upstream.transport import NO_HEADERS, EngineHeaders, StreamTimeouts
 from gateway.upstream.watchdog import Watchdog
 from gateway.upstream.websocket import EngineSocket
 
@@ -195,10 +195,11 @@ class Http1Transport:
         return target
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
-                   timeouts: StreamTimeouts, *, streamed: bool) -> Http1Response:
+                   timeouts: StreamTimeouts, *, streamed: bool,
+                   engine: EngineHeaders = NO_HEADERS) -> Http1Response:
         started = asyncio.get_running_loop().time()
         key, path, host = self._target(url)
-        request = _request(path, host, headers, payload)
+        request = _request(path, host, headers, payload, engine.block)
         try:
             return await self._send(key, request, timeouts, started, streamed, first=True)
         except _Stale:
@@ -236,11 +237,11 @@ class Http1Transport:
             raise
         return response
 
-    async def get(self, url: str) -> tuple[int, bytes]:
-        return await self._control.get(url)
+    async def get(self, url: str, engine: EngineHeaders = NO_HEADERS) -> tuple[int, bytes]:
+        return await self._control.get(url, engine)
 
-    async def connect(self, url: str) -> EngineSocket:
-        return await self._control.connect(url)
+    async def connect(self, url: str, engine: EngineHeaders = NO_HEADERS) -> EngineSocket:
+        return await self._control.connect(url, engine)
 
     async def aclose(self) -> None:
         await self._watchdog.aclose()
@@ -248,11 +249,13 @@ class Http1Transport:
         await self._control.aclose()
 
 
-def _request(path: str, host: str, headers: dict[str, str], payload: bytes) -> bytes:
-    """The request head and body as one buffer, for one write."""
+def _request(path: str, host: str, headers: dict[str, str], payload: bytes,
+             preset: bytes = b"") -> bytes:
+    """The request head and body as one buffer, for one write; ``preset``: header lines
+    encoded once (the engine's own, :class:`EngineHeaders`)."""
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
         raise ValueError("a header name or value holds a line break")
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{lines}"
-            f"Content-Length: {len(payload)}\r\n\r\n")
-    return head.encode() + payload
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{lines}"
+    return b"".join((head.encode(), preset,
+                     f"Content-Length: {len(payload)}\r\n\r\n".encode(), payload))

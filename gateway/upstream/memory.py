@@ -21,7 +21,13 @@ from typing import Any
 import orjson
 
 from gateway.core.errors import EngineError, EngineTimeout, EngineUnavailable, SluiceError
-from gateway.upstream.transport import GOING_AWAY, Closed, StreamTimeouts
+from gateway.upstream.transport import (
+    GOING_AWAY,
+    NO_HEADERS,
+    Closed,
+    EngineHeaders,
+    StreamTimeouts,
+)
 
 
 @dataclass
@@ -180,14 +186,15 @@ class MemoryTransport:
             raise EngineUnavailable(f"engine unreachable: {type(exc).__name__}") from exc
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
-                   timeouts: StreamTimeouts, *, streamed: bool) -> _Response:
-        request = MemoryRequest("POST", url, payload, dict(headers))
+                   timeouts: StreamTimeouts, *, streamed: bool,
+                   engine: EngineHeaders = NO_HEADERS) -> _Response:
+        request = MemoryRequest("POST", url, payload, engine.merged(headers))
         deadline = time.monotonic() + timeouts.total_s
         response = await self._call(request)
         return _Response(request, response, timeouts if streamed else None, deadline)
 
-    async def get(self, url: str) -> tuple[int, bytes]:
-        request = MemoryRequest("GET", url)
+    async def get(self, url: str, engine: EngineHeaders = NO_HEADERS) -> tuple[int, bytes]:
+        request = MemoryRequest("GET", url, headers=dict(engine.items))
         response = await self._call(request)
         reader = _Response(request, response, None, time.monotonic() + 5.0)
         try:
@@ -195,7 +202,7 @@ class MemoryTransport:
         finally:
             reader.close()
 
-    async def connect(self, url: str) -> MemorySocket:
+    async def connect(self, url: str, engine: EngineHeaders = NO_HEADERS) -> MemorySocket:
         socket = MemorySocket(url)
         self.dialed.append(socket)
         if self.sockets is None:

@@ -10,8 +10,8 @@ refusal is ``UpstreamRejected``). Nothing above this seam sees a library's excep
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -28,6 +28,34 @@ class StreamTimeouts:
     first_byte_s: float
     between_reads_s: float
     total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHeaders:
+    """Headers sent on every request to one engine (its API key, the operator's extras),
+    built once: ``block`` is them encoded as HTTP/1.1 header lines for the hot path.
+    Neither field is in the ``repr`` (the key must never reach a log)."""
+
+    items: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    block: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> EngineHeaders:
+        """``headers`` checked (no line breaks: they would split the request) and
+        encoded."""
+        items = tuple(headers.items())
+        for name, value in items:
+            if any(c in name + value for c in "\r\n\0") or not name or ":" in name:
+                raise ValueError(f"header {name!r}: a line break, NUL or colon in it")
+        block = "".join(f"{name}: {value}\r\n" for name, value in items)
+        return cls(items, block.encode("latin-1"))
+
+    def merged(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """``headers`` with these added (these win)."""
+        return {**headers, **dict(self.items)} if self.items else dict(headers)
+
+
+NO_HEADERS = EngineHeaders()
 
 
 class UpstreamResponse(Protocol):
@@ -92,15 +120,17 @@ class Transport(Protocol):
     """Sends requests to engines."""
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str],
-                   timeouts: StreamTimeouts, *, streamed: bool) -> UpstreamResponse:
-        """Send a generation request; returns once the response headers are in."""
+                   timeouts: StreamTimeouts, *, streamed: bool,
+                   engine: EngineHeaders = NO_HEADERS) -> UpstreamResponse:
+        """Send a generation request; returns once the response headers are in.
+        ``engine``: the engine's own headers, sent after ``headers``."""
         ...
 
-    async def get(self, url: str) -> tuple[int, bytes]:
+    async def get(self, url: str, engine: EngineHeaders = NO_HEADERS) -> tuple[int, bytes]:
         """A short control request (health, models, metrics) with the control timeout."""
         ...
 
-    async def connect(self, url: str) -> UpstreamSocket:
+    async def connect(self, url: str, engine: EngineHeaders = NO_HEADERS) -> UpstreamSocket:
         """Open a WebSocket to ``url`` (``ws://``); returns once the engine accepted it."""
         ...
 

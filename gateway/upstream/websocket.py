@@ -21,7 +21,9 @@ from gateway.upstream.transport import (
     BAD_GATEWAY,
     GOING_AWAY,
     MESSAGE_TOO_BIG,
+    NO_HEADERS,
     Closed,
+    EngineHeaders,
     sendable_close_code,
 )
 
@@ -74,13 +76,14 @@ class WebSocketDialer:
             # The handshake is bounded by connect_s below; an open socket by heartbeats.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s))
 
-    async def connect(self, url: str) -> EngineSocket:
-        """Open a WebSocket to ``url`` (``ws://`` or ``http://``)."""
+    async def connect(self, url: str, engine: EngineHeaders = NO_HEADERS) -> EngineSocket:
+        """Open a WebSocket to ``url`` (``ws://`` or ``http://``) with the engine's own
+        headers (its API key)."""
         try:
             async with asyncio.timeout(self._connect_s):
                 ws = await self._session.ws_connect(
                     url, max_msg_size=self._max_message_bytes, heartbeat=self._heartbeat_s,
-                    autoping=True)
+                    autoping=True, headers=dict(engine.items))
         except TimeoutError as exc:
             raise EngineTimeout("engine did not accept the WebSocket in time") from exc
         except aiohttp.WSServerHandshakeError as exc:

@@ -8,7 +8,7 @@ from engines.spec import EngineSpec
 
 
 def test_command_line_carries_every_setting() -> None:
-    spec = EngineSpec(model=Path("/m"), served_name="smollm2", port=8123,
+    spec = EngineSpec(model=Path("/m"), served_name="smollm2", port=8123, device="cpu",
                       python=Path("/venv/bin/python"), max_model_len=1024, max_loras=3,
                       quantization="compressed-tensors", extra_args=("--seed", "1"))
     argv = spec.command()
@@ -37,7 +37,8 @@ def test_lora_and_prefix_caching_can_be_turned_off() -> None:
 
 
 def test_environment_sets_kv_space_and_runtime_lora() -> None:
-    env = EngineSpec(model=Path("/m"), served_name="x", kv_cache_gib=3).environment()
+    env = EngineSpec(model=Path("/m"), served_name="x", kv_cache_gib=3,
+                     device="cpu").environment()
     assert env == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 
 
