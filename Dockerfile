@@ -11,7 +11,7 @@ ARG BASE=python:3.11-slim
 FROM ${BASE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
  && python3 -m venv /opt/sluice \
  && /opt/sluice/bin/pip install -q -r requirements.txt
@@ -19,6 +19,7 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
 # The gateway's packages only: the load-test harness and the simulator are not copied, so
 # setuptools finds neither; their console scripts are removed.
 FROM deps AS build-gateway
+COPY README.md ./
 COPY gateway gateway
 COPY engines engines
 COPY adapters adapters
@@ -26,6 +27,7 @@ RUN /opt/sluice/bin/pip install -q --no-deps . \
  && rm /opt/sluice/bin/sluice-bench /opt/sluice/bin/sluice-sim
 
 FROM deps AS build-simulator
+COPY README.md ./
 COPY simulator simulator
 RUN /opt/sluice/bin/pip install -q --no-deps . \
  && rm /opt/sluice/bin/sluice /opt/sluice/bin/sluice-bench

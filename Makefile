@@ -191,10 +191,10 @@ BUILD := $(PODMAN) build --format docker --network=host --build-arg BASE=$(BASE_
 	-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro
 
 podman:
-	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || { \
-	  echo "==> installing podman, runc, debootstrap"; \
-	  (apt-get update -qq && apt-get install -y -qq podman runc debootstrap) || \
-	  (sudo apt-get update -qq && sudo apt-get install -y -qq podman runc debootstrap); }
+	@for tool in podman runc debootstrap podman-compose; do command -v $$tool >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { echo "==> installing podman, runc, debootstrap, podman-compose"; \
+	  (apt-get update -qq && apt-get install -y -qq podman runc debootstrap podman-compose) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq podman runc debootstrap podman-compose); }
 
 base-image: podman  ## localhost/debian:bookworm-min: Debian 12 minbase with python3 (once)
 	@$(PODMAN) image exists $(BASE_IMAGE) || { \
