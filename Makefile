@@ -20,7 +20,7 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 	bench-routing bench-routing-real bench-lora bench-lora-load bench-chaos bench-scale \
 	bench-servers bench-workers bench-cpu bench-versions bench-ws-memory bench-quant gateway \
 	engine peer granian quantize model model-quantized redis chromium node-clients browser clients \
-	docs docs-reference podman base-image image clean
+	docs docs-reference podman base-image image containers clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
@@ -49,6 +49,9 @@ e2e: gateway engine model model-quantized
 
 browser: gateway engine model chromium  ## headless Chromium: the playground and a cross-origin page
 	$(VENV)/bin/pytest tests/browser -m browser -ra
+
+containers: gateway image  ## the images and the cpu compose stack under podman
+	$(VENV)/bin/pytest tests/containers -m containers -ra
 
 clients: gateway node-clients  ## the Python and npm openai SDKs through the gateway
 	$(VENV)/bin/pytest tests/clients -m clients -ra
