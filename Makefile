@@ -20,12 +20,12 @@ pins = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.to
 	bench-routing bench-routing-real bench-lora bench-lora-load bench-chaos bench-scale \
 	bench-servers bench-workers bench-cpu bench-versions bench-ws-memory bench-quant gateway \
 	engine peer granian quantize model model-quantized redis chromium node-clients browser clients \
-	docs docs-reference clean
+	docs docs-reference podman base-image image containers clean
 
 run: gateway engine  ## gateway + one managed CPU vLLM engine on 127.0.0.1:8000
 	$(VENV)/bin/sluice serve
 
-test: gateway engine redis model model-quantized chromium node-clients lint docs  ## every test layer; .ci/run calls exactly this
+test: gateway engine redis model model-quantized chromium node-clients image lint docs  ## every test layer; .ci/run calls exactly this
 	$(VENV)/bin/pytest tests -ra
 
 lint: gateway
@@ -49,6 +49,9 @@ e2e: gateway engine model model-quantized
 
 browser: gateway engine model chromium  ## headless Chromium: the playground and a cross-origin page
 	$(VENV)/bin/pytest tests/browser -m browser -ra
+
+containers: gateway image  ## the images and the cpu compose stack under podman
+	$(VENV)/bin/pytest tests/containers -m containers -ra
 
 clients: gateway node-clients  ## the Python and npm openai SDKs through the gateway
 	$(VENV)/bin/pytest tests/clients -m clients -ra
@@ -180,6 +183,37 @@ chromium:
 	@command -v chromium >/dev/null || { echo "==> installing chromium"; \
 	  (apt-get update -qq && apt-get install -y -qq chromium) || \
 	  (sudo apt-get update -qq && sudo apt-get install -y -qq chromium); }
+
+# Containers (docs/how-to/containers.md). No registry is needed: the images build from a
+# Debian base made here by debootstrap, and podman reads deploy/containers.conf.
+PODMAN := CONTAINERS_CONF=$(CURDIR)/deploy/containers.conf podman
+BASE_IMAGE := localhost/debian:bookworm-min
+BASE_ROOTFS := $(CACHE)/rootfs/bookworm-min
+IMAGE_TAG ?= latest
+# --format docker keeps HEALTHCHECK; the CA bundle lets pip inside RUN steps verify PyPI.
+BUILD := $(PODMAN) build --format docker --network=host --build-arg BASE=$(BASE_IMAGE) \
+	-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro
+
+podman:
+	@for tool in podman runc debootstrap podman-compose; do command -v $$tool >/dev/null || missing=1; done; \
+	[ -z "$$missing" ] || { echo "==> installing podman, runc, debootstrap, podman-compose"; \
+	  (apt-get update -qq && apt-get install -y -qq podman runc debootstrap podman-compose) || \
+	  (sudo apt-get update -qq && sudo apt-get install -y -qq podman runc debootstrap podman-compose); }
+
+base-image: podman  ## localhost/debian:bookworm-min: Debian 12 minbase with python3 (once)
+	@$(PODMAN) image exists $(BASE_IMAGE) || { \
+	  echo "==> $(BASE_IMAGE): debootstrap bookworm into $(BASE_ROOTFS) (about 2 minutes, once)"; \
+	  rm -rf $(BASE_ROOTFS) && mkdir -p $(BASE_ROOTFS) && \
+	  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+	    bookworm $(BASE_ROOTFS) http://deb.debian.org/debian && \
+	  rm -rf $(BASE_ROOTFS)/var/cache/apt/archives/*.deb $(BASE_ROOTFS)/var/lib/apt/lists/* && \
+	  tar -C $(BASE_ROOTFS) -c . | $(PODMAN) import - $(BASE_IMAGE) && \
+	  rm -rf $(BASE_ROOTFS); }
+
+image: base-image  ## the sluice (gateway) and sluice-simulator images, and sluice-redis for the cpu stack
+	$(BUILD) --target simulator -t localhost/sluice-simulator:$(IMAGE_TAG) .
+	$(BUILD) --target gateway -t localhost/sluice:$(IMAGE_TAG) .
+	$(BUILD) -f deploy/redis.Dockerfile -t localhost/sluice-redis:$(IMAGE_TAG) deploy
 
 # The npm openai package for the Node client tests, exactly as package-lock.json pins it.
 node-clients: $(NODE_CLIENTS)/node_modules/.installed
