@@ -44,6 +44,9 @@ class LastKnownKeys:
         self._metrics = metrics
         self._size = size
         self._known: OrderedDict[str, ApiKey] = OrderedDict()
+        self._unconfirmed = False
+        """A full reread (after a (re)subscription) failed: the records are kept for the
+        outage and read again at the next lookup that reaches the store."""
 
     def known(self, key_hash: str) -> ApiKey | None:
         """The record remembered for a digest (without touching its LRU place)."""
@@ -58,6 +61,8 @@ class LastKnownKeys:
     async def find(self, key_hash: str) -> ApiKey | None:
         try:
             key = await self.store.find(key_hash)
+            if self._unconfirmed:
+                await self.reload(None)
         except StoreUnavailable as exc:
             known = self._known.get(key_hash)
             if known is None:
@@ -89,9 +94,15 @@ class LastKnownKeys:
     async def reload(self, key_id: str | None) -> None:
         """Read again the remembered record of ``key_id`` (revoked on another replica),
         or of every remembered key when None (after a (re)subscription, which may have
-        missed some). A record that cannot be read again is forgotten: while the store
-        is down its key is then a 503, never a key honoured past its revocation."""
+        missed some). A single record that cannot be read again is forgotten (its key is
+        a 503 while the store is down, never honoured past its revocation). When the
+        full reread fails the records are kept and read again at the next lookup that
+        reaches the store: a subscription reopens as a failover ends, when the store
+        may still refuse for a moment, and forgetting every key then turned a replica's
+        whole outage into 503s. A revocation missed in that gap is honoured only while
+        the store stays unreachable, as any record read before the outage is."""
         if not self._known:
+            self._unconfirmed = False
             return
         if key_id is not None:
             digests = [d for d, key in self._known.items() if key.id == key_id]
@@ -105,8 +116,9 @@ class LastKnownKeys:
         try:
             by_id = {key.id: key for key in await self.store.all()}
         except StoreUnavailable:
-            self._known.clear()
+            self._unconfirmed = True
             return
+        self._unconfirmed = False
         for digest, key in list(self._known.items()):
             self._replace(digest, by_id.get(key.id))
 
