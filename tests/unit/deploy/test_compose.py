@@ -18,7 +18,12 @@ import yaml
 
 from gateway.config.settings import Settings
 from tests.unit.deploy.helpers import (
-    PLACEHOLDER_KEY, ROOT, command_option, container_settings, gateway_paths)
+    PLACEHOLDER_KEY,
+    ROOT,
+    command_option,
+    container_settings,
+    gateway_paths,
+)
 
 COMPOSE_FILES = sorted(p.name for p in ROOT.glob("docker-compose*.yml"))
 CONFIG_IN_CONTAINER = "/etc/sluice/sluice.yaml"

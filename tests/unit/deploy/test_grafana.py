@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.deploy.helpers import (
-    DEPLOY, declared, gateway_metric_names, vllm_metric_names)
+from tests.unit.deploy.helpers import DEPLOY, declared, gateway_metric_names, vllm_metric_names
 
 DASHBOARDS = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
 # What PromQL queries here use besides metric names: functions, aggregations, keywords.
