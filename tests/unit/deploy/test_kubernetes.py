@@ -230,7 +230,8 @@ def test_engine_urls_are_engine_pods(manifests: Manifests, tmp_path: Path) -> No
         assert c["readinessProbe"]["httpGet"]["path"] == "/health"
 
 
-def test_gpu_engines_are_vllm_with_lora(manifests: Manifests) -> None:
+def test_gpu_engines_are_vllm_with_lora(manifests: Manifests, tmp_path: Path) -> None:
+    _, _, settings = gateway(manifests, tmp_path)
     statefulset = one(manifests, "StatefulSet", "vllm")
     c = statefulset["spec"]["template"]["spec"]["containers"][0]
     if not c["image"].startswith("vllm/vllm-openai:"):
@@ -240,7 +241,12 @@ def test_gpu_engines_are_vllm_with_lora(manifests: Manifests) -> None:
     assert "--enable-lora" in c["args"]
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     assert env.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING") == "True"
-    assert any(m["mountPath"] == "/models" for m in c["volumeMounts"])
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert "/models" in mounts
+    assert settings.lora.roots, "adapter paths are not bound to the engines' volume"
+    for root in settings.lora.roots:  # where registered adapters must lie
+        assert any(Path(root).is_relative_to(m) for m in mounts), (
+            f"lora.roots {root} is not mounted in the engines")
 
 
 def test_redis_url_names_a_redis_of_the_overlay(manifests: Manifests, tmp_path: Path) -> None:
