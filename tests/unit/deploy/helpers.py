@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.app import create_app
 from gateway.config.settings import Settings, load_settings
 
@@ -69,9 +71,14 @@ def drain_window_s(settings: Settings) -> float:
 
 
 def vllm_source() -> Path:
-    """The vllm package installed in the engine's virtualenv (``make engine``)."""
+    """The vllm package installed in the engine's virtualenv (``make engine``; ``make
+    test`` builds it): without it the test is skipped here and fails in CI."""
     found = sorted((ROOT / ".venv-engine").glob("lib/python3*/site-packages/vllm"))
-    assert found, "the engine virtualenv has no vllm package: run `make engine`"
+    if not found:
+        message = "the engine virtualenv has no vllm package: run `make engine`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return found[-1]
 
 
