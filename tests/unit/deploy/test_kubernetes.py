@@ -5,6 +5,7 @@ against their CRDs' models), and the manifests agree with the gateway's settings
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -89,23 +90,27 @@ def secret_value(docs: Manifests, name: str, key: str) -> str | None:
     return None
 
 
-def pod_env(docs: Manifests, c: dict[str, Any]) -> dict[str, str]:
-    """The container's SLUICE_* environment; a Secret the operator creates stands in as a
+def pod_env(docs: Manifests, workload: dict[str, Any], c: dict[str, Any]) -> dict[str, str]:
+    """The container's SLUICE_* environment as the kubelet sets it ($(VAR) expanded, the
+    namespace from the downward API); a Secret the operator creates stands in as a
     placeholder of the right shape."""
     env: dict[str, str] = {}
     for var in c.get("env", []):
-        if not var["name"].startswith("SLUICE_"):
-            continue
         if "value" in var:
-            env[var["name"]] = var["value"]
-            continue
-        ref = var["valueFrom"]["secretKeyRef"]
-        value = secret_value(docs, ref["name"], ref["key"])
-        if value is None:
-            value = {"SLUICE_API_KEYS": f'["{PLACEHOLDER_KEY}"]',
-                     "SLUICE_REDIS__URL": "rediss://managed.example:6380/0"}[var["name"]]
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)),
+                           var["value"])
+        elif "fieldRef" in var["valueFrom"]:
+            path = var["valueFrom"]["fieldRef"]["fieldPath"]
+            assert path == "metadata.namespace", f"{var['name']}: {path}"
+            value = workload["metadata"].get("namespace", "default")
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            found = secret_value(docs, ref["name"], ref["key"])
+            value = found if found is not None else {
+                "SLUICE_API_KEYS": f'["{PLACEHOLDER_KEY}"]',
+                "SLUICE_REDIS__URL": "rediss://managed.example:6380/0"}[var["name"]]
         env[var["name"]] = value
-    return env
+    return {k: v for k, v in env.items() if k.startswith("SLUICE_")}
 
 
 def gateway(docs: Manifests, tmp: Path) -> tuple[dict[str, Any], dict[str, Any], Settings]:
@@ -113,7 +118,7 @@ def gateway(docs: Manifests, tmp: Path) -> tuple[dict[str, Any], dict[str, Any],
     the path SLUICE_CONFIG names, with its environment)."""
     deployment = one(docs, "Deployment", "sluice-gateway")
     c = container(deployment, "gateway")
-    env = pod_env(docs, c)
+    env = pod_env(docs, deployment, c)
     config_path = Path(env.pop("SLUICE_CONFIG", "/etc/sluice/sluice.yaml"))
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     mounts = [m for m in c["volumeMounts"] if Path(m["mountPath"]) == config_path.parent]
@@ -205,29 +210,54 @@ def engine_capacity(docs: Manifests, statefulset: dict[str, Any]) -> int:
     return int(statefulset["spec"]["replicas"])
 
 
+def engine_listens(statefulset: dict[str, Any]) -> int:
+    """The port an engine pod listens on (its --port, else vLLM's 8000), which its
+    container declares as http."""
+    c = statefulset["spec"]["template"]["spec"]["containers"][0]
+    listens = int(command_option([*c.get("command", []), *c.get("args", [])], "--port")
+                  or 8000)
+    assert container_port(c, "http") == listens
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    return listens
+
+
+def headless_service_of(docs: Manifests, service_name: str) -> dict[str, Any]:
+    """The StatefulSet whose pods a headless Service names."""
+    service = one(docs, "Service", service_name)
+    assert service["spec"]["clusterIP"] == "None", "the engines' Service must be headless"
+    for statefulset in of_kind(docs, "StatefulSet"):
+        labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        if service["spec"]["selector"].items() <= labels.items():
+            return statefulset
+    raise AssertionError(f"Service {service_name} selects no StatefulSet's pods")
+
+
 def test_engine_urls_are_engine_pods(manifests: Manifests, tmp_path: Path) -> None:
-    _, _, settings = gateway(manifests, tmp_path)
+    deployment, c, settings = gateway(manifests, tmp_path)
+    sources = getattr(settings, "discovery", [])
+    if not sources and "SLUICE_DISCOVERY" in pod_env(manifests, deployment, c):
+        pytest.skip("this gateway has no discovery: setting yet")
     engines = settings.resolved_engines()
-    assert engines, "the gateway's config lists no engine"
+    assert engines or sources, "the gateway's config lists no engine and no DNS source"
     for engine in engines:
         url = urlsplit(engine.url)
         pod, _, service_name = (url.hostname or "").partition(".")
         set_name, _, ordinal = pod.rpartition("-")
         statefulset = one(manifests, "StatefulSet", set_name)
         assert statefulset["spec"]["serviceName"] == service_name
+        assert headless_service_of(manifests, service_name) is statefulset
         assert int(ordinal) < engine_capacity(manifests, statefulset), (
             f"{engine.url}: the StatefulSet never has that many pods")
-        service = one(manifests, "Service", service_name)
-        assert service["spec"]["clusterIP"] == "None", "the engines' Service must be headless"
-        labels = statefulset["spec"]["template"]["metadata"]["labels"]
-        assert service["spec"]["selector"].items() <= labels.items()
-        c = statefulset["spec"]["template"]["spec"]["containers"][0]
-        listens = int(command_option([*c.get("command", []), *c.get("args", [])], "--port")
-                      or 8000)
-        assert container_port(c, "http") == listens
         # a pod name resolves to the pod itself: the URL's port is the container's
-        assert url.port == listens, f"{engine.url}: the engine listens on {listens}"
-        assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert url.port == engine_listens(statefulset), f"{engine.url}: not the engine's port"
+    namespace = deployment["metadata"].get("namespace", "default")
+    for source in sources:  # A records of a headless Service: one per pod, on source.port
+        service_name, _, domain = source.dns_name.partition(".")
+        assert domain == f"{namespace}.svc.cluster.local", (
+            f"{source.dns_name}: not a Service of the gateway's namespace {namespace}")
+        assert source.record in ("A", "AAAA")
+        statefulset = headless_service_of(manifests, service_name)
+        assert source.port == engine_listens(statefulset), f"{source.dns_name}: port"
 
 
 def test_gpu_engines_are_vllm_with_lora(manifests: Manifests, tmp_path: Path) -> None:
