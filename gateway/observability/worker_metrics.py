@@ -2,10 +2,11 @@
 a Unix socket, and the worker that takes a scrape gathers the others' and merges them.
 
 Nothing changes on the request path: every worker counts in its own in-process registry
-as a single gateway does (prometheus-client's multiprocess mode, which writes every
-increment to a shared memory-mapped file under a lock, cost about 18 % more gateway CPU
-per request when measured; see docs/explanation/benchmarks.md). The cost is paid per
-scrape instead: one local connection per other worker.
+as a single gateway does. prometheus-client's multiprocess mode writes every increment
+to a shared memory-mapped file under a lock instead: 2 to 2.5 times the cost of each
+increment and observation, on every request and every streamed read (measured in
+docs/explanation/benchmarks.md). Here the cost is paid per scrape: one local connection
+per other worker.
 
 Merging, per family: counters and histograms are summed over workers (``_created``: the
 earliest); gauges follow :data:`~gateway.observability.metrics.WORKER_GAUGE_MODES`
