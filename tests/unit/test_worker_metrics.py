@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.observability import worker_metrics
 from gateway.observability.metrics import WORKER_GAUGE_MODES, GatewayMetrics
-from gateway.observability.worker_metrics import families, render_merged
+from gateway.observability.worker_metrics import WorkerPeers, families, render_merged
 
 
 def _worker(requests: int, in_flight: int, queue: int, circuit: int | None,
@@ -56,3 +61,42 @@ def test_counters_and_histograms_sum_and_gauges_follow_their_mode() -> None:
 def test_every_gauge_mode_names_a_gauge() -> None:
     gauges = {m.name for m in GatewayMetrics().registry.collect() if m.type == "gauge"}
     assert set(WORKER_GAUGE_MODES) == gauges
+
+
+async def test_each_worker_answers_every_workers_series(tmp_path: Path) -> None:
+    one, two = _worker(3, 0, 4, 0, 1), _worker(5, 0, 7, 1, 1)
+    peers = [WorkerPeers(one, tmp_path, 0, 2), WorkerPeers(two, tmp_path, 1, 2)]
+    for peer in peers:
+        await peer.start()
+    try:
+        first, second = [_values(await peer.render()) for peer in peers]
+    finally:
+        for peer in peers:
+            await peer.close()
+    assert first == second
+    assert sum(v for (name, _), v in first.items() if name == "sluice_requests_total") == 8
+    assert not await asyncio.to_thread(lambda: list(tmp_path.iterdir()))  # sockets removed
+
+
+async def test_a_silent_worker_is_left_out_within_the_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(worker_metrics, "PEER_TIMEOUT_S", 0.2)
+    hold = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hold.wait()
+        writer.close()
+
+    server = await asyncio.start_unix_server(silent, path=str(tmp_path / "1.sock"))
+    own = WorkerPeers(_worker(3, 0, 4, 0, 1), tmp_path, 0, 3)  # worker 2: no socket at all
+    try:
+        async with asyncio.timeout(2):
+            values = _values(await own.render())
+    finally:
+        hold.set()
+        server.close()
+        await server.wait_closed()
+    assert sum(v for (name, _), v in values.items() if name == "sluice_requests_total") == 3
+    assert "worker 1's metrics left out" in caplog.text
+    assert "worker 2's metrics left out" in caplog.text
