@@ -134,7 +134,7 @@ $(VENV)/.installed: pyproject.toml
 	@echo "==> gateway environment ($(VENV))"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,docs]'
+	$(VENV)/bin/pip install -q -e '.[dev,docs,bench]'
 	touch $@
 
 # The engine has its own virtualenv: the gateway never imports vllm or torch.

@@ -1,5 +1,5 @@
 """``python -m loadtests`` is ``sluice-bench`` (and ``sluice bench``)."""
 
-from loadtests.cli import app
+from loadtests.cli import main
 
-app(prog_name="sluice-bench")
+main()

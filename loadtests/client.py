@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -76,8 +76,10 @@ class StreamBroken(Exception):
         self.error, self.at = error, at
 
 
-def open_session(max_connections: int, timeout_s: float) -> aiohttp.ClientSession:
-    """A session for one run: at most ``max_connections`` sockets, no cookies, bounded.
+def open_session(max_connections: int, timeout_s: float,
+                 headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+    """A session for one run: at most ``max_connections`` sockets, no cookies, bounded;
+    ``headers`` go with every request (e.g. ``Authorization``).
 
     The session timeout is a backstop; ``stream_events`` enforces ``timeout_s`` itself.
     """
@@ -88,6 +90,7 @@ def open_session(max_connections: int, timeout_s: float) -> aiohttp.ClientSessio
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s + 5.0, sock_connect=min(timeout_s, 10.0)),
         cookie_jar=aiohttp.DummyCookieJar(),
+        headers=headers,
     )
 
 

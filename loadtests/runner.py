@@ -15,7 +15,9 @@ A scenario, as YAML (``Scenario.from_yaml``)::
 
 Every run stops by itself: sending ends at ``num_requests`` or ``duration_s``, in-flight
 requests get ``drain_timeout_s`` to finish, and each request has ``request_timeout_s``.
-Only loopback targets are accepted (``check_loopback``).
+Only loopback targets are accepted unless ``allow_remote`` (``check_target``); an
+``api_key`` is sent to the target (and with scrapes of the target's own ``/metrics``) as
+``Authorization: Bearer``.
 """
 
 from __future__ import annotations
@@ -84,20 +86,32 @@ class Scenario(BaseModel):
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
-def check_loopback(url: str) -> None:
-    """Raise ValueError unless ``url`` is http(s) on 127.0.0.0/8, ::1 or localhost."""
+def check_target(url: str, *, allow_remote: bool = False) -> None:
+    """Raise ValueError unless ``url`` is http(s), and (without ``allow_remote``) on
+    127.0.0.0/8, ::1 or localhost."""
     parts = urlsplit(url)
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    if host == "localhost":
+    if host == "localhost" or allow_remote:
         return
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        raise ValueError(f"refusing a non-loopback target: {url!r} (host {host!r})")
+        raise ValueError(f"refusing a non-loopback target: {url!r} (host {host!r}); "
+                         "pass --allow-remote to measure a server on another host")
+
+
+def check_loopback(url: str) -> None:
+    """Raise ValueError unless ``url`` is http(s) on 127.0.0.0/8, ::1 or localhost."""
+    check_target(url)
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for ``api_key``; nothing without one."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
 
 
 async def run(
@@ -108,25 +122,31 @@ async def run(
     scrape_urls: Sequence[str] = (),
     scrape_interval_s: float = 0.5,
     progress: bool = True,
+    api_key: str | None = None,
+    allow_remote: bool = False,
 ) -> RunResult:
     """Run ``scenario`` against ``base_url`` (an OpenAI-compatible server) once.
 
     ``scrape_urls`` are base URLs whose ``/metrics`` is read every ``scrape_interval_s``
     (first at the start, last after the drain); their samples come back as ``series``.
+    ``api_key`` goes to ``base_url`` (requests, and scrapes of its own ``/metrics``);
+    ``allow_remote`` accepts URLs that are not on this host.
     """
     for url in (base_url, *scrape_urls):
-        check_loopback(url)
+        check_target(url, allow_remote=allow_remote)
     if not scrape_interval_s > 0:
         raise ValueError("scrape_interval_s must be > 0")
     base_url = base_url.rstrip("/")
-    session = open_session(scenario.max_in_flight, scenario.request_timeout_s)
+    auth = auth_headers(api_key)
+    scrape_auth = {url: auth for url in scrape_urls if url.rstrip("/") == base_url}
+    session = open_session(scenario.max_in_flight, scenario.request_timeout_s, auth)
     try:
         if scenario.warmup_requests:
             await _warmup(session, base_url, scenario)
         origin = time.perf_counter()
         started_at = datetime.now(UTC).isoformat()
         series: list[MetricSample] = []
-        scraper = MetricsPoller(scrape_urls, origin, read_samples, series)
+        scraper = MetricsPoller(scrape_urls, origin, read_samples, series, scrape_auth)
         scraping = asyncio.create_task(scraper.loop(scrape_interval_s))
         try:
             with _ProgressView(progress, scenario) as view:
@@ -160,6 +180,8 @@ async def sweep(
     scrape_urls: Sequence[str] = (),
     scrape_interval_s: float = 0.5,
     progress: bool = True,
+    api_key: str | None = None,
+    allow_remote: bool = False,
 ) -> list[RunResult]:
     """One ``run`` per level (``levels`` or ``scenario.levels``), in order, same seed each.
 
@@ -173,7 +195,8 @@ async def sweep(
     results: list[RunResult] = []
     for level, point in runs:
         result = await run(target_name, base_url, point, scrape_urls=scrape_urls,
-                           scrape_interval_s=scrape_interval_s, progress=progress)
+                           scrape_interval_s=scrape_interval_s, progress=progress,
+                           api_key=api_key, allow_remote=allow_remote)
         result.level = level
         results.append(result)
     return results

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Generic, Self, TypeVar
 
@@ -85,9 +85,10 @@ def histogram(text: str, bucket_name: str) -> dict[float, float]:
     return buckets
 
 
-async def fetch_page(http: aiohttp.ClientSession, url: str) -> str:
+async def fetch_page(http: aiohttp.ClientSession, url: str,
+                     headers: Mapping[str, str] | None = None) -> str:
     """The text of ``url``'s ``/metrics`` page (``aiohttp.ClientError`` for a non-200)."""
-    async with http.get(metrics_url(url), allow_redirects=False) as response:
+    async with http.get(metrics_url(url), allow_redirects=False, headers=headers) as response:
         response.raise_for_status()
         return await response.text()
 
@@ -105,12 +106,15 @@ class MetricsPoller(Generic[T]):
     """Reads the ``/metrics`` page of each of ``urls`` into ``into`` through ``reader``.
 
     ``failures`` counts the failed scrapes per URL (logged by ``close``). Use it as an
-    ``async with`` block, or call ``close``.
+    ``async with`` block, or call ``close``. ``headers`` maps a URL to the headers sent
+    with its scrapes (e.g. the API key of a target that asks for one).
     """
 
     def __init__(self, urls: Sequence[str], origin: float, reader: PageReader[T],
-                 into: list[T]) -> None:
+                 into: list[T], headers: Mapping[str, Mapping[str, str]] | None = None
+                 ) -> None:
         self._urls = list(urls)
+        self._headers = dict(headers or {})
         self._origin = origin
         self._reader = reader
         self._into = into
@@ -153,7 +157,7 @@ class MetricsPoller(Generic[T]):
     async def _scrape(self, url: str) -> None:
         sent = time.perf_counter() - self._origin
         try:
-            text = await fetch_page(self._session, url)
+            text = await fetch_page(self._session, url, self._headers.get(url))
             answered = time.perf_counter() - self._origin
             records = list(self._reader(url, text, sent, answered))
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError):

@@ -320,6 +320,7 @@ def metrics_page() -> str:
     from prometheus_client.metrics import MetricWrapperBase
 
     from gateway.observability import metrics as module
+    from gateway.observability import worker_metrics
 
     instance = module.GatewayMetrics()
     collectors = [v for v in vars(instance).values() if isinstance(v, MetricWrapperBase)]
@@ -360,6 +361,25 @@ def metrics_page() -> str:
         "Upper bounds, besides `+Inf`:",
         "",
         *table(["histogram", "buckets"], histograms),
+        "",
+        "## With several workers",
+        "",
+        "With `workers > 1` ([deploy](../how-to/deploy.md#run-several-gateway-processes)) "
+        "each worker counts in its own registry; the worker that takes a scrape asks the "
+        "others for their samples over Unix sockets (in a private directory the parent "
+        "process makes) and answers every worker's series merged, whichever worker took "
+        "the connection. Counters and histograms are summed over the workers (`_created`: "
+        "the earliest). A gauge reads as its mode says: `sum` over the workers, `min` (1 "
+        "only while every worker sees it up), `max` (an engine's own figures, which every "
+        "worker polls on its own, at their highest; draining while any worker drains), "
+        "`worker` (each worker's own value, with a `worker` label, 0 to N-1: every worker "
+        "has its own circuit breaker per engine). A worker that does not answer within "
+        f"{worker_metrics.PEER_TIMEOUT_S:g} s is left out of that scrape (and logged). One "
+        "gateway process exports every metric as the table above says, with no `worker` "
+        "label.",
+        "",
+        *table(["gauge", "mode with several workers"],
+               [[code(name), mode] for name, mode in module.WORKER_GAUGE_MODES.items()]),
     ]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -13,7 +13,9 @@ a second signal too (a second Ctrl-C quits at once); it waits for them all, then
 the engines. Workers run in a process group of their own, so a Ctrl-C on the terminal
 reaches them once, through the parent. A worker that dies on its own stops the whole server: an
 orchestrator restarts it whole rather than running with fewer workers than asked.
-Each worker keeps its own metrics: ``/metrics`` shows the worker that answered.
+Each worker counts its own metrics; the one that takes a ``/metrics`` scrape asks the
+others for theirs over Unix sockets in a private directory the parent makes, and answers
+them merged (see :mod:`gateway.observability.worker_metrics`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -38,6 +43,7 @@ from gateway.app import create_app
 from gateway.config.settings import Settings
 from gateway.edge.server import BACKSTOP_S, GatewayServer
 from gateway.observability.logs import configure_logging
+from gateway.observability.worker_metrics import WorkerPeers
 
 log = logging.getLogger("sluice.workers")
 
@@ -93,8 +99,13 @@ class Supervisor:
                     stack.push_async_callback(process.stop)
             reservation = stack.enter_context(reuseport_socket(self.settings.host, self.port))
             self.port = reservation.getsockname()[1]
-            config_json = json.dumps(self.settings.for_worker(self.port)).encode()
+            metrics_dir = tempfile.mkdtemp(prefix="sluice-metrics-")  # mode 0700
+            stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+            settings = self.settings.for_worker(self.port)
             for index in range(self.settings.workers):
+                config_json = json.dumps({
+                    "settings": settings, "index": index, "workers": self.settings.workers,
+                    "metrics_dir": metrics_dir}).encode()
                 self._workers.append(await self._spawn(index, config_json))
             if self._announce is not None:
                 announcer = asyncio.create_task(
@@ -159,18 +170,26 @@ def serve_workers(settings: Settings,
     return supervisor.signal, supervisor.failed
 
 
-async def _serve_one(settings: Settings) -> None:
+async def _serve_one(settings: Settings, index: int, workers: int, metrics_dir: Path) -> None:
     sock = reuseport_socket(settings.host, settings.port)
-    server = GatewayServer(create_app(settings), settings, own_process=True)
-    await server.serve(sockets=[sock])
-
+    app = create_app(settings)
+    peers = app.metrics.peers = WorkerPeers(app.metrics, metrics_dir, index, workers)
+    await peers.start()
+    try:
+        server = GatewayServer(app, settings, own_process=True)
+        await server.serve(sockets=[sock])
+    finally:
+        await peers.close()
 
 
 def main() -> None:
-    """One worker: settings (JSON) on stdin; serves until SIGTERM, like ``sluice serve``."""
-    settings = Settings(**json.loads(sys.stdin.buffer.read()))
+    """One worker: its settings, index, the number of workers and the metrics directory
+    (JSON) on stdin; serves until SIGTERM, like ``sluice serve``."""
+    given = json.loads(sys.stdin.buffer.read())
+    settings = Settings(**given["settings"])
     configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(_serve_one(settings))
+    uvloop.run(_serve_one(settings, given["index"], given["workers"],
+                          Path(given["metrics_dir"])))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,32 @@ alias version whose model (or adapter) it serves under the alias's name. Join on
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+
+if TYPE_CHECKING:
+    from gateway.observability.worker_metrics import WorkerPeers
+
+WORKER_GAUGE_MODES: dict[str, Literal["sum", "max", "min", "worker"]] = {
+    "sluice_requests_in_flight": "sum",
+    "sluice_engine_in_flight": "sum",
+    "sluice_engine_up": "min",
+    "sluice_redis_up": "min",
+    "sluice_engine_circuit_state": "worker",
+    "sluice_engine_requests": "max",
+    "sluice_engine_kv_cache_usage": "max",
+    "sluice_engine_info": "max",
+    "sluice_adapters_resident": "max",
+    "sluice_draining": "max",
+}
+"""How each gauge reads when several workers (``workers > 1``) answer one scrape
+(counters and histograms are summed): ``sum`` over workers (what all of them hold open),
+``min`` (1 only while every worker sees it up), ``max`` (what the engine reports,
+which every worker polls on its own, at its highest; draining while any worker
+drains), ``worker`` (each worker's own view, with a ``worker`` label: each worker has
+its own circuit breaker per engine). One gateway process exports every gauge as is."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
@@ -171,6 +193,9 @@ class GatewayMetrics:
             registry=r)
 
         self._versions: dict[tuple[str, str], VersionMetrics] = {}
+        self.peers: WorkerPeers | None = None
+        """The other workers, when this is one of several (see
+        :mod:`gateway.observability.worker_metrics`)."""
 
     def version(self, model: str, version: str) -> VersionMetrics:
         """The per-request metrics of one ``model`` and ``version`` label pair, their
@@ -183,7 +208,14 @@ class GatewayMetrics:
         return found
 
     def render(self) -> bytes:
+        """This process's metrics in the Prometheus text format."""
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """What ``/metrics`` answers: this process's metrics, or every worker's merged."""
+        if self.peers is None:
+            return self.render()
+        return await self.peers.render()
 
 
 class VersionMetrics:

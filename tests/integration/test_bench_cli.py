@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
+
+from loadtests.fleet import gateway_process
 
 SCENARIO = """
 name: cli-test
@@ -17,10 +20,12 @@ seed: 3
 """
 
 
-async def bench(*args: str, command: tuple[str, ...] = ("loadtests",)) -> tuple[int, str]:
+async def bench(*args: str, command: tuple[str, ...] = ("loadtests",),
+                env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", *command, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})})
     out, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode is not None
     return process.returncode, out.decode()
@@ -59,6 +64,54 @@ async def test_non_loopback_targets_are_refused(tmp_path: Path) -> None:
     scenario.write_text(SCENARIO)
     code, text = await bench("run", str(scenario), "--target", "x=http://10.1.2.3:8000",
                              "--out", str(tmp_path / "out"), "--no-progress")
-    assert code != 0
+    assert code == 2
     assert "non-loopback" in text
+    assert "--allow-remote" in text  # the refusal names the way out
+    assert "Traceback" not in text
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+async def test_allow_remote_accepts_a_target_on_another_host(tmp_path: Path) -> None:
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO.replace("seed: 3", "seed: 3\nrequest_timeout_s: 2\n"
+                                         "drain_timeout_s: 2"))
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is never routed: every request fails to connect,
+    # which shows the target was tried rather than refused.
+    code, text = await bench("run", str(scenario), "--target", "x=http://192.0.2.1:9",
+                             "--out", str(tmp_path / "out"), "--no-progress",
+                             "--allow-remote")
+    assert "non-loopback" not in text
+    assert code == 0, text
+    doc = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert doc["runs"][0]["summary"]["completed"] == 0
+
+
+async def test_api_key_reaches_a_key_protected_gateway(spawn_sim, tmp_path: Path) -> None:
+    sim = await spawn_sim("--decode-step-ms", "1", "--prefill-base-ms", "1")
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text(SCENARIO)
+    settings = {"engines": [{"name": "sim", "url": sim.url}], "default_engine": False,
+                "api_keys": ["sk-bench-key-0123456789"], "access_log": False}
+    async with gateway_process(settings, log_dir=tmp_path / "logs") as gateway:
+        target = f"gw={gateway.url}"
+        code, text = await bench("run", str(scenario), "--target", target, "--scrape",
+                                 gateway.url, "--out", str(tmp_path / "with"),
+                                 "--no-progress", "--api-key", "sk-bench-key-0123456789")
+        assert code == 0, text
+        doc = json.loads((tmp_path / "with" / "result.json").read_text())
+        assert doc["runs"][0]["summary"]["completed"] == 20
+        # The key also opened the gateway's own /metrics for the scrapes.
+        scraped = {s["name"] for s in doc["runs"][0]["series"]}
+        assert "sluice_time_to_first_token_seconds_count" in scraped
+
+        code, text = await bench("run", str(scenario), "--target", target, "--out",
+                                 str(tmp_path / "env"), "--no-progress",
+                                 env={"SLUICE_BENCH_API_KEY": "sk-bench-key-0123456789"})
+        assert code == 0, text
+
+        code, text = await bench("run", str(scenario), "--target", target, "--out",
+                                 str(tmp_path / "without"), "--no-progress")
+        assert code == 1
+        assert "gw refused every request as unauthorized" in text
+        assert "--api-key" in text
+        assert "Traceback" not in text

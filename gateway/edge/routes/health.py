@@ -55,7 +55,7 @@ def _engine(engine: EngineState, *, full: bool) -> dict[str, object]:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(request.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(await request.state.metrics.scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
 routes = [
