@@ -28,6 +28,7 @@ from adapters import AdapterSpec, under_roots
 from engines.spec import EngineSpec
 from gateway.config.adapters import LoraSettings
 from gateway.config.connections import ConnectionLimits, WebSocketSettings
+from gateway.config.discovery import Sources
 from gateway.config.fleet import AdmissionSettings, ResilienceSettings, RoutingSettings
 from gateway.config.state import CacheSettings, RedisSettings
 from gateway.config.versions import VersionsSettings
@@ -266,6 +267,10 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=1024,
         description="largest single streamed event from an engine; larger is a fault")
     engines: list[EngineConfig] = Field(default_factory=list)
+    discovery: Sources = Field(
+        default_factory=list,
+        description="DNS sources of more engines, re-resolved while serving (see "
+                    "gateway/config/discovery.py: name, dns_name, record, port, ...)")
     default_engine: bool = Field(
         default=True,
         description="with no engines configured, manage one CPU engine on the default model",

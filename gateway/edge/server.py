@@ -4,12 +4,16 @@ uvicorn already stops accepting connections on a signal and waits for the open o
 this adds the gateway's side: ``/ready`` turns 503 at once (load balancers stop
 sending), and after ``drain_timeout_s`` the upstream streams still open are closed so
 their clients get an error event and ``[DONE]`` rather than a cut connection (uvicorn's
-own hard deadline comes a little later, as a backstop).
+own hard deadline comes a little later, as a backstop). Given a loader, SIGHUP reads
+the configuration again and applies it (:mod:`gateway.pipeline.reload`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
+import signal
 import socket
 from types import FrameType
 
@@ -19,6 +23,9 @@ from gateway.config.settings import Settings
 from gateway.edge.gate import Edge
 from gateway.edge.protocol import protocol_for
 from gateway.pipeline.drain import Drain
+from gateway.pipeline.reload import Loader, reload
+
+log = logging.getLogger("sluice.reload")
 
 BACKSTOP_S = 5.0
 """How long after the drain deadline uvicorn itself closes what is still open."""
@@ -49,9 +56,15 @@ class GatewayServer(uvicorn.Server):
     started; tests that run servers inside their own process leave it off."""
 
     def __init__(self, app: Edge, settings: Settings, *, host: str | None = None,
-                 port: int | None = None, own_process: bool = False) -> None:
+                 port: int | None = None, own_process: bool = False,
+                 reload: Loader | None = None) -> None:
+        """``reload``: reads the configuration again on SIGHUP (None: SIGHUP is left
+        alone)."""
         self.drain: Drain = app.state.drain
         self.own_process = own_process
+        self.app_state = app.state
+        self._load = reload
+        self._reloads: set[asyncio.Task[bool]] = set()
         ws = settings.websocket
         super().__init__(uvicorn.Config(
             app, host=host or settings.host, port=settings.port if port is None else port,
@@ -65,8 +78,25 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self._load is not None and not self.should_exit:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hangup)
         if self.own_process and not self.should_exit:
             settle_heap()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._load is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await super().shutdown(sockets)
+
+    def _on_hangup(self) -> None:
+        """SIGHUP: reload the configuration (one reload at a time, in order)."""
+        reconfigure = getattr(self.app_state, "reconfigure", None)
+        if self._load is None or reconfigure is None or self.should_exit:
+            log.warning("SIGHUP ignored: the gateway is starting or stopping")
+            return
+        task = asyncio.create_task(reload(self._load, reconfigure), name="config-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.drain.begin()

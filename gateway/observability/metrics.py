@@ -67,6 +67,17 @@ class GatewayMetrics:
         self.client_disconnects = Counter(
             "sluice_client_disconnects", "Streams the client closed before the end.",
             ["model", "version"], registry=r)
+        self.discovery_resolutions = Counter(
+            "sluice_discovery_resolutions",
+            "DNS resolutions of a discovery source, by outcome (ok, error: the engines "
+            "last found are kept).", ["source", "outcome"], registry=r)
+        self.discovery_engines = Gauge(
+            "sluice_discovery_engines", "Engines a discovery source found last.",
+            ["source"], registry=r)
+        self.config_reloads = Counter(
+            "sluice_config_reloads",
+            "Configuration reloads (SIGHUP), by outcome (applied, refused: the config in "
+            "use is kept).", ["outcome"], registry=r)
         self.engine_up = Gauge(
             "sluice_engine_up", "1 when the engine answered its last health check.",
             ["engine"], registry=r)
