@@ -97,6 +97,8 @@ class _Source:
     task: asyncio.Task[None] | None = None
     members: dict[str, EngineConfig] = field(default_factory=dict)
     """The engines this source put in the pool, by name."""
+    failing: str | None = None
+    """Why its resolutions fail, while they do (logged when it changes)."""
 
 
 class Discovery:
@@ -152,14 +154,20 @@ class Discovery:
             found = await resolve(settings, resolver_for(settings))
         except ResolveFailed as exc:
             self._metrics.discovery_resolutions.labels(settings.name, "error").inc()
-            log.warning("discovery %s: resolving %s failed (%s); keeping its %d engines",
-                        settings.name, settings.dns_name, exc, len(source.members))
+            if source.failing != str(exc):
+                source.failing = str(exc)
+                log.warning("discovery %s: resolving %s failed (%s); keeping its %d engines",
+                            settings.name, settings.dns_name, exc, len(source.members))
             return
         except Exception:  # a bug must not end the loop
             self._metrics.discovery_resolutions.labels(settings.name, "error").inc()
             log.exception("discovery %s: resolving failed", settings.name)
             return
         self._metrics.discovery_resolutions.labels(settings.name, "ok").inc()
+        if source.failing is not None:
+            source.failing = None
+            log.info("discovery %s: resolving %s works again", settings.name,
+                     settings.dns_name)
         await self._apply(source, [settings.engine_config(ip, port) for ip, port in found])
 
     async def _apply(self, source: _Source, configs: list[EngineConfig]) -> None:
