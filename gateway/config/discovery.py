@@ -49,7 +49,9 @@ class DiscoverySource(BaseModel):
         default=None, ge=1, le=65535,
         description="the engines' port; required for A and AAAA, unused for SRV")
     scheme: Literal["http", "https"] = Field(
-        default="http", description="how the engines are reached")
+        default="http",
+        description="how the engines are reached (by IP address: with https, their "
+                    "certificates must name their addresses)")
     interval_s: float = Field(
         default=10.0, ge=0.1, le=3600,
         description="pause between two resolutions of dns_name")
