@@ -25,7 +25,7 @@ from gateway.cli.adapters import adapters_app
 from gateway.cli.versions import versions_app
 from gateway.cli.workers import serve_workers
 from gateway.config.settings import Settings, load_settings
-from gateway.edge.server import GatewayServer
+from gateway.edge.server import GatewayServer, hold_hangups
 from gateway.observability.logs import configure_logging
 from gateway.pipeline.reload import Loader
 
@@ -59,6 +59,7 @@ def serve(
         prepare_default_model(settings.engine_python, settings.default_model_dir)
     _check_checkpoints(settings)
     if settings.workers == 1:
+        hold_hangups()
         uvloop.run(_serve(settings, lambda: load_settings(config, **overrides)))
         return
     stopped_by, failed = serve_workers(settings, _announce, reload_from=(config, overrides))

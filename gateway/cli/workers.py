@@ -45,6 +45,12 @@ log = logging.getLogger("sluice.workers")
 ReloadFrom = tuple[Path | None, dict[str, Any]]
 """The config file and the command-line overrides the settings came from."""
 
+_WORKER = ("import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); "
+           "import runpy; runpy.run_module('gateway.cli.workers', run_name='__main__')")
+"""A worker's command: SIGHUP blocked first thing (the parent forwards it from the
+start, and its default is to exit) until the worker's server can reload; then the
+module's main."""
+
 _STOP_MARGIN_S = 10.0
 """How much longer than a worker's own drain the parent waits before SIGKILL."""
 
@@ -125,7 +131,7 @@ class Supervisor:
     async def _spawn(self, index: int, config_json: bytes) -> asyncio.subprocess.Process:
         config, overrides = self._reload_from
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli.workers", "" if config is None else str(config),
+            sys.executable, "-c", _WORKER, "" if config is None else str(config),
             json.dumps(overrides), stdin=asyncio.subprocess.PIPE,
             preexec_fn=die_with_parent)
         assert process.stdin is not None

@@ -50,6 +50,13 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def hold_hangups() -> None:
+    """Block SIGHUP in this process (and what it starts) until a server given a loader
+    has started: a reload asked for while starting waits for it rather than killing the
+    process, SIGHUP's default."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
 class GatewayServer(uvicorn.Server):
     """``own_process``: the server is its process's only work (``sluice serve``, a
     worker), so it may tune the process's garbage collector (:func:`settle_heap`) once
@@ -80,13 +87,11 @@ class GatewayServer(uvicorn.Server):
         await super().startup(sockets)
         if self._load is not None and not self.should_exit:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hangup)
+            # A SIGHUP that came while starting waited, blocked (see hold_hangups): now
+            # it is delivered, and reloads.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         if self.own_process and not self.should_exit:
             settle_heap()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self._load is not None:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        await super().shutdown(sockets)
 
     def _on_hangup(self) -> None:
         """SIGHUP: reload the configuration (one reload at a time, in order)."""
