@@ -18,6 +18,8 @@ alias version whose model (or adapter) it serves under the alias's name. Join on
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -190,6 +192,17 @@ class GatewayMetrics:
         if found is None:
             found = self._versions[(model, version)] = VersionMetrics(self, model, version)
         return found
+
+    def forget_engine(self, engine: str, info: Iterable[tuple[str, str]]) -> None:
+        """Drop an engine's gauge series (it left the pool); ``info``: its
+        ``sluice_engine_info`` (model, version) pairs. Counters keep theirs."""
+        for gauge, labels in ((self.engine_up, (engine,)), (self.engine_in_flight, (engine,)),
+                              (self.circuit_state, (engine,)), (self.engine_kv_usage, (engine,)),
+                              (self.engine_queue, (engine, "running")),
+                              (self.engine_queue, (engine, "waiting")),
+                              *((self.engine_info, (engine, *pair)) for pair in info)):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,7 +14,6 @@ flight finish on it, and its metric series go when the last one ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -199,22 +198,10 @@ class EnginePool:
     def _forget(self, engine: EngineState) -> None:
         """Drop a removed engine's metric series, unless an engine of its name is back."""
         name = engine.name
-        if self.get(name) is not None:
-            return
-        metrics = self._metrics
-        for gauge, labels in ((metrics.engine_up, (name,)),
-                              (metrics.engine_in_flight, (name,)),
-                              (metrics.circuit_state, (name,)),
-                              (metrics.engine_kv_usage, (name,)),
-                              (metrics.engine_queue, (name, "running")),
-                              (metrics.engine_queue, (name, "waiting"))):
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
-        for model, version in self._info.pop(name, set()):
-            with contextlib.suppress(KeyError):
-                metrics.engine_info.remove(name, model, version)
-        self._in_flight_gauges.pop(name, None)
-        self._published_circuits.pop(name, None)
+        if self.get(name) is None:
+            self._metrics.forget_engine(name, self._info.pop(name, set()))
+            self._in_flight_gauges.pop(name, None)
+            self._published_circuits.pop(name, None)
 
     @property
     def ready(self) -> bool:
