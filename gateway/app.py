@@ -46,6 +46,7 @@ from gateway.pipeline.answer import Answer
 from gateway.pipeline.connector import Connector
 from gateway.pipeline.director import Director
 from gateway.pipeline.drain import Drain
+from gateway.pipeline.reload import Reconfigure
 from gateway.scheduling import Scheduler
 from gateway.stores import Stores, memory_stores
 from gateway.stores.memory import MemoryAdapterRegistrations
@@ -54,6 +55,7 @@ from gateway.stores.redis_link import RedisLink, watch_channel
 from gateway.stores.redis_stores import redis_stores
 from gateway.stores.redis_versions import RedisVersionPolicies, watch_versions
 from gateway.upstream.client import EngineClient
+from gateway.upstream.discovery import Discovery
 from gateway.upstream.http1 import Http1Transport
 from gateway.upstream.pool import EnginePool
 from gateway.upstream.transport import EngineHeaders, Transport
@@ -73,7 +75,8 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
     set, in memory when not), ``keys`` the key store and rate limiter (the same: in
     Redis when ``redis.url`` is set and ``stores`` is not given, else in memory).
     ``app.state.drain`` is what a
-    server calls on SIGTERM (see :mod:`gateway.edge.server`). The app is the edge
+    server calls on SIGTERM (see :mod:`gateway.edge.server`), ``app.state.reconfigure``
+    (once started) what it applies a reloaded configuration with, on SIGHUP. The app is the edge
     (:mod:`gateway.edge.gate`) in front of a Starlette router that runs the lifespan."""
     metrics = GatewayMetrics()
     scheduler = Scheduler(settings.routing, metrics,  # a bad profile fails here, early
@@ -105,7 +108,7 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                               scrape_interval_s=settings.routing.scrape_interval_s,
                               breaker=settings.resilience.breaker,
                               served_as=settings.versions.served_as())
-            pool.on_restart = scheduler.engine_restarted
+            pool.on_restart = pool.on_removed = scheduler.engine_restarted
             redis: RedisLink | None = None
             if stores is not None:
                 state = stores
@@ -132,6 +135,9 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                                (pool.run_scrapes, "load-scrapes")):
                 stack.push_async_callback(_cancel, asyncio.create_task(loop(), name=name))
             stack.callback(drain.cancel)
+            discovery = Discovery(pool, metrics)
+            stack.push_async_callback(discovery.aclose)
+            await discovery.reconfigure(settings.discovery)
             versions = VersionRouter(settings.versions, state.versions, pool.serving)
             versions.mirror = mirror = ShadowMirror(
                 pool, metrics, max_in_flight=settings.versions.shadow_max_in_flight,
@@ -167,8 +173,11 @@ def create_app(settings: Settings, *, transport: Transport | None = None,
                 watch = watch_versions(redis, state.versions.channel, versions.reload)
                 stack.push_async_callback(
                     _cancel, asyncio.create_task(watch, name="versions-watch"))
+            admission = Admission(settings.admission, state.counters)
+            app.state.reconfigure = Reconfigure(settings, pool, discovery, scheduler,
+                                                admission, metrics)
             director = Director(
-                pool, Admission(settings.admission, state.counters),
+                pool, admission,
                 _caching(settings, state, metrics), drain, metrics, keys=key_service,
                 versions=versions, adapters=registry,
                 hooks=[mirror.finished, VersionMeasure(

@@ -26,9 +26,10 @@ from gateway.cli.adapters import adapters_app
 from gateway.cli.config_errors import ConfigProblems, load_checked
 from gateway.cli.versions import versions_app
 from gateway.cli.workers import serve_workers
-from gateway.config.settings import Settings
-from gateway.edge.server import GatewayServer
+from gateway.config.settings import Settings, load_settings
+from gateway.edge.server import GatewayServer, hold_hangups
 from gateway.observability.logs import configure_logging
+from gateway.pipeline.reload import Loader
 
 app = typer.Typer(help="Sluice: an OpenAI-compatible streaming gateway for vLLM engines.",
                   no_args_is_help=True, add_completion=False)
@@ -89,7 +90,8 @@ def serve(
     log_level: Annotated[str | None, typer.Option(
         help="debug, info, warning or error (default: log_level).")] = None,
 ) -> None:
-    """Run the gateway (and the engines it manages) until Ctrl-C or SIGTERM."""
+    """Run the gateway (and the engines it manages) until Ctrl-C or SIGTERM; SIGHUP
+    reloads the configuration."""
     overrides: dict[str, Any] = {
         k: v for k, v in (("host", host), ("port", port), ("workers", workers),
                           ("log_format", log_format), ("log_level", log_level)) if v}
@@ -101,9 +103,10 @@ def serve(
         prepare_default_model(settings.engine_python, settings.default_model_dir)
     _check_checkpoints(settings)
     if settings.workers == 1:
-        uvloop.run(_serve(settings))
+        hold_hangups()
+        uvloop.run(_serve(settings, lambda: load_settings(config, **overrides)))
         return
-    stopped_by, failed = serve_workers(settings, _announce)
+    stopped_by, failed = serve_workers(settings, _announce, reload_from=(config, overrides))
     if failed:
         raise typer.Exit(1)
     if stopped_by is not None:  # exit as a single process does: "terminated by SIGTERM"
@@ -170,8 +173,8 @@ def _check_checkpoints(settings: Settings) -> None:
             raise typer.Exit(2) from exc
 
 
-async def _serve(settings: Settings) -> None:
-    server = GatewayServer(create_app(settings), settings, own_process=True)
+async def _serve(settings: Settings, load: Loader) -> None:
+    server = GatewayServer(create_app(settings), settings, own_process=True, reload=load)
     announcer = asyncio.create_task(_announce(settings))
     try:
         await server.serve()

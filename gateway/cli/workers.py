@@ -2,10 +2,13 @@
 
 The parent starts the managed engines (once, whatever the number of workers), reserves
 the port and starts each worker as ``python -m gateway.cli.workers`` with its settings on
-stdin, every engine given as a plain URL. Each worker binds its own listening socket
+stdin, every engine given as a plain URL (and the config file and command-line
+overrides as arguments, to read again on SIGHUP). Each worker binds its own listening socket
 with ``SO_REUSEPORT``, so the kernel spreads new connections across them, and runs the
 ordinary single-process server (:class:`~gateway.edge.server.GatewayServer`), drain included.
 
+On SIGHUP the parent sends SIGHUP to every worker: each reads the configuration file
+(and the environment) again itself and applies it (:mod:`gateway.pipeline.reload`).
 On SIGTERM or SIGINT the parent sends the same signal to every worker, so each follows
 the single process's timeline (:mod:`gateway.edge.server`: on SIGTERM ``/ready`` answers
 503 for ``drain.delay_s`` while it still serves, then the drain; SIGINT skips the delay),
@@ -40,12 +43,22 @@ import uvloop
 from engines.lifetime import die_with_parent
 from engines.supervisor import EngineProcess
 from gateway.app import create_app
-from gateway.config.settings import Settings
+from gateway.config.settings import Settings, load_settings
 from gateway.edge.server import BACKSTOP_S, GatewayServer
 from gateway.observability.logs import configure_logging
 from gateway.observability.worker_metrics import WorkerPeers
+from gateway.pipeline.reload import Loader
 
 log = logging.getLogger("sluice.workers")
+
+ReloadFrom = tuple[Path | None, dict[str, Any]]
+"""The config file and the command-line overrides the settings came from."""
+
+_WORKER = ("import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); "
+           "import runpy; runpy.run_module('gateway.cli.workers', run_name='__main__')")
+"""A worker's command: SIGHUP blocked first thing (the parent forwards it from the
+start, and its default is to exit) until the worker's server can reload; then the
+module's main."""
 
 _STOP_MARGIN_S = 10.0
 """How much longer than a worker's own drain the parent waits before SIGKILL."""
@@ -72,9 +85,10 @@ class Supervisor:
     """The parent: managed engines, the port, and the worker processes."""
 
     def __init__(self, settings: Settings,
-                 announce: Callable[[Settings], Coroutine[Any, Any, None]] | None = None
-                 ) -> None:
+                 announce: Callable[[Settings], Coroutine[Any, Any, None]] | None = None,
+                 reload_from: ReloadFrom = (None, {})) -> None:
         self.settings = settings
+        self._reload_from = reload_from
         self._announce = announce
         self.port = settings.port
         """The port workers listen on (resolved when ``settings.port`` is 0)."""
@@ -90,6 +104,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_hangup)
         async with AsyncExitStack() as stack:
             for config in self.settings.resolved_engines():
                 if config.managed is not None:
@@ -121,6 +136,13 @@ class Supervisor:
             stopped.cancel()
             await self._stop_workers(waits)
 
+    def _forward_hangup(self) -> None:
+        log.info("SIGHUP: asking %d workers to reload the configuration", len(self._workers))
+        for worker in self._workers:
+            if worker.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.send_signal(signal.SIGHUP)
+
     def _on_signal(self, sig: int) -> None:
         if self.signal is None:
             self.signal = sig
@@ -135,8 +157,10 @@ class Supervisor:
                     worker.send_signal(sig)
 
     async def _spawn(self, index: int, config_json: bytes) -> asyncio.subprocess.Process:
+        config, overrides = self._reload_from
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli.workers", stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-c", _WORKER, "" if config is None else str(config),
+            json.dumps(overrides), stdin=asyncio.subprocess.PIPE,
             preexec_fn=_worker_preexec)
         assert process.stdin is not None
         process.stdin.write(config_json)
@@ -162,21 +186,23 @@ class Supervisor:
 
 def serve_workers(settings: Settings,
                   announce: Callable[[Settings], Coroutine[Any, Any, None]] | None = None,
-                  ) -> tuple[int | None, bool]:
+                  reload_from: ReloadFrom = (None, {})) -> tuple[int | None, bool]:
     """Run a :class:`Supervisor` to its end (``announce(settings)`` runs alongside once
-    the workers are started): the signal that stopped it, and whether a worker failed."""
-    supervisor = Supervisor(settings, announce)
+    the workers are started): the signal that stopped it, and whether a worker failed.
+    ``reload_from``: the config file and overrides the settings were loaded with."""
+    supervisor = Supervisor(settings, announce, reload_from)
     uvloop.run(supervisor.run())
     return supervisor.signal, supervisor.failed
 
 
-async def _serve_one(settings: Settings, index: int, workers: int, metrics_dir: Path) -> None:
+async def _serve_one(settings: Settings, load: Loader, index: int, workers: int,
+                     metrics_dir: Path) -> None:
     sock = reuseport_socket(settings.host, settings.port)
     app = create_app(settings)
     peers = app.metrics.peers = WorkerPeers(app.metrics, metrics_dir, index, workers)
     await peers.start()
     try:
-        server = GatewayServer(app, settings, own_process=True)
+        server = GatewayServer(app, settings, own_process=True, reload=load)
         await server.serve(sockets=[sock])
     finally:
         await peers.close()
@@ -184,11 +210,18 @@ async def _serve_one(settings: Settings, index: int, workers: int, metrics_dir: 
 
 def main() -> None:
     """One worker: its settings, index, the number of workers and the metrics directory
-    (JSON) on stdin; serves until SIGTERM, like ``sluice serve``."""
+    (JSON) on stdin, the config file and the overrides (JSON) as arguments; serves until
+    SIGTERM, like ``sluice serve``, and reloads on SIGHUP."""
     given = json.loads(sys.stdin.buffer.read())
     settings = Settings(**given["settings"])
+    config = Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else None
+    overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+
+    def load() -> Settings:  # as the parent would give it, on this worker's port
+        return Settings(**load_settings(config, **overrides).for_worker(settings.port))
+
     configure_logging(settings.log_level, settings.log_format)
-    uvloop.run(_serve_one(settings, given["index"], given["workers"],
+    uvloop.run(_serve_one(settings, load, given["index"], given["workers"],
                           Path(given["metrics_dir"])))
 
 

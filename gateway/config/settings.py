@@ -30,6 +30,7 @@ from engines.spec import EngineSpec
 from gateway.config.adapters import LoraSettings
 from gateway.config.auth import AuthSettings, is_loopback, open_to_others
 from gateway.config.connections import ConnectionLimits, WebSocketSettings
+from gateway.config.discovery import Sources
 from gateway.config.drain import DrainSettings
 from gateway.config.engine_access import check_api_key, check_headers, upstream_headers
 from gateway.config.fleet import AdmissionSettings, ResilienceSettings, RoutingSettings
@@ -285,6 +286,10 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=1024,
         description="largest single streamed event from an engine; larger is a fault")
     engines: list[EngineConfig] = Field(default_factory=list)
+    discovery: Sources = Field(
+        default_factory=list,
+        description="DNS sources of more engines, re-resolved while serving (see "
+                    "gateway/config/discovery.py: name, dns_name, record, port, ...)")
     default_engine: bool = Field(
         default=True,
         description="with no engines configured, manage one CPU engine on the default model",
@@ -435,8 +440,10 @@ class Settings(BaseSettings):
 
     def for_worker(self, port: int) -> dict[str, Any]:
         """The settings of one worker process, as plain data: every engine (managed
-        ones included, which the parent runs) as a URL, on the parent's resolved port."""
-        engines = [{"name": e.name, "url": e.base_url, "headers": e.headers,
+        ones included, which the parent runs) as a URL with its options (a managed one's
+        adapter bounds included), on the parent's resolved port."""
+        engines = [{**e.model_dump(mode="json", exclude={"managed", "url", "api_key"}),
+                    "url": e.base_url, "max_loras": e.lora_bound, "max_lora_rank": e.lora_rank,
                     "api_key": e.api_key and e.api_key.get_secret_value()}
                    for e in self.resolved_engines()]
         token = self.admin.token

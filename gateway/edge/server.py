@@ -7,7 +7,8 @@ drain (:mod:`gateway.pipeline.drain`) gives the streams and WebSocket sessions i
 ``drain.timeout_s`` to finish (uvicorn's own hard deadline comes a little later, as a
 backstop). SIGINT (Ctrl-C) skips the delay: nobody balances load onto a terminal. A
 second SIGTERM during the delay ends it; a second SIGINT quits at once (uvicorn's force
-exit).
+exit). Given a loader, SIGHUP reads the configuration again and applies it
+(:mod:`gateway.pipeline.reload`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gateway.edge.gate import Edge
 from gateway.edge.protocol import protocol_for
 from gateway.edge.ws_protocol import DrainedWebSocketProtocol
 from gateway.pipeline.drain import Drain
+from gateway.pipeline.reload import Loader, reload
 
 log = logging.getLogger("sluice.server")
 
@@ -52,15 +54,28 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+def hold_hangups() -> None:
+    """Block SIGHUP in this process (and what it starts) until a server given a loader
+    has started: a reload asked for while starting waits for it rather than killing the
+    process, SIGHUP's default."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
 class GatewayServer(uvicorn.Server):
     """``own_process``: the server is its process's only work (``sluice serve``, a
     worker), so it may tune the process's garbage collector (:func:`settle_heap`) once
     started; tests that run servers inside their own process leave it off."""
 
     def __init__(self, app: Edge, settings: Settings, *, host: str | None = None,
-                 port: int | None = None, own_process: bool = False) -> None:
+                 port: int | None = None, own_process: bool = False,
+                 reload: Loader | None = None) -> None:
+        """``reload``: reads the configuration again on SIGHUP (None: SIGHUP is left
+        alone)."""
         self.drain: Drain = app.state.drain
         self.own_process = own_process
+        self.app_state = app.state
+        self._load = reload
+        self._reloads: set[asyncio.Task[bool]] = set()
         self.delay_s = settings.drain.delay_s
         self._delayed: asyncio.TimerHandle | None = None
         ws = settings.websocket
@@ -77,8 +92,23 @@ class GatewayServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self._load is not None and not self.should_exit:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_hangup)
+            # A SIGHUP that came while starting waited, blocked (see hold_hangups): now
+            # it is delivered, and reloads.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         if self.own_process and not self.should_exit:
             settle_heap()
+
+    def _on_hangup(self) -> None:
+        """SIGHUP: reload the configuration (one reload at a time, in order)."""
+        reconfigure = getattr(self.app_state, "reconfigure", None)
+        if self._load is None or reconfigure is None or self.should_exit:
+            log.warning("SIGHUP ignored: the gateway is starting or stopping")
+            return
+        task = asyncio.create_task(reload(self._load, reconfigure), name="config-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """However the server was told to stop (a signal, or ``should_exit`` set by the

@@ -18,6 +18,8 @@ alias version whose model (or adapter) it serves under the alias's name. Join on
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,11 +39,13 @@ WORKER_GAUGE_MODES: dict[str, Literal["sum", "max", "min", "worker"]] = {
     "sluice_engine_info": "max",
     "sluice_adapters_resident": "max",
     "sluice_draining": "max",
+    "sluice_discovery_engines": "max",
 }
 """How each gauge reads when several workers (``workers > 1``) answer one scrape
 (counters and histograms are summed): ``sum`` over workers (what all of them hold open),
 ``min`` (1 only while every worker sees it up), ``max`` (what the engine reports,
-which every worker polls on its own, at its highest; draining while any worker
+which every worker polls on its own, at its highest; engines a discovery source found,
+which every worker resolves on its own; draining while any worker
 drains), ``worker`` (each worker's own view, with a ``worker`` label: each worker has
 its own circuit breaker per engine). One gateway process exports every gauge as is."""
 
@@ -89,6 +93,17 @@ class GatewayMetrics:
         self.client_disconnects = Counter(
             "sluice_client_disconnects", "Streams the client closed before the end.",
             ["model", "version"], registry=r)
+        self.discovery_resolutions = Counter(
+            "sluice_discovery_resolutions",
+            "DNS resolutions of a discovery source, by outcome (ok, error: the engines "
+            "last found are kept).", ["source", "outcome"], registry=r)
+        self.discovery_engines = Gauge(
+            "sluice_discovery_engines", "Engines a discovery source found last.",
+            ["source"], registry=r)
+        self.config_reloads = Counter(
+            "sluice_config_reloads",
+            "Configuration reloads (SIGHUP), by outcome (applied, refused: the config in "
+            "use is kept).", ["outcome"], registry=r)
         self.engine_up = Gauge(
             "sluice_engine_up", "1 when the engine answered its last health check.",
             ["engine"], registry=r)
@@ -206,6 +221,17 @@ class GatewayMetrics:
         if found is None:
             found = self._versions[(model, version)] = VersionMetrics(self, model, version)
         return found
+
+    def forget_engine(self, engine: str, info: Iterable[tuple[str, str]]) -> None:
+        """Drop an engine's gauge series (it left the pool); ``info``: its
+        ``sluice_engine_info`` (model, version) pairs. Counters keep theirs."""
+        for gauge, labels in ((self.engine_up, (engine,)), (self.engine_in_flight, (engine,)),
+                              (self.circuit_state, (engine,)), (self.engine_kv_usage, (engine,)),
+                              (self.engine_queue, (engine, "running")),
+                              (self.engine_queue, (engine, "waiting")),
+                              *((self.engine_info, (engine, *pair)) for pair in info)):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def render(self) -> bytes:
         """This process's metrics in the Prometheus text format."""

@@ -22,6 +22,11 @@ class Admission:
         self._settings = settings
         self._counters = counters
 
+    def reconfigure(self, settings: AdmissionSettings) -> None:
+        """Limits from ``settings`` for the next requests (a config reload); requests
+        already in are counted as before."""
+        self._settings = settings
+
     def limit(self, model: str, healthy_engines: int) -> int:
         fixed = self._settings.models.get(model)
         if fixed is not None:

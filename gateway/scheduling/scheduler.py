@@ -37,11 +37,20 @@ class Scheduler:
         self.producers = Producers(prefix_cache=PrefixCacheIndexer(settings.prefix))
         """The data producers every profile's plugins share."""
         timing = self._timing if settings.plugin_timing else None
-        builder = PlanBuilder(registry or default_registry(), self.producers, timing)
-        self._default, self._plans = builder.build_all(settings)
+        self._builder = PlanBuilder(registry or default_registry(), self.producers, timing)
+        self._default, self._plans = self._builder.build_all(settings)
         self._restart = restart_observers(self.producers, [self._default,
                                                            *self._plans.values()])
         self._turns: dict[str, int] = {}
+
+    def reconfigure(self, settings: RoutingSettings) -> None:
+        """Route by ``settings``' policies and profiles from the next request on (a
+        config reload). Every plan is built before any is used, so a bad profile raises
+        here and the plans in use stay. The data producers (the prefix index) are kept;
+        plugins that keep their own state (session affinity) start afresh."""
+        default, plans = self._builder.build_all(settings)
+        restart = restart_observers(self.producers, [default, *plans.values()])
+        self._default, self._plans, self._restart = default, plans, restart
 
     def schedule(self, ctx: RequestContext, engines: Sequence[C]) -> C:
         """The engine for ``ctx``'s next attempt, from ``engines`` (the whole fleet).

@@ -3,6 +3,12 @@
 Two loops keep the picture fresh: health checks (``/health`` and ``/v1/models``, every
 ``health_interval_s``) and load scrapes (``/metrics``, every ``scrape_interval_s``). A
 request that finds an engine unreachable marks it down at once, without waiting for them.
+
+Membership changes while serving (:meth:`EnginePool.add`, :meth:`EnginePool.remove`:
+discovery and config reload). The engine list is replaced whole, never edited, so a
+loop or a request that took it keeps a consistent list. A new engine is routed to once a
+health check passes; a removed one at once takes no new request, while those it has in
+flight finish on it, and its metric series go when the last one ends.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ class EngineState:
     max_loras: int | None = None
     """The configured adapter bound (None: the one the engine reports)."""
     max_lora_rank: int | None = None
+    config: EngineConfig | None = None
+    """What it was configured (or discovered) with."""
+    removed: bool = False
+    """Taken out of the pool: no new request goes to it."""
 
     @property
     def lora_bound(self) -> int | None:
@@ -106,7 +116,7 @@ class EngineState:
 
     @property
     def routable(self) -> bool:
-        return self.healthy and self.breaker.available()
+        return self.healthy and not self.removed and self.breaker.available()
 
 
 class EnginePool:
@@ -119,11 +129,12 @@ class EnginePool:
                  served_as: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> None:
         """``served_as``: the (alias, version) pairs each served model name stands for
         (``sluice_engine_info``; see :meth:`VersionsSettings.served_as`)."""
-        self._engines = [
-            EngineState(clients(c), CircuitBreaker(breaker.failure_threshold, breaker.open_s),
-                        max_loras=c.lora_bound, max_lora_rank=c.lora_rank)
-            for c in configs
-        ]
+        self._clients = clients
+        self._breaker = breaker
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"engine names used twice: {sorted(names)}")
+        self._engines = [self._state(c) for c in configs]
         self._metrics = metrics
         self._interval = health_interval_s
         self._scrape_interval = scrape_interval_s
@@ -138,10 +149,59 @@ class EnginePool:
         """Called with an engine's name when it restarted (its caches are empty): a
         health check found it down and a later one up, or its prefix-cache counters went
         back. A request that failed to connect for a moment is not a restart."""
+        self.on_removed: Callable[[str], None] | None = None
+        """Called with an engine's name when it left the pool (its routing data can go)."""
+
+    def _state(self, config: EngineConfig) -> EngineState:
+        return EngineState(self._clients(config),
+                           CircuitBreaker(self._breaker.failure_threshold,
+                                          self._breaker.open_s),
+                           max_loras=config.lora_bound, max_lora_rank=config.lora_rank,
+                           config=config)
 
     @property
     def engines(self) -> list[EngineState]:
-        return list(self._engines)
+        """The engines now (a list replaced whole on a change: do not edit it)."""
+        return self._engines
+
+    def get(self, name: str) -> EngineState | None:
+        return next((e for e in self._engines if e.name == name), None)
+
+    async def add(self, config: EngineConfig) -> EngineState:
+        """Put a new engine in the pool and check its health once: it takes requests
+        only once a check passes (this one or a later one). ValueError when an engine of
+        that name is already in."""
+        if self.get(config.name) is not None:
+            raise ValueError(f"engine {config.name!r} is already in the pool")
+        engine = self._state(config)
+        self._engines = [*self._engines, engine]
+        log.info("engine %s added (%s)", engine.name, engine.client.base_url)
+        await self._check(engine)
+        return engine
+
+    def remove(self, name: str) -> EngineState | None:
+        """Take an engine out: no new request goes to it; those in flight finish (its
+        metric series are dropped when the last one ends). None when it was not in."""
+        engine = self.get(name)
+        if engine is None:
+            return None
+        engine.removed = True
+        self._engines = [e for e in self._engines if e is not engine]
+        log.info("engine %s removed (%d requests in flight finish on it)", name,
+                 engine.in_flight)
+        if engine.in_flight == 0:
+            self._forget(engine)
+        if self.on_removed is not None:
+            self.on_removed(name)
+        return engine
+
+    def _forget(self, engine: EngineState) -> None:
+        """Drop a removed engine's metric series, unless an engine of its name is back."""
+        name = engine.name
+        if self.get(name) is None:
+            self._metrics.forget_engine(name, self._info.pop(name, set()))
+            self._in_flight_gauges.pop(name, None)
+            self._published_circuits.pop(name, None)
 
     @property
     def ready(self) -> bool:
@@ -215,6 +275,8 @@ class EnginePool:
         finally:
             engine.in_flight -= 1
             gauge.dec()
+            if engine.removed and engine.in_flight == 0:
+                self._forget(engine)
 
     def record_success(self, engine: EngineState) -> None:
         engine.breaker.record_success()
@@ -229,6 +291,9 @@ class EnginePool:
 
     def mark_down(self, engine: EngineState, error: SluiceError) -> None:
         """The engine cannot be reached: stop routing to it until a health check passes."""
+        if engine.removed:
+            engine.healthy = False
+            return
         if engine.healthy:
             log.warning("engine %s marked down: %s", engine.name, error.message)
         engine.healthy = False
@@ -281,6 +346,8 @@ class EnginePool:
             engine.last_error = None
         engine.healthy, engine.cards = healthy, cards if healthy else engine.cards
         self._known.update(cards)
+        if engine.removed:  # it left while being checked: publish nothing of it
+            return
         self._publish_info(engine)
         self._metrics.engine_up.labels(engine.name).set(1 if healthy else 0)
         self._publish_circuit(engine)
@@ -316,6 +383,8 @@ class EnginePool:
             if self.on_restart is not None:
                 self.on_restart(engine.name)
         engine.scraped_at = time.monotonic()
+        if engine.removed:
+            return
         labels = engine.name
         self._metrics.engine_queue.labels(labels, "running").set(engine.scraped.running)
         self._metrics.engine_queue.labels(labels, "waiting").set(engine.scraped.waiting)
