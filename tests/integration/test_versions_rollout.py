@@ -19,7 +19,11 @@ from tests.integration.test_versions import ADMIN, ADMIN_TOKEN, BODY, KEY, MODEL
 
 FAST: dict[str, Any] = {"prefill_base_ms": 1, "decode_step_ms": 1}
 BOUNDS = {"min_requests": 5, "check_interval_s": 0.05, "max_error_rate": 0.2,
-          "max_ttft_p99_ratio": 20}
+          "max_ttft_p99_ratio": 20, "ttft_p99_slack_s": 2.0}
+"""These tests judge by errors (the TTFT guard is tested in test_versions_rollout_shared.py):
+p99 over a few requests in a 300 ms step is their slowest one, and one pause of the
+test's own process (all of it runs in one event loop) once rolled a healthy version back
+at 446 ms against a 230 ms bound."""
 
 
 async def rollout_gateway(start_sim, start_gateway, new: SimConfig) -> str:
