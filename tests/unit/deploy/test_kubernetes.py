@@ -16,10 +16,9 @@ import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from gateway.config.settings import Settings
-from gateway.config.state import RedisSettings
 from tests.unit.deploy.helpers import (
     DEPLOY,
     PLACEHOLDER_KEY,
@@ -127,19 +126,7 @@ def gateway(docs: Manifests, tmp: Path) -> tuple[dict[str, Any], dict[str, Any],
     assert config_path.name in config_map["data"], f"the ConfigMap has no {config_path.name}"
     file = tmp / config_path.name
     file.write_text(config_map["data"][config_path.name])
-    if env.get("SLUICE_REDIS__URL", "").startswith("redis+sentinel://") \
-            and not sentinel_urls_accepted():
-        del env["SLUICE_REDIS__URL"]  # test_redis_url_names_a_redis_of_the_overlay checks it
     return deployment, c, container_settings(file, env)
-
-
-def sentinel_urls_accepted() -> bool:
-    """Whether ``redis.url`` takes a ``redis+sentinel://`` URL (Redis with Sentinel)."""
-    try:
-        RedisSettings(url="redis+sentinel://sentinel:26379/sluice")
-    except ValidationError:
-        return False
-    return True
 
 
 def test_every_overlay_is_found() -> None:
@@ -233,10 +220,8 @@ def headless_service_of(docs: Manifests, service_name: str) -> dict[str, Any]:
 
 
 def test_engine_urls_are_engine_pods(manifests: Manifests, tmp_path: Path) -> None:
-    deployment, c, settings = gateway(manifests, tmp_path)
-    sources = getattr(settings, "discovery", [])
-    if not sources and "SLUICE_DISCOVERY" in pod_env(manifests, deployment, c):
-        pytest.skip("this gateway has no discovery: setting yet")
+    deployment, _, settings = gateway(manifests, tmp_path)
+    sources = settings.discovery
     engines = settings.resolved_engines()
     assert engines or sources, "the gateway's config lists no engine and no DNS source"
     for engine in engines:
@@ -292,8 +277,6 @@ def test_redis_url_names_a_redis_of_the_overlay(manifests: Manifests, tmp_path: 
         service = one(manifests, "Service", service_name or pod)
         assert int(port) in {p["port"] for p in service["spec"]["ports"]}, (
             f"{url}: Service {service['metadata']['name']} has no port {port}")
-    if url.startswith("redis+sentinel://") and not sentinel_urls_accepted():
-        pytest.skip("this gateway's redis.url does not take the redis+sentinel:// form yet")
     assert settings.redis.url == url
 
 
@@ -337,26 +320,15 @@ def test_engines_scale_on_their_queue(manifests: Manifests) -> None:
     assert "vllm:num_requests_waiting" in vllm_metric_names()
 
 
-# Sections the gateway's settings gain with work landing beside this (drain delay, DNS
-# discovery): their variables are checked once the settings have them.
-PENDING_SECTIONS = frozenset({"drain", "discovery"})
-
-
 def test_gateway_environment_names_settings(manifests: Manifests) -> None:
     """A misspelt SLUICE_* variable would be ignored silently: each names a setting."""
     deployment = one(manifests, "Deployment", "sluice-gateway")
     c = container(deployment, "gateway")
-    pending = []
     for name in pod_env(manifests, deployment, c):
         if name == "SLUICE_CONFIG":  # the CLI's --config
             continue
         model: Any = Settings
         for part in name.removeprefix("SLUICE_").lower().split("__"):
             fields = model.model_fields
-            if part not in fields and model is Settings and part in PENDING_SECTIONS:
-                pending.append(name)
-                break
             assert part in fields, f"{name}: {model.__name__} has no field {part}"
             model = fields[part].annotation
-    if pending:
-        pytest.skip(f"this gateway's settings do not have {', '.join(pending)} yet")
