@@ -91,10 +91,12 @@ def _whole(events: list[str]) -> bool:
 
 
 async def _refused(url: str) -> bool:
+    """A new connection is no longer served: refused, or (one the kernel completed just
+    before the listener closed, still in its accept queue) closed unanswered."""
     try:
         async with httpx.AsyncClient(timeout=2.0) as http:
             await http.get(url + "/health")
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError):
         return True
     return False
 
