@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
+
+from loadtests.launch import free_port
 
 
 def metric(text: str, line_start: str) -> float:
@@ -81,3 +90,43 @@ async def scraped_once(http: httpx.AsyncClient, gateway: str, engines: int) -> N
         return all(f'sluice_engine_requests{{engine="e{i}",state="running"}}' in page
                    for i in range(engines))
     await wait_until(every_engine_scraped, "the first load scrape of every engine")
+
+
+async def ready_pids(url: str, tries: int) -> set[int]:
+    """The process ids that answered ``/ready`` with 200, one new connection per try."""
+    pids: set[int] = set()
+    for _ in range(tries):
+        try:
+            async with httpx.AsyncClient(timeout=2) as http:
+                response = await http.get(url + "/ready")
+        except httpx.TransportError:
+            continue
+        if response.status_code == 200:
+            pids.add(response.json()["pid"])
+    return pids
+
+
+@contextlib.asynccontextmanager
+async def two_worker_gateway(tmp_path: Path, engine: str, settings: dict[str, Any] | None = None,
+                             env: dict[str, str] | None = None
+                             ) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """``sluice serve --workers 2`` in front of ``engine``, until both workers answer
+    ``/ready``; killed at the end if still running. Yields the process and its URL."""
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "port": port, "default_engine": False, "access_log": False,
+        "engines": [{"name": "sim", "url": engine}], **(settings or {})}))
+    process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with asyncio.timeout(30):
+            while len(await ready_pids(url, 4)) != 2:  # noqa: ASYNC110 - remote state
+                await asyncio.sleep(0.2)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.launch import free_port
 from simulator import SimConfig
+from tests.integration.helpers import two_worker_gateway
 
 CHAT = {"model": "sim-model", "max_tokens": 2,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -26,40 +22,9 @@ REQUESTS = 40
 @pytest.fixture
 async def two_workers(tmp_path: Path, start_sim) -> AsyncIterator[str]:
     sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=1))
-    port = free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": port, "default_engine": False, "access_log": False,
-        "engines": [{"name": "sim", "url": sim}]}))
     # TMPDIR: the workers' metrics sockets land under tmp_path, where the test reads them.
-    process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "TMPDIR": str(tmp_path)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                if len(await _ready_pids(url, 4)) == 2:
-                    break
-                await asyncio.sleep(0.2)
+    async with two_worker_gateway(tmp_path, sim, env={"TMPDIR": str(tmp_path)}) as (_, url):
         yield url
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-
-
-async def _ready_pids(url: str, tries: int) -> set[int]:
-    pids: set[int] = set()
-    for _ in range(tries):
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                response = await http.get(url + "/ready")
-        except httpx.TransportError:
-            continue
-        if response.status_code == 200:
-            pids.add(response.json()["pid"])
-    return pids
 
 
 async def _chat(url: str) -> None:

@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from loadtests.launch import free_port
 from simulator import SimConfig
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import ready_pids, two_worker_gateway, wait_until
 
 STREAM = {"model": "sim-model", "stream": True, "max_tokens": 30,
           "messages": [{"role": "user", "content": "count slowly"}]}
@@ -26,40 +23,9 @@ STREAM = {"model": "sim-model", "stream": True, "max_tokens": 30,
 async def two_workers(tmp_path: Path, start_sim) -> AsyncIterator[
         tuple[subprocess.Popen[bytes], str]]:
     sim = await start_sim(SimConfig(prefill_base_ms=1, decode_step_ms=40))  # ~1.2 s stream
-    port = free_port()
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({
-        "port": port, "default_engine": False, "access_log": False,
-        "engines": [{"name": "sim", "url": sim}], "drain": {"delay_s": 1.5, "timeout_s": 20}}))
-    process = subprocess.Popen(  # noqa: ASYNC220 - kept as Popen so teardown can kill it
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                if len(await _ready_pids(url, 4)) == 2:
-                    break
-                await asyncio.sleep(0.2)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-
-
-async def _ready_pids(url: str, tries: int) -> set[int]:
-    """The process ids that answered ``/ready`` with 200, one new connection per try."""
-    pids: set[int] = set()
-    for _ in range(tries):
-        try:
-            async with httpx.AsyncClient(timeout=2) as http:
-                response = await http.get(url + "/ready")
-        except httpx.TransportError:
-            continue
-        if response.status_code == 200:
-            pids.add(response.json()["pid"])
-    return pids
+    async with two_worker_gateway(tmp_path, sim,
+                                  {"drain": {"delay_s": 1.5, "timeout_s": 20}}) as running:
+        yield running
 
 
 async def _stream(url: str, started: asyncio.Event | None = None) -> list[str]:
@@ -99,7 +65,7 @@ def _complete(events: list[str]) -> bool:
 
 async def test_workers_share_the_port_and_serve_streams(two_workers) -> None:
     process, url = two_workers
-    pids = await _ready_pids(url, 20)
+    pids = await ready_pids(url, 20)
     assert len(pids) == 2
     assert process.pid not in pids
     results = await asyncio.gather(*(_stream(url) for _ in range(6)))
